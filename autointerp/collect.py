@@ -1,0 +1,381 @@
+"""Streaming feature activations into top, quantile and random contexts, and per-feature statistics.
+
+Memory is bounded by the number of features, not by the number of tokens: per feature and
+split we keep the top-k contexts, a uniform reservoir of active contexts (from which the
+quantile samples are drawn at the end) and a shared set of random contexts, each with its
+per-token activations. Nothing of size tokens x features is kept beyond one batch.
+
+Every random choice is a hash of (seed, context index[, feature]), so results do not depend
+on the batch size, and the explain/holdout split of a context is fixed by its index alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from autointerp.config import CollectConfig
+from autointerp.models import FeatureFn
+
+SPLITS = ("explain", "holdout")
+HIST_BINS = 64
+_MASK62 = (1 << 62) - 1
+_SALT_SPLIT, _SALT_RANDOM, _SALT_RESERVOIR = 0x5EED_0001, 0x5EED_0002, 0x5EED_0003
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    # A splitmix-style finaliser on non-negative int64 (products wrap; masking keeps them non-negative).
+    x = x ^ (x >> 31)
+    x = (x * 0x2545F4914F6CDD1D) & _MASK62
+    x = x ^ (x >> 29)
+    x = (x * 0x1B873593_9E3779B1) & _MASK62
+    return x ^ (x >> 32)
+
+
+def hash_uniform(seed: int, salt: int, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Deterministic uniforms in [0, 1) from integer keys (broadcast a with b), independent of batching."""
+    x = _mix(torch.full_like(a, (seed * 1_000_003 + salt) & _MASK62) ^ _mix(a.to(torch.int64) & _MASK62))
+    if b is not None:
+        x = _mix(x.unsqueeze(-1) ^ _mix(b.to(torch.int64) + 0x9E37_79B9))
+    return (x >> 9).to(torch.float64) / float(1 << 53)
+
+
+def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor:
+    """True where the context goes to the holdout split."""
+    return hash_uniform(seed, _SALT_SPLIT, seqs) < holdout_frac
+
+
+@dataclass
+class _SplitBuffers:
+    top_val: torch.Tensor  # [F, k] sorted descending; -inf where empty
+    top_seq: torch.Tensor  # [F, k]
+    top_acts: torch.Tensor  # [F, k, L]
+    res_key: torch.Tensor  # [F, R] sorted ascending; inf where empty
+    res_seq: torch.Tensor
+    res_max: torch.Tensor
+    res_acts: torch.Tensor  # [F, R, L]
+    rnd_key: torch.Tensor  # [r] sorted ascending; shared by all features
+    rnd_seq: torch.Tensor
+    rnd_acts: torch.Tensor  # [F, r, L]
+
+    @classmethod
+    def empty(cls, n_features: int, cfg: CollectConfig) -> _SplitBuffers:
+        f, k, r_res, r, length = n_features, cfg.top_k, cfg.reservoir_size, cfg.n_random, cfg.ctx_len
+        return cls(
+            top_val=torch.full((f, k), -math.inf),
+            top_seq=torch.full((f, k), -1, dtype=torch.int64),
+            top_acts=torch.zeros((f, k, length)),
+            res_key=torch.full((f, r_res), math.inf, dtype=torch.float64),
+            res_seq=torch.full((f, r_res), -1, dtype=torch.int64),
+            res_max=torch.zeros((f, r_res)),
+            res_acts=torch.zeros((f, r_res, length)),
+            rnd_key=torch.full((r,), math.inf, dtype=torch.float64),
+            rnd_seq=torch.full((r,), -1, dtype=torch.int64),
+            rnd_acts=torch.zeros((f, r, length)),
+        )
+
+    def referenced(self) -> torch.Tensor:
+        return torch.cat([self.top_seq.flatten(), self.res_seq.flatten(), self.rnd_seq])
+
+
+def _merge_per_feature(
+    keys: torch.Tensor,  # [F, K] kept keys
+    new_keys: torch.Tensor,  # [b, F]
+    largest: bool,
+    carried: list[tuple[torch.Tensor, torch.Tensor]],  # (kept [F, K, ...], new [F, b, ...]) pairs
+    feats: torch.Tensor,
+) -> None:
+    """Merge a batch into per-feature sorted buffers, in place, for the features in `feats` only."""
+    size = keys.shape[1]
+    merged = torch.cat([keys[feats], new_keys[:, feats].T], dim=1)
+    top, order = merged.topk(size, dim=1, largest=largest, sorted=True)
+    keys[feats] = top
+    for kept, new in carried:
+        both = torch.cat([kept[feats], new], dim=1)
+        idx = order.view(*order.shape, *([1] * (both.dim() - 2))).expand(-1, -1, *both.shape[2:])
+        kept[feats] = both.gather(1, idx)
+
+
+@dataclass
+class _Stats:
+    n_features: int
+    n_tokens: int = 0
+    total: torch.Tensor = field(init=False)
+    n_active: torch.Tensor = field(init=False)
+    max_act: torch.Tensor = field(init=False)
+    hist: torch.Tensor = field(init=False)
+    bin_width: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        f = self.n_features
+        self.total = torch.zeros(f, dtype=torch.float64)
+        self.n_active = torch.zeros(f, dtype=torch.int64)
+        self.max_act = torch.full((f,), -math.inf)
+        self.hist = torch.zeros((f, HIST_BINS), dtype=torch.int64)
+        self.bin_width = torch.zeros(f, dtype=torch.float64)  # 0 until a positive activation is seen
+
+    def update(self, flat: torch.Tensor, threshold: float) -> None:
+        """flat: [tokens, F]."""
+        self.n_tokens += flat.shape[0]
+        self.total += flat.sum(0, dtype=torch.float64)
+        self.n_active += (flat > threshold).sum(0)
+        batch_max = flat.amax(0)
+        self.max_act = torch.maximum(self.max_act, batch_max)
+        self._hist_update(flat, batch_max.double())
+
+    def _hist_update(self, flat: torch.Tensor, batch_max: torch.Tensor) -> None:
+        # Exact histogram of positive activations over [0, HIST_BINS * width), width doubling as the max
+        # grows (adjacent bins merge), so no pass over the data is needed to know the range.
+        fresh = (self.bin_width == 0) & (batch_max > 0)
+        if fresh.any():
+            self.bin_width[fresh] = torch.exp2(torch.ceil(torch.log2(batch_max[fresh] * 1.0001 / HIST_BINS)))
+        grow = (self.bin_width > 0) & (batch_max >= self.bin_width * HIST_BINS)
+        if grow.any():
+            factor = torch.exp2(torch.ceil(torch.log2(batch_max[grow] * 1.0001 / (self.bin_width[grow] * HIST_BINS))))
+            feats = grow.nonzero().squeeze(1)
+            for m in factor.unique().tolist():
+                sel = feats[factor == m]
+                mm = int(min(m, HIST_BINS))
+                merged = self.hist[sel].view(len(sel), HIST_BINS // mm, mm).sum(-1)
+                self.hist[sel] = torch.nn.functional.pad(merged, (0, HIST_BINS - merged.shape[1]))
+                self.bin_width[sel] *= m
+        positive = flat > 0
+        if positive.any():
+            rows, cols = positive.nonzero(as_tuple=True)
+            bins = (flat[rows, cols].double() / self.bin_width[cols]).floor().long().clamp_(0, HIST_BINS - 1)
+            counts = torch.bincount(cols * HIST_BINS + bins, minlength=self.n_features * HIST_BINS)
+            self.hist += counts.view(self.n_features, HIST_BINS)
+
+
+@dataclass
+class CollectResult:
+    n_tokens: int
+    n_contexts: int
+    sequences: pa.Table
+    features: pa.Table
+    examples: pa.Table
+
+
+class Collector:
+    """Feeds batches of contexts through a feature function and keeps what each feature needs."""
+
+    def __init__(self, cfg: CollectConfig, n_features: int, feature_offset: int = 0):
+        self.cfg = cfg
+        self.n_features = n_features
+        self.feature_ids = torch.arange(feature_offset, feature_offset + n_features)
+        self.buffers = {s: _SplitBuffers.empty(n_features, cfg) for s in SPLITS}
+        self.stats = _Stats(n_features)
+        self.tokens_of: dict[int, np.ndarray] = {}
+        self.n_contexts = 0
+        self._batches = 0
+
+    def add(self, seqs: torch.Tensor, tokens: np.ndarray, acts: torch.Tensor) -> None:
+        """seqs: [b] context indices; tokens: [b, L] ids; acts: [b, L, F] activations of those tokens."""
+        cfg = self.cfg
+        self.n_contexts += len(seqs)
+        for s, t in zip(seqs.tolist(), tokens, strict=True):
+            self.tokens_of[s] = t
+        self.stats.update(acts.reshape(-1, self.n_features), cfg.threshold)
+        holdout = split_of(cfg.seed, cfg.holdout_frac, seqs)
+        for name, mask in (("explain", ~holdout), ("holdout", holdout)):
+            if mask.any():
+                self._add_split(self.buffers[name], seqs[mask], acts[mask])
+        self._batches += 1
+        if self._batches % 64 == 0:
+            self._prune_tokens()
+
+    def _add_split(self, buf: _SplitBuffers, seqs: torch.Tensor, acts: torch.Tensor) -> None:
+        cfg = self.cfg
+        b = len(seqs)
+        ctx_max = acts.amax(1)  # [b, F]
+        active = ctx_max > cfg.threshold
+        acts_f = None  # [F, b, L], built only if some buffer takes this batch
+
+        def by_feature() -> torch.Tensor:
+            nonlocal acts_f
+            if acts_f is None:
+                acts_f = acts.permute(2, 0, 1)
+            return acts_f
+
+        # Top-k by the context's max activation, over active contexts.
+        cand = torch.where(active, ctx_max, -math.inf)
+        feats = (cand.amax(0) > buf.top_val[:, -1]).nonzero().squeeze(1)
+        if len(feats):
+            seq_new = seqs.expand(len(feats), b)
+            _merge_per_feature(buf.top_val, cand, True,
+                               [(buf.top_seq, seq_new), (buf.top_acts, by_feature()[feats])], feats)
+
+        # Uniform reservoir of active contexts: keep the smallest hash keys.
+        keys = hash_uniform(cfg.seed, _SALT_RESERVOIR, seqs, self.feature_ids)  # [b, F]
+        keys = torch.where(active, keys, math.inf)
+        feats = (keys.amin(0) < buf.res_key[:, -1]).nonzero().squeeze(1)
+        if len(feats):
+            seq_new = seqs.expand(len(feats), b)
+            _merge_per_feature(buf.res_key, keys, False,
+                               [(buf.res_seq, seq_new), (buf.res_max, ctx_max[:, feats].T),
+                                (buf.res_acts, by_feature()[feats])], feats)
+
+        # Random contexts, the same for every feature: the smallest per-context hash keys.
+        rkeys = hash_uniform(cfg.seed, _SALT_RANDOM, seqs)
+        if rkeys.min() < buf.rnd_key[-1]:
+            merged = torch.cat([buf.rnd_key, rkeys])
+            top, order = merged.topk(len(buf.rnd_key), largest=False, sorted=True)
+            buf.rnd_key = top
+            buf.rnd_seq = torch.cat([buf.rnd_seq, seqs])[order]
+            buf.rnd_acts = torch.cat([buf.rnd_acts, by_feature()], dim=1)[:, order]
+
+    def _prune_tokens(self) -> None:
+        keep = set(torch.cat([b.referenced() for b in self.buffers.values()]).unique().tolist())
+        self.tokens_of = {s: t for s, t in self.tokens_of.items() if s in keep}
+
+    # ------------------------------------------------------------ results
+
+    def result(self, token_strings: list[str]) -> CollectResult:
+        self._prune_tokens()
+        example_parts = []
+        for split, buf in self.buffers.items():
+            example_parts += self._examples(split, buf)
+        examples = _concat_examples(example_parts, self.cfg.ctx_len)
+        seqs = sorted(self.tokens_of)
+        holdout = split_of(self.cfg.seed, self.cfg.holdout_frac, torch.tensor(seqs, dtype=torch.int64)).tolist()
+        ids = [self.tokens_of[s].astype(np.int32) for s in seqs]
+        sequences = pa.table({
+            "seq": pa.array(seqs, pa.int64()),
+            "split": pa.array(["holdout" if h else "explain" for h in holdout]),
+            "token_ids": pa.array([t.tolist() for t in ids], pa.list_(pa.int32())),
+            "tokens": pa.array([[token_strings[i] for i in t] for t in ids], pa.list_(pa.string())),
+        })
+        st = self.stats
+        n = max(st.n_tokens, 1)
+        features = pa.table({
+            "feature": pa.array(self.feature_ids.numpy().astype(np.int32)),
+            "max_act": pa.array(st.max_act.numpy().astype(np.float32)),
+            "mean_act": pa.array((st.total / n).numpy().astype(np.float32)),
+            "frac_active": pa.array((st.n_active.double() / n).numpy().astype(np.float32)),
+            "n_active": pa.array(st.n_active.numpy()),
+            "hist_bin_width": pa.array(st.bin_width.numpy()),
+            "hist_counts": pa.array(list(st.hist.numpy()), pa.list_(pa.int64())),
+        })
+        return CollectResult(st.n_tokens, self.n_contexts, sequences, features, examples)
+
+    def _examples(self, split: str, buf: _SplitBuffers) -> list[dict[str, np.ndarray]]:
+        cfg = self.cfg
+        fid = self.feature_ids.numpy()
+        parts = []
+        # top
+        f_idx, rank = (buf.top_seq >= 0).numpy().nonzero()
+        parts.append({
+            "feature": fid[f_idx], "kind": np.full(len(f_idx), "top"), "rank": rank,
+            "seq": buf.top_seq.numpy()[f_idx, rank], "max_act": buf.top_val.numpy()[f_idx, rank],
+            "acts": buf.top_acts.numpy()[f_idx, rank], "quantile": np.full(len(f_idx), -1),
+            "bin_low": np.full(len(f_idx), np.nan), "bin_high": np.full(len(f_idx), np.nan),
+        })
+        # random (shared contexts, every feature)
+        valid = (buf.rnd_seq >= 0).numpy()
+        r = int(valid.sum())
+        if r:
+            acts = buf.rnd_acts.numpy()[:, valid]  # [F, r, L]
+            f_all = np.repeat(np.arange(self.n_features), r)
+            parts.append({
+                "feature": fid[f_all], "kind": np.full(len(f_all), "random"), "rank": np.tile(np.arange(r), self.n_features),
+                "seq": np.tile(buf.rnd_seq.numpy()[valid], self.n_features), "max_act": acts.max(-1).reshape(-1),
+                "acts": acts.reshape(-1, cfg.ctx_len), "quantile": np.full(len(f_all), -1),
+                "bin_low": np.full(len(f_all), np.nan), "bin_high": np.full(len(f_all), np.nan),
+            })
+        # quantiles: equal-count rank bins of the reservoir (minus the top-k), per_quantile from each
+        q_rows: dict[str, list] = {k: [] for k in ("feature", "rank", "seq", "max_act", "acts", "quantile", "bin_low", "bin_high")}
+        res_seq, res_max, top_seq = buf.res_seq.numpy(), buf.res_max.numpy(), buf.top_seq.numpy()
+        for f in range(self.n_features):
+            keep = (res_seq[f] >= 0) & ~np.isin(res_seq[f], top_seq[f])
+            slots = keep.nonzero()[0]  # in key order: already a uniformly random order
+            if len(slots) < cfg.n_quantiles:
+                continue
+            by_act = slots[np.argsort(res_max[f, slots], kind="stable")]
+            for q, group in enumerate(np.array_split(by_act, cfg.n_quantiles)):
+                low, high = float(res_max[f, group].min()), float(res_max[f, group].max())
+                chosen = np.sort(group)[: cfg.per_quantile]  # lowest slots = smallest keys: a uniform pick
+                for rank_in_bin, slot in enumerate(chosen):
+                    q_rows["feature"].append(fid[f]); q_rows["rank"].append(rank_in_bin)  # noqa: E702
+                    q_rows["seq"].append(res_seq[f, slot]); q_rows["max_act"].append(res_max[f, slot])  # noqa: E702
+                    q_rows["acts"].append(buf.res_acts[f, slot].numpy()); q_rows["quantile"].append(q)  # noqa: E702
+                    q_rows["bin_low"].append(low); q_rows["bin_high"].append(high)  # noqa: E702
+        if q_rows["feature"]:
+            n = len(q_rows["feature"])
+            parts.append({
+                "feature": np.asarray(q_rows["feature"]), "kind": np.full(n, "quantile"), "rank": np.asarray(q_rows["rank"]),
+                "seq": np.asarray(q_rows["seq"]), "max_act": np.asarray(q_rows["max_act"]),
+                "acts": np.stack(q_rows["acts"]), "quantile": np.asarray(q_rows["quantile"]),
+                "bin_low": np.asarray(q_rows["bin_low"]), "bin_high": np.asarray(q_rows["bin_high"]),
+            })
+        for p in parts:
+            p["split"] = np.full(len(p["feature"]), split)
+        return parts
+
+
+def _concat_examples(parts: list[dict[str, np.ndarray]], ctx_len: int) -> pa.Table:
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    if not cols or len(cols["feature"]) == 0:
+        acts_flat = np.zeros(0, np.float32)
+        n = 0
+    else:
+        acts_flat = cols["acts"].astype(np.float32).reshape(-1)
+        n = len(cols["feature"])
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * ctx_len)
+    quantile = cols.get("quantile", np.zeros(0, np.int64))
+    return pa.table({
+        "feature": pa.array(cols.get("feature", np.zeros(0)).astype(np.int32)),
+        "split": pa.array(cols.get("split", np.zeros(0, dtype=str)).astype(str)),
+        "kind": pa.array(cols.get("kind", np.zeros(0, dtype=str)).astype(str)),
+        "rank": pa.array(cols.get("rank", np.zeros(0)).astype(np.int32)),
+        "seq": pa.array(cols.get("seq", np.zeros(0)).astype(np.int64)),
+        "max_act": pa.array(cols.get("max_act", np.zeros(0)).astype(np.float32)),
+        "acts": pa.ListArray.from_arrays(offsets, pa.array(acts_flat)),
+        "quantile": pa.array(quantile.astype(np.int32), mask=quantile < 0),
+        "bin_low": pa.array(cols.get("bin_low", np.zeros(0)).astype(np.float32), from_pandas=True),
+        "bin_high": pa.array(cols.get("bin_high", np.zeros(0)).astype(np.float32), from_pandas=True),
+    })
+
+
+def run_collection(
+    cfg: CollectConfig,
+    features: FeatureFn,
+    n_features: int,
+    contexts: Iterable[np.ndarray],
+    token_strings: list[str],
+    bos_id: int | None,
+    feature_offset: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> CollectResult:
+    """Run the model over `contexts` (arrays of ctx_len ids) in batches and keep what each feature needs."""
+    collector = Collector(cfg, n_features, feature_offset)
+    batch: list[np.ndarray] = []
+    next_seq = 0
+
+    def flush() -> None:
+        nonlocal next_seq
+        tokens = np.stack(batch)
+        inputs = torch.from_numpy(tokens)
+        if bos_id is not None:
+            inputs = torch.cat([torch.full((len(batch), 1), bos_id, dtype=torch.int64), inputs], dim=1)
+        acts = features(inputs)
+        if bos_id is not None:
+            acts = acts[:, 1:]
+        seqs = torch.arange(next_seq, next_seq + len(batch), dtype=torch.int64)
+        collector.add(seqs, tokens, acts)
+        next_seq += len(batch)
+        if progress is not None:
+            progress(tokens.size)
+        batch.clear()
+
+    for ctx in contexts:
+        batch.append(ctx)
+        if len(batch) == cfg.batch_size:
+            flush()
+    if batch:
+        flush()
+    return collector.result(token_strings)

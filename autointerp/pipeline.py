@@ -1,0 +1,129 @@
+"""Stages over the store: each reads its inputs, does its work outside any transaction, then writes
+its rows in one transaction. The store connection is held only while writing, so readers
+(`autointerp sql`) can open the database between writes."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autointerp import corpus, store
+from autointerp.collect import run_collection
+from autointerp.config import CollectConfig
+from autointerp.errors import AutointerpError
+
+DEFAULT_HOOK = "blocks.6.mlp.hook_post"
+
+
+@dataclass(frozen=True)
+class CollectOutcome:
+    dictionary_id: int
+    n_tokens: int
+    n_contexts: int
+    n_features: int
+    already_complete: bool
+
+
+def token_strings(tokenizer: Any) -> list[str]:
+    """Each vocabulary id decoded on its own, as `show` and the contexts view present it."""
+    size = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
+    return list(tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    # `kill` (SIGTERM) then unwinds like Ctrl-C, leaving the dictionary marked incomplete.
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def collect_stage(
+    db: str | Path,
+    cfg: CollectConfig,
+    progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+    model: Any = None,
+) -> CollectOutcome:
+    """Collect one dictionary into `db`. Re-running the same config finishes an incomplete
+    dictionary and does nothing to a complete one. Bad input leaves the database as it was."""
+    from autointerp import models
+
+    config_hash = cfg.config_hash()
+    with store.open_store(db) as con:
+        done = store.find_dictionary(con, config_hash)
+    if done is not None and done.status == "complete":
+        return CollectOutcome(done.dictionary_id, done.n_tokens or 0, done.n_contexts or 0, done.n_features, True)
+
+    # Everything that can be checked before the long run is checked before the database is touched.
+    corpus.corpus_files(cfg.dataset)
+    sae = models.load_sae(cfg.sae) if cfg.sae else None
+    hook = cfg.hook
+    if sae is not None:
+        sae_hook = models.sae_hook_name(sae)
+        if hook is None:
+            hook = sae_hook
+        elif hook != sae_hook:
+            raise AutointerpError(f"the SAE was trained on hook '{sae_hook}', not '{hook}': pass --hook {sae_hook}")
+    if hook is None:
+        hook = DEFAULT_HOOK
+    if model is None:
+        model = models.load_model(
+            cfg.model, random_init=cfg.random_init, seed=cfg.seed,
+            from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None,
+        )
+    start, stop = cfg.features if cfg.features else (0, None)
+    reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop)
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise AutointerpError(f"model {cfg.model} has no tokenizer")
+    bos = tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
+    strings = token_strings(tokenizer)
+
+    with store.open_store(db) as con:
+        dictionary_id = store.begin_dictionary(
+            con, model=cfg.model, hook=hook, kind=reader.kind, sae=cfg.sae, random_init=cfg.random_init,
+            seed=cfg.seed, dataset=cfg.dataset, ctx_len=cfg.ctx_len, n_features=reader.n_features,
+            config_hash=config_hash,
+            config={**cfg.model_dump(mode="json"), "hook": hook, "prepend_bos": bos is not None,
+                    "feature_offset": start},
+        )
+    progress = progress_factory(cfg.n_tokens) if progress_factory else None
+    try:
+        with _sigterm_as_interrupt():
+            ctxs = corpus.contexts(corpus.pieces(cfg.dataset, cfg.text_field), tokenizer, cfg.ctx_len,
+                                   cfg.n_tokens // cfg.ctx_len)
+            result = run_collection(cfg, reader, reader.n_features, ctxs, strings, bos, start, progress)
+            if result.n_contexts == 0:
+                raise AutointerpError(f"the corpus '{cfg.dataset}' has fewer than ctx_len={cfg.ctx_len} tokens")
+            with store.open_store(db) as con:
+                store.complete_dictionary(
+                    con, dictionary_id, n_tokens=result.n_tokens, n_contexts=result.n_contexts,
+                    sequences=result.sequences.append_column("dictionary_id", _ids(result.sequences, dictionary_id)),
+                    features=result.features.append_column("dictionary_id", _ids(result.features, dictionary_id)),
+                    examples=result.examples.append_column("dictionary_id", _ids(result.examples, dictionary_id)),
+                )
+    except AutointerpError:
+        # Bad input found mid-stream: undo the registration so the database is as it was.
+        with store.open_store(db) as con:
+            store.delete_dictionary(con, dictionary_id)
+        raise
+    return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, reader.n_features, False)
+
+
+def _ids(table: Any, dictionary_id: int) -> Any:
+    import pyarrow as pa
+
+    return pa.array([dictionary_id] * table.num_rows, pa.int32())

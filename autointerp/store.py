@@ -1,0 +1,304 @@
+"""The DuckDB store: connections, named migrations, typed writes and reads.
+
+The only module that imports duckdb. DuckDB lets one process write at a time, so
+writers hold a connection only while they write (see `open_store`), and readers
+open read-only; both wait a bounded time for a lock held by another process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from autointerp import __version__
+from autointerp.errors import AutointerpError
+from autointerp.resources import data_dir
+
+LOCK_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+
+def known_migrations() -> list[Migration]:
+    """Migrations shipped with this version, in the order they apply (by file name)."""
+    files = sorted(data_dir("store").glob("[0-9][0-9][0-9]_*.sql"))
+    return [Migration(f.stem, f.read_text()) for f in files]
+
+
+def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            # Another process holds the write lock; it lets go between writes.
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise AutointerpError(
+                    f"cannot open {path}: {exc}. Another autointerp process may be writing to it; "
+                    "try again when it finishes a write"
+                ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()
+    if not has_table or has_table[0] == 0:
+        return []
+    return [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()]
+
+
+def check_schema(con: duckdb.DuckDBPyConnection, path: Path) -> list[Migration]:
+    """Refuse a database from a newer autointerp; return the migrations still to apply."""
+    known = known_migrations()
+    known_names = {m.name for m in known}
+    applied = applied_migrations(con)
+    unknown = [n for n in applied if n not in known_names]
+    if unknown:
+        raise AutointerpError(
+            f"{path} was written by a newer autointerp: it has migrations this version does not know "
+            f"({', '.join(unknown)}). Upgrade autointerp (this is {__version__}) to open it."
+        )
+    return [m for m in known if m.name not in set(applied)]
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns the names applied."""
+    pending = check_schema(con, path)
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    for m in pending:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(m.sql)
+            con.execute("INSERT INTO schema_migrations VALUES (?, current_timestamp)", [m.name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return [m.name for m in pending]
+
+
+@contextmanager
+def open_store(
+    path: str | Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the database at `path`, migrated to this version's schema (writers),
+    or checked against it (readers). Closed on exit, so other processes can get the lock."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise AutointerpError(f"no database at {path}: run `autointerp collect --db {path} ...` first")
+    con = _connect(path, read_only, wait_s)
+    try:
+        if read_only:
+            pending = check_schema(con, path)
+            if pending:
+                raise AutointerpError(
+                    f"{path} uses an older schema ({len(pending)} migration(s) behind); any writing command, "
+                    "such as `autointerp collect`, upgrades it"
+                )
+        else:
+            migrate(con, path)
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+# ---------------------------------------------------------------- dictionaries
+
+
+@dataclass(frozen=True)
+class DictionaryRow:
+    dictionary_id: int
+    model: str
+    hook: str
+    kind: str
+    sae: str | None
+    random_init: bool
+    seed: int
+    dataset: str
+    ctx_len: int
+    n_tokens: int | None
+    n_contexts: int | None
+    n_features: int
+    status: str
+    config_hash: str
+    config: dict[str, Any]
+
+
+_DICT_COLS = (
+    "dictionary_id, model, hook, kind, sae, random_init, seed, dataset, ctx_len, n_tokens, n_contexts, "
+    "n_features, status, config_hash, config"
+)
+
+
+def _dictionary(row: tuple[Any, ...]) -> DictionaryRow:
+    values = list(row)
+    values[-1] = json.loads(values[-1]) if isinstance(values[-1], str) else values[-1]
+    return DictionaryRow(*values)
+
+
+def get_dictionary(con: duckdb.DuckDBPyConnection, dictionary_id: int) -> DictionaryRow:
+    row = con.execute(f"SELECT {_DICT_COLS} FROM dictionaries WHERE dictionary_id = ?", [dictionary_id]).fetchone()
+    if row is None:
+        raise AutointerpError(f"no dictionary {dictionary_id}; `autointerp status` lists them")
+    return _dictionary(row)
+
+
+def list_dictionaries(con: duckdb.DuckDBPyConnection) -> list[DictionaryRow]:
+    rows = con.execute(f"SELECT {_DICT_COLS} FROM dictionaries ORDER BY dictionary_id").fetchall()
+    return [_dictionary(r) for r in rows]
+
+
+def find_dictionary(con: duckdb.DuckDBPyConnection, config_hash: str) -> DictionaryRow | None:
+    row = con.execute(
+        f"SELECT {_DICT_COLS} FROM dictionaries WHERE config_hash = ? ORDER BY dictionary_id DESC LIMIT 1",
+        [config_hash],
+    ).fetchone()
+    return None if row is None else _dictionary(row)
+
+
+def begin_dictionary(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    model: str,
+    hook: str,
+    kind: str,
+    sae: str | None,
+    random_init: bool,
+    seed: int,
+    dataset: str,
+    ctx_len: int,
+    n_features: int,
+    config_hash: str,
+    config: dict[str, Any],
+) -> int:
+    """Register a collection as 'incomplete' before the long run, so a kill leaves a marked row.
+    An incomplete dictionary with the same config is reused (its partial rows cleared)."""
+    with transaction(con):
+        existing = find_dictionary(con, config_hash)
+        if existing is not None and existing.status == "incomplete":
+            _delete_rows(con, existing.dictionary_id)
+            return existing.dictionary_id
+        next_id = con.execute("SELECT coalesce(max(dictionary_id), 0) + 1 FROM dictionaries").fetchone()
+        assert next_id is not None
+        dictionary_id = int(next_id[0])
+        con.execute(
+            "INSERT INTO dictionaries (dictionary_id, model, hook, kind, sae, random_init, seed, dataset, ctx_len, "
+            "n_features, status, config_hash, config, autointerp_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'incomplete', ?, ?, ?)",
+            [dictionary_id, model, hook, kind, sae, random_init, seed, dataset, ctx_len, n_features,
+             config_hash, json.dumps(config, sort_keys=True), __version__],
+        )
+    return dictionary_id
+
+
+def _delete_rows(con: duckdb.DuckDBPyConnection, dictionary_id: int) -> None:
+    for table in ("examples", "features", "sequences"):
+        con.execute(f"DELETE FROM {table} WHERE dictionary_id = ?", [dictionary_id])
+
+
+def delete_dictionary(con: duckdb.DuckDBPyConnection, dictionary_id: int) -> None:
+    """Remove a dictionary and everything collected for it (used to undo a run that failed on bad input)."""
+    with transaction(con):
+        _delete_rows(con, dictionary_id)
+        con.execute("DELETE FROM dictionaries WHERE dictionary_id = ?", [dictionary_id])
+
+
+def complete_dictionary(
+    con: duckdb.DuckDBPyConnection,
+    dictionary_id: int,
+    *,
+    n_tokens: int,
+    n_contexts: int,
+    sequences: pa.Table,
+    features: pa.Table,
+    examples: pa.Table,
+) -> None:
+    """Write a finished collection in one transaction and mark it complete: readers see all of it or none."""
+    with transaction(con):
+        _delete_rows(con, dictionary_id)
+        for name, table in (("sequences", sequences), ("features", features), ("examples", examples)):
+            con.register("_incoming", table)
+            cols = ", ".join(table.column_names)
+            con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
+            con.unregister("_incoming")
+        con.execute(
+            "UPDATE dictionaries SET status = 'complete', n_tokens = ?, n_contexts = ?, completed_at = current_timestamp "
+            "WHERE dictionary_id = ?",
+            [n_tokens, n_contexts, dictionary_id],
+        )
+
+
+# ---------------------------------------------------------------- reads
+
+
+@dataclass(frozen=True)
+class ContextRow:
+    split: str
+    kind: str
+    rank: int
+    tokens: list[str]
+    acts: list[float]
+    max_act: float
+    quantile: int | None
+
+
+def feature_contexts(
+    con: duckdb.DuckDBPyConnection, dictionary_id: int, feature: int
+) -> list[ContextRow]:
+    rows = con.execute(
+        "SELECT split, kind, rank, tokens, acts, max_act, quantile FROM contexts "
+        "WHERE dictionary_id = ? AND feature = ? "
+        "ORDER BY split, CASE kind WHEN 'top' THEN 0 WHEN 'quantile' THEN 1 ELSE 2 END, quantile DESC, rank",
+        [dictionary_id, feature],
+    ).fetchall()
+    return [ContextRow(*r) for r in rows]
+
+
+def feature_stats(con: duckdb.DuckDBPyConnection, dictionary_id: int, feature: int) -> dict[str, Any] | None:
+    cur = con.execute(
+        "SELECT max_act, mean_act, frac_active, n_active, hist_bin_width, hist_counts FROM features "
+        "WHERE dictionary_id = ? AND feature = ?",
+        [dictionary_id, feature],
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d[0] for d in cur.description], row, strict=True))
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run user SQL; returns column names and rows."""
+    try:
+        cur = con.execute(sql)
+    except duckdb.Error as exc:
+        raise AutointerpError(f"SQL error: {exc}") from exc
+    if cur.description is None:
+        return [], []
+    return [d[0] for d in cur.description], cur.fetchall()
