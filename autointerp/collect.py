@@ -93,7 +93,9 @@ def _merge_per_feature(
     """Merge a batch into per-feature sorted buffers, in place, for the features in `feats` only."""
     size = keys.shape[1]
     merged = torch.cat([keys[feats], new_keys[:, feats].T], dim=1)
-    top, order = merged.topk(size, dim=1, largest=largest, sorted=True)
+    # A stable sort keeps earlier contexts first among equal keys: ties go to the smaller context index.
+    top, order = merged.sort(dim=1, descending=largest, stable=True)
+    top, order = top[:, :size], order[:, :size]
     keys[feats] = top
     for kept, new in carried:
         both = torch.cat([kept[feats], new], dim=1)
@@ -224,7 +226,8 @@ class Collector:
         rkeys = hash_uniform(cfg.seed, _SALT_RANDOM, seqs)
         if rkeys.min() < buf.rnd_key[-1]:
             merged = torch.cat([buf.rnd_key, rkeys])
-            top, order = merged.topk(len(buf.rnd_key), largest=False, sorted=True)
+            top, order = merged.sort(stable=True)
+            top, order = top[: len(buf.rnd_key)], order[: len(buf.rnd_key)]
             buf.rnd_key = top
             buf.rnd_seq = torch.cat([buf.rnd_seq, seqs])[order]
             buf.rnd_acts = torch.cat([buf.rnd_acts, by_feature()], dim=1)[:, order]

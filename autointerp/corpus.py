@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ def _read_text(path: Path) -> Iterator[str]:
 
 
 Piece = str | None  # None marks a document boundary
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 def _txt_pieces(path: Path) -> Iterator[Piece]:
@@ -96,7 +98,7 @@ def _txt_pieces(path: Path) -> Iterator[Piece]:
     any_text = False
     for chunk in _read_text(path):
         pending += chunk
-        *paragraphs, pending = pending.split("\n\n")
+        *paragraphs, pending = _BLANK_LINE.split(pending)
         for para in paragraphs:
             para = "\n".join(line for line in para.splitlines() if line.strip())
             if para:

@@ -69,7 +69,8 @@ def offline_hf_dir() -> Path:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         # Atomic: a killed conversion never leaves a half-written model that looks complete.
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        if not target.exists():
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""Builders for tests: a tiny tokenizer and GPT-2-shaped model saved as a real HF directory,
+tiny corpora, and SAELens SAEs saved to disk. Nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SAMPLE_TEXT = """The cat sat on the mat. The dog ran to the park and back again.
+Numbers like 12, 345 and 6789 appear in text; so do dates such as 1999-12-31.
+def add(a, b):
+    return a + b
+Rivers flow to the sea. Mountains rise above the clouds, and snow falls in winter.
+She said "hello" and he answered 'goodbye'. They laughed.
+""" * 3
+
+
+def make_tokenizer(text: str = SAMPLE_TEXT, vocab_size: int = 300) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>")
+
+
+def make_model_dir(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 32) -> Path:
+    """A tiny Llama (SmolLM2's architecture) with random weights, saved with its tokenizer as an HF model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=256, hidden_size=n_embd, intermediate_size=2 * n_embd,
+                      num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=2,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    # Larger-than-default weights so that activations vary a lot between tokens.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_sae_dir(path: Path, hook: str, d_in: int, d_sae: int = 48, seed: int = 0) -> Path:
+    """A SAELens StandardSAE with random weights, saved with SAELens's own save_model."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    cfg = StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook, model_name="tiny"))
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.5)
+        sae.b_enc.fill_(-0.1)
+    path.mkdir(parents=True, exist_ok=True)
+    sae.save_model(path)
+    return path
+
+
+def write_corpus(path: Path, n_paragraphs: int = 60) -> Path:
+    """A .txt corpus of varied paragraphs (deterministic)."""
+    words = SAMPLE_TEXT.split()
+    paras = []
+    for i in range(n_paragraphs):
+        k = (i * 7) % len(words)
+        paras.append(" ".join(words[k:] + words[:k])[: 200 + (i * 37) % 400])
+    path.write_text("\n\n".join(paras) + "\n")
+    return path

@@ -1,0 +1,82 @@
+"""Migrations and the read-only rules of the store, on real DuckDB files."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from autointerp import store
+from autointerp.errors import AutointerpError
+
+CONTRACT = {
+    "dictionaries": {"dictionary_id", "model", "hook", "kind", "sae", "random_init", "seed", "dataset", "n_tokens",
+                     "n_features", "created_at", "config"},
+    "features": {"dictionary_id", "feature", "max_act", "mean_act", "frac_active"},
+    "contexts": {"dictionary_id", "feature", "split", "kind", "rank", "tokens", "acts"},
+}
+
+
+def _columns(con, name):
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]).fetchall()}
+
+
+def test_blank_database_gets_every_migration_and_the_contract(tmp_path):
+    db = tmp_path / "x.duckdb"
+    with store.open_store(db) as con:
+        applied = store.applied_migrations(con)
+        assert applied == [m.name for m in store.known_migrations()]
+        for name, cols in CONTRACT.items():
+            assert cols <= _columns(con, name), name
+
+
+def test_upgrade_from_the_first_schema(tmp_path):
+    db = tmp_path / "old.duckdb"
+    first = store.known_migrations()[0]
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    con.execute(first.sql)
+    con.execute("INSERT INTO schema_migrations VALUES (?, current_timestamp)", [first.name])
+    con.execute("INSERT INTO dictionaries (dictionary_id, model, hook, kind, seed, dataset, ctx_len, n_features, status, "
+                "config_hash, config, autointerp_version) VALUES (1, 'm', 'h', 'neurons', 0, 'd', 8, 3, 'complete', "
+                "'abc', '{}', '0')")
+    con.close()
+    with store.open_store(db) as con:
+        assert store.applied_migrations(con) == [m.name for m in store.known_migrations()]
+        assert store.get_dictionary(con, 1).model == "m"
+
+
+def test_newer_database_is_refused(tmp_path):
+    db = tmp_path / "new.duckdb"
+    with store.open_store(db) as con:
+        con.execute("INSERT INTO schema_migrations VALUES ('999_from_the_future', current_timestamp)")
+    for read_only in (False, True):
+        with pytest.raises(AutointerpError, match="newer autointerp.*999_from_the_future"), \
+                store.open_store(db, read_only=read_only):
+            pass
+
+
+def test_read_only_connection_cannot_write(tmp_path):
+    db = tmp_path / "ro.duckdb"
+    with store.open_store(db):
+        pass
+    with store.open_store(db, read_only=True) as con, pytest.raises(AutointerpError, match="read-only|read only"):
+        store.query(con, "DELETE FROM dictionaries")
+
+
+def test_missing_database_is_a_clear_error_for_readers(tmp_path):
+    with pytest.raises(AutointerpError, match="no database"), store.open_store(tmp_path / "nope.duckdb", read_only=True):
+        pass
+    assert not (tmp_path / "nope.duckdb").exists()
+
+
+def test_incomplete_dictionary_is_reused_by_the_same_config(tmp_path):
+    db = tmp_path / "r.duckdb"
+    kw = dict(model="m", hook="h", kind="neurons", sae=None, random_init=False, seed=0, dataset="d", ctx_len=8,
+              n_features=3, config={"a": 1})
+    with store.open_store(db) as con:
+        a = store.begin_dictionary(con, config_hash="same", **kw)
+        b = store.begin_dictionary(con, config_hash="same", **kw)
+        c = store.begin_dictionary(con, config_hash="other", **kw)
+        assert a == b != c
+        assert [d.status for d in store.list_dictionaries(con)] == ["incomplete", "incomplete"]
