@@ -45,10 +45,10 @@ def as_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def as_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     out = io.StringIO()
-    w = csv.writer(out)
+    w = csv.writer(out, lineterminator="\n")
     w.writerow(columns)
     w.writerows([[json.dumps(v) if isinstance(v, list) else v for v in r] for r in rows])
-    return out.getvalue()
+    return out.getvalue().rstrip("\n")
 
 
 FORMATS = {"table": table, "json": as_json, "csv": as_csv}

@@ -57,6 +57,7 @@ def test_collect_sql_show_status_end_to_end(tmp_path, tiny_model_dir, corpus_fil
     assert len(rows) == 3 and rows[0]["max_act"] >= rows[1]["max_act"] >= rows[2]["max_act"]
     csv_out = cli("sql", "SELECT count(*) AS n FROM contexts WHERE kind = 'top'", "--format", "csv", db=db).stdout
     assert csv_out.splitlines()[0] == "n" and int(csv_out.splitlines()[1]) > 0
+    assert csv_out.endswith("\n") and not csv_out.endswith("\n\n") and "\r" not in csv_out
     top = rows[0]["feature"]
     shown = cli("show", str(top), "--no-color", db=db).stdout
     assert f"feature {top}" in shown and "== explain / top ==" in shown and "|" in shown
