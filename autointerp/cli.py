@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -226,3 +227,157 @@ def status(db: str, fmt: str) -> None:
             FROM dictionaries d LEFT JOIN features f USING (dictionary_id)
             GROUP BY ALL ORDER BY id""")
     click.echo(render.FORMATS[fmt](columns, rows))
+
+
+# ---------------------------------------------------------------- explain / score / run
+
+
+def llm_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest)."),
+        click.option("--features", "feature_range", default=None, help="Only features START:STOP."),
+        click.option("--where", default=None, help="SQL condition on `features`, e.g. \"frac_active > 0.001\"."),
+        click.option("--base-url", "base_urls", multiple=True,
+                     help="OpenAI-compatible endpoint (repeat to spread requests). Default: $OPENAI_BASE_URL, "
+                          "else a local llama.cpp server with SmolLM2-135M-Instruct."),
+        click.option("--explainer-model", default=None, help="Explainer model name at the endpoint."),
+        click.option("--simulator-model", default=None, help="Simulator model name at the endpoint."),
+        click.option("--simulator-mode", type=click.Choice(["echo", "chat"]), default="echo", show_default=True,
+                     help="echo: prompt logprobs, one request per feature; chat: JSON answers (no echo needed)."),
+        click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight."),
+        click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Per-request timeout, s."),
+        click.option("--max-attempts", type=int, default=6, show_default=True, help="Tries per request."),
+        click.option("--max-cost", "max_cost_usd", type=float, default=None, help="Stop cleanly at this spend (USD)."),
+        click.option("--max-tokens", type=int, default=None, help="Stop cleanly after this many tokens."),
+        click.option("--prices", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help='JSON price table {"model": [usd_per_M_input, usd_per_M_output]}.'),
+        click.option("--sim-top", "n_sim_top", type=int, default=10, show_default=True,
+                     help="Holdout top contexts simulated per feature."),
+        click.option("--sim-random", "n_sim_random", type=int, default=10, show_default=True,
+                     help="Holdout random contexts simulated per feature."),
+        click.option("--baseline/--no-baseline", default=True, show_default=True,
+                     help="Also label and score with the token-lookup baseline."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _label_command(db: str, stages: tuple[bool, bool], dictionary_id: int | None, feature_range: str | None,
+                   where: str | None, base_urls: tuple[str, ...], explainer_model: str | None,
+                   simulator_model: str | None, prices: str | None, **kwargs: Any) -> None:
+    import asyncio
+    import json
+
+    from tqdm import tqdm
+
+    from autointerp import llm
+    from autointerp.config import LabelConfig
+    from autointerp.labelling import LabelBatch
+
+    with store.open_store(db, read_only=True) as con:
+        did = _pick_dictionary(con, dictionary_id)
+        features = store.select_features(con, did, where, _parse_range(feature_range))
+    if not features:
+        raise AutointerpError("no features selected")
+    urls = list(base_urls) or [u for u in [os.environ.get("OPENAI_BASE_URL")] if u]
+    embedded = None
+    if not urls:
+        from autointerp import local
+
+        embedded = local.EmbeddedLLM.start()
+        urls = [embedded.base_url]
+    cfg = LabelConfig(
+        explainer_model=explainer_model or (local_model_name() if embedded else "gpt-4o-mini"),
+        simulator_model=simulator_model or (local_model_name() if embedded else "gpt-4o-mini"), **kwargs)
+    price_table = {k: tuple(v) for k, v in json.loads(Path(prices).read_text()).items()} if prices else None
+    budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
+    client: Any = llm.OpenAICompatibleClient(urls, os.environ.get("OPENAI_API_KEY"), timeout_s=cfg.timeout_s,
+                                             max_attempts=cfg.max_attempts, prices=price_table, budget=budget)
+    if embedded is not None:
+        client = embedded.client(client)
+    bar = tqdm(total=len(features), unit="feat", desc="label", file=sys.stderr, dynamic_ncols=True)
+
+    def on_progress(p: Any) -> None:
+        bar.total = p.features_total
+        bar.n = p.features_done
+        bar.set_postfix_str(f"tok {p.tokens:,} ${p.cost_usd:.4f} failed {sum(p.failed.values())}", refresh=True)
+
+    batch = LabelBatch(db, did, cfg, client, features, explain_stage=stages[0], score_stage=stages[1],
+                       on_progress=on_progress)
+    try:
+        progress = asyncio.run(batch.run())
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished features are saved; run the same command to continue.", err=True)
+        sys.exit(130)
+    finally:
+        bar.close()
+        if embedded is not None:
+            embedded.stop()
+    _summary(progress, did)
+
+
+def local_model_name() -> str:
+    return "smollm2-135m-instruct"
+
+
+def _summary(p: Any, dictionary_id: int) -> None:
+    import statistics
+
+    click.echo(f"dictionary {dictionary_id}: {p.features_done:,}/{p.features_total:,} features done, "
+               f"{p.explained:,} LLM labels, {p.scored:,} scored, {p.tokens:,} tokens, ${p.cost_usd:.4f}")
+    for reason, n in p.failed.most_common():
+        click.echo(f"  failed: {n:,} x {reason}")
+    for method, values in sorted(p.score_values.items()):
+        if values:
+            click.echo(f"  {method}: median {statistics.median(values):.3f}, mean {statistics.fmean(values):.3f} "
+                       f"over {len(values):,}")
+    if p.stopped:
+        click.echo(f"stopped early: {p.stopped}. Run the same command to continue.")
+    if p.features_total == 0:
+        click.echo("nothing to do: every selected feature is already done.")
+
+
+@main.command()
+@llm_options
+@db_option
+@friendly_errors
+def explain(db: str, **kwargs: Any) -> None:
+    """Label features with an explainer LLM (and the token-lookup baseline).
+
+    \b
+    Example (any OpenAI-compatible endpoint; the key comes from $OPENAI_API_KEY):
+      autointerp explain --base-url https://api.openai.com/v1 --explainer-model gpt-4o-mini --features 0:1000
+    \b
+    With no --base-url, a local llama.cpp server with SmolLM2-135M-Instruct is started and stopped.
+    Killed or stopped by --max-cost? Run the same command again: it continues.
+    """
+    _label_command(db, (True, False), **kwargs)
+
+
+@main.command()
+@llm_options
+@db_option
+@friendly_errors
+def score(db: str, **kwargs: Any) -> None:
+    """Score stored labels: a simulator LLM predicts held-out activations from each label.
+
+    \b
+    Example:
+      autointerp score --base-url http://localhost:8000/v1 --simulator-model my-model --where "max_act > 1"
+    """
+    _label_command(db, (False, True), **kwargs)
+
+
+@main.command("label")
+@llm_options
+@db_option
+@friendly_errors
+def label_cmd(db: str, **kwargs: Any) -> None:
+    """Explain and score in one pass over the features (what `run` does after collecting).
+
+    \b
+    Example:
+      autointerp label --features 0:100 --max-cost 5
+    """
+    _label_command(db, (True, True), **kwargs)

@@ -58,3 +58,25 @@ class CollectConfig(Frozen):
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class LabelConfig(Frozen):
+    """What `autointerp explain`, `score` and `run` do after collection."""
+
+    explainer_model: str = Field("smollm2-135m-instruct", description="model name sent to the explainer endpoint")
+    simulator_model: str = Field("smollm2-135m-instruct", description="model name sent to the simulator endpoint")
+    simulator_mode: str = Field("echo", pattern="^(echo|chat)$",
+                                description="echo: one completions request per feature with prompt logprobs; "
+                                            "chat: JSON answers, for endpoints without echo")
+    concurrency: int = Field(8, gt=0, le=1024, description="requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
+    max_attempts: int = Field(6, gt=0, le=50, description="tries per request (429, 5xx, timeouts, dropped connections)")
+    max_cost_usd: float | None = Field(None, gt=0, description="stop the batch cleanly when this much is spent")
+    max_tokens: int | None = Field(None, gt=0, description="stop the batch cleanly after this many tokens")
+    n_explain_top: int = Field(10, ge=0, description="explain-split top contexts shown to the explainer")
+    n_explain_quantile: int = Field(10, ge=0, description="explain-split quantile contexts shown to the explainer")
+    max_reasks: int = Field(2, ge=0, le=10, description="re-asks after an unusable explainer reply")
+    n_sim_top: int = Field(10, ge=1, description="holdout top contexts simulated (odd ranks calibrate, even ranks score)")
+    n_sim_random: int = Field(10, ge=1, description="holdout random contexts simulated (same split rule)")
+    n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
+    baseline: bool = Field(True, description="also label and score every feature with the token-lookup baseline")

@@ -302,3 +302,108 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tup
     if cur.description is None:
         return [], []
     return [d[0] for d in cur.description], cur.fetchall()
+
+
+# ---------------------------------------------------------------- explain and score
+
+
+def read_feature_contexts(
+    con: duckdb.DuckDBPyConnection, dictionary_id: int, features: list[int]
+) -> dict[int, Any]:
+    """FeatureContexts records for the given features of a dictionary."""
+    from autointerp.types import Context, FeatureContexts
+
+    if not features:
+        return {}
+    con.register("_wanted", pa.table({"feature": pa.array(features, pa.int32())}))
+    try:
+        stats = dict(con.execute(
+            "SELECT f.feature, f.max_act FROM features f JOIN _wanted USING (feature) WHERE f.dictionary_id = ?",
+            [dictionary_id]).fetchall())
+        rows = con.execute(
+            "SELECT c.feature, c.seq, c.split, c.kind, c.rank, c.tokens, c.acts FROM contexts c JOIN _wanted USING (feature) "
+            "WHERE c.dictionary_id = ? ORDER BY c.feature, c.split, c.kind, c.quantile, c.rank", [dictionary_id]).fetchall()
+    finally:
+        con.unregister("_wanted")
+    grouped: dict[int, list[Context]] = {f: [] for f in stats}
+    for feature, seq, split, kind, rank, tokens, acts in rows:
+        grouped[feature].append(Context(seq=seq, split=split, kind=kind, rank=rank, tokens=tokens, acts=acts))
+    return {f: FeatureContexts(dictionary_id=dictionary_id, feature=f, max_act=float(stats[f]), contexts=ctxs)
+            for f, ctxs in grouped.items()}
+
+
+def select_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, where: str | None = None,
+                    feature_range: tuple[int, int] | None = None) -> list[int]:
+    """Features of a dictionary, optionally filtered by a range and a SQL condition on `features`."""
+    sql = "SELECT feature FROM features WHERE dictionary_id = ?"
+    params: list[Any] = [dictionary_id]
+    if feature_range is not None:
+        sql += " AND feature >= ? AND feature < ?"
+        params += list(feature_range)
+    if where:
+        sql += f" AND ({where})"
+    try:
+        return [r[0] for r in con.execute(sql + " ORDER BY feature", params).fetchall()]
+    except duckdb.Error as exc:
+        raise AutointerpError(f"bad --where condition on features: {exc}") from exc
+
+
+def explained_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, explainer: str, prompt_hash: str) -> set[int]:
+    return {r[0] for r in con.execute(
+        "SELECT feature FROM explanations WHERE dictionary_id = ? AND explainer = ? AND prompt_hash = ?",
+        [dictionary_id, explainer, prompt_hash]).fetchall()}
+
+
+def unscored_explanations(con: duckdb.DuckDBPyConnection, dictionary_id: int, simulator: str, prompt_hash: str,
+                          explainers: list[str] | None = None) -> list[tuple[str, int, str, str]]:
+    """(explanation_id, feature, label, explainer) of ok explanations with no score run for this simulator."""
+    sql = ("SELECT e.explanation_id, e.feature, e.label, e.explainer FROM explanations e "
+           "WHERE e.dictionary_id = ? AND e.status = 'ok' AND NOT EXISTS (SELECT 1 FROM score_runs r "
+           "WHERE r.explanation_id = e.explanation_id AND r.simulator = ? AND r.prompt_hash = ?)")
+    params: list[Any] = [dictionary_id, simulator, prompt_hash]
+    if explainers:
+        sql += f" AND e.explainer IN ({', '.join('?' * len(explainers))})"
+        params += explainers
+    return [tuple(r) for r in con.execute(sql + " ORDER BY e.feature, e.explainer", params).fetchall()]  # type: ignore[misc]
+
+
+RESULT_TABLES = ("explanations", "score_runs", "simulations", "scores", "llm_calls")
+
+
+@dataclass
+class Bundle:
+    """One finished unit of work (a feature explained and/or scored) and the rows it adds.
+    `explains` / `scores` name what it completes, so a second copy of the same work is never stored."""
+
+    rows: dict[str, list[dict[str, Any]]]
+    explains: tuple[int, int, str, str] | None = None  # (dictionary_id, feature, explainer, prompt_hash)
+    scores: list[tuple[str, str, str]] | None = None  # [(explanation_id, simulator, prompt_hash)]
+
+
+def write_bundles(con: duckdb.DuckDBPyConnection, bundles: list[Bundle]) -> int:
+    """Insert finished work in one transaction: each bundle's rows become visible together or not at all.
+    A bundle whose work is already recorded (another process did it) is dropped whole. Returns bundles written."""
+    with transaction(con):
+        merged: dict[str, list[dict[str, Any]]] = {t: [] for t in RESULT_TABLES}
+        written = 0
+        for b in bundles:
+            if b.explains is not None and con.execute(
+                "SELECT 1 FROM explanations WHERE dictionary_id = ? AND feature = ? AND explainer = ? AND prompt_hash = ?",
+                list(b.explains)).fetchone():
+                continue
+            if b.scores and any(con.execute(
+                "SELECT 1 FROM score_runs WHERE explanation_id = ? AND simulator = ? AND prompt_hash = ?",
+                list(k)).fetchone() for k in b.scores):
+                continue
+            for table, rows in b.rows.items():
+                merged[table] += rows
+            written += 1
+        for table in RESULT_TABLES:
+            if not merged[table]:
+                continue
+            arrow = pa.Table.from_pylist(merged[table])
+            con.register("_incoming", arrow)
+            cols = ", ".join(arrow.column_names)
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+            con.unregister("_incoming")
+    return written

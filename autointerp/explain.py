@@ -1,0 +1,123 @@
+"""Explainers: records + prompt + client -> a label. The LLM explainer and the token-lookup baseline."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+
+from pydantic import ValidationError
+
+from autointerp import prompts
+from autointerp.llm import LLMCall, LLMClient, LLMFailure
+from autointerp.types import Context, Explanation, FeatureContexts, Label
+
+EXPLAIN_TEMPLATES = ("explain.system", "explain.user", "explain.reask")
+BASELINE = "baseline:token-lookup"
+BASELINE_HASH = "token-lookup-v1"
+
+
+def scale(acts: list[float], max_act: float) -> list[int]:
+    """Activations on the 0-9 scale shown to LLMs (9 = the feature's max)."""
+    if max_act <= 0:
+        return [0] * len(acts)
+    return [min(9, max(0, round(9 * a / max_act))) for a in acts]
+
+
+def format_excerpts(contexts: list[Context], max_act: float) -> str:
+    blocks = []
+    for i, c in enumerate(contexts, 1):
+        levels = scale(c.acts, max_act)
+        text = "".join(f"<<{prompts.escape_data(t)}>>" if s > 0 else prompts.escape_data(t)
+                       for t, s in zip(c.tokens, levels, strict=True))
+        active = ", ".join(f'"{prompts.escape_data(t).strip()}" {s}' for t, s in zip(c.tokens, levels, strict=True) if s > 0)
+        blocks.append(f"<excerpt {i}>\n{text}\n</excerpt {i}>\nActive tokens: {active or 'none'}")
+    return "\n\n".join(blocks)
+
+
+def explain_contexts(fc: FeatureContexts, n_top: int, n_quantile: int) -> list[Context]:
+    """What the explainer sees: the explain split's top contexts, then quantile samples from high to low bins."""
+    top = sorted(fc.select("explain", "top"), key=lambda c: c.rank)[:n_top]
+    quant = sorted(fc.select("explain", "quantile"), key=lambda c: -c.max_act)[:n_quantile]
+    return top + quant
+
+
+_PREFIX = re.compile(r"^\s*(label|answer|explanation|phrase|feature)\s*[:\-]\s*", re.IGNORECASE)
+
+
+def parse_label(text: str) -> Label:
+    """The first non-empty line, without a 'Label:' prefix, quotes or markdown; ValueError says why not."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError("the reply was empty")
+    line = _PREFIX.sub("", lines[0]).strip().strip("*_`\"' ").rstrip(".").strip()
+    try:
+        return Label(label=line)
+    except ValidationError as exc:
+        raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+
+
+def _explanation(fc: FeatureContexts, explainer: str, phash: str, label: str | None, error: str | None) -> Explanation:
+    return Explanation(explanation_id=str(uuid.uuid4()), dictionary_id=fc.dictionary_id, feature=fc.feature,
+                       label=label, explainer=explainer, prompt_hash=phash,
+                       status="ok" if label is not None else "failed", error=error)
+
+
+async def explain_with_llm(fc: FeatureContexts, client: LLMClient, model: str, *, n_top: int = 10,
+                           n_quantile: int = 10, max_reasks: int = 2, max_tokens: int = 60
+                           ) -> tuple[Explanation, list[LLMCall]]:
+    """Ask for a label; re-ask a bounded number of times on unusable output; then a failed row with the reason."""
+    phash = prompts.templates_hash(*EXPLAIN_TEMPLATES)
+    contexts = explain_contexts(fc, n_top, n_quantile)
+    if not contexts:
+        return _explanation(fc, model, phash, None, "no explain-split contexts: the feature never activated"), []
+    messages = [
+        {"role": "system", "content": prompts.render("explain.system")},
+        {"role": "user", "content": prompts.render("explain.user", excerpts=format_excerpts(contexts, fc.max_act))},
+    ]
+    calls: list[LLMCall] = []
+    problem = ""
+    for _ in range(1 + max_reasks):
+        try:
+            reply = await client.chat(role="explainer", model=model, messages=messages, max_tokens=max_tokens)
+        except LLMFailure as exc:
+            calls += exc.calls
+            return _explanation(fc, model, phash, None, str(exc)), calls
+        calls += reply.calls
+        try:
+            return _explanation(fc, model, phash, parse_label(reply.text).label, None), calls
+        except ValueError as exc:
+            problem = f"{exc}; reply began {reply.text[:80]!r}"
+            messages = [*messages, {"role": "assistant", "content": reply.text[:2000]},
+                        {"role": "user", "content": prompts.render("explain.reask", problem=str(exc))}]
+    return _explanation(fc, model, phash, None, f"unusable reply after {1 + max_reasks} attempts: {problem}"), calls
+
+
+def token_table(fc: FeatureContexts) -> dict[str, float]:
+    """Mean activation of each token string over the explain split (all kinds)."""
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for c in fc.contexts:
+        if c.split != "explain":
+            continue
+        for t, a in zip(c.tokens, c.acts, strict=True):
+            sums[t] += a
+            counts[t] += 1
+    return {t: sums[t] / counts[t] for t in sums}
+
+
+def explain_baseline(fc: FeatureContexts, n_tokens: int = 5) -> Explanation:
+    """Token lookup: the label lists the tokens with the highest mean activation in the explain split."""
+    table = token_table(fc)
+    if not table or max(table.values()) <= 0:
+        return _explanation(fc, BASELINE, BASELINE_HASH, None, "no token with a positive mean activation")
+    best = sorted(table, key=lambda t: (-table[t], t))[:n_tokens]
+    label = "tokens " + ", ".join(repr(t) for t in best if table[t] > 0)
+    return _explanation(fc, BASELINE, BASELINE_HASH, label, None)
+
+
+def simulate_baseline(fc: FeatureContexts, contexts: list[Context]) -> list[list[float]]:
+    """Each token's mean activation in the explain split; tokens never seen there get the overall mean."""
+    table = token_table(fc)
+    overall = sum(table.values()) / len(table) if table else 0.0
+    return [[table.get(t, overall) for t in c.tokens] for c in contexts]

@@ -1,0 +1,261 @@
+"""LLM access: the `LLMClient` protocol, the OpenAI-compatible client (async `openai`, tenacity retries,
+usage and cost), and the budget. The only module that imports openai and tenacity.
+
+Every attempt leaves an `LLMCall` record (ok or error, with its reason); callers collect them and the
+pipeline writes them to `llm_calls`. The API key is never put in a record or an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import openai
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from autointerp.errors import AutointerpError
+
+# USD per million tokens (input, output). Unknown models cost 0 and say so in the summary; pass
+# --prices FILE (JSON {"model": [input, output]}) for others.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-3.5-turbo-instruct": (1.50, 2.00),
+    "davinci-002": (2.00, 2.00),
+    "babbage-002": (0.40, 0.40),
+}
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    """One attempt at one request: a row of llm_calls."""
+
+    call_id: str
+    role: str
+    model: str
+    endpoint: str
+    prompt_hash: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cost_usd: float
+    status: str  # 'ok' | 'error'
+    error: str | None
+    created_at: datetime
+
+
+@dataclass
+class LLMReply:
+    text: str
+    logprobs: Any  # completions: {tokens, text_offset, top_logprobs}; chat: choice.logprobs as dict
+    calls: list[LLMCall]
+
+
+class LLMFailure(Exception):
+    """A request that failed after its retries; carries every attempt's record."""
+
+    def __init__(self, message: str, calls: list[LLMCall]):
+        super().__init__(message)
+        self.calls = calls
+
+
+class BudgetExhausted(Exception):
+    """--max-cost or --max-tokens reached: the batch stops cleanly, no new request is sent."""
+
+
+@dataclass
+class Budget:
+    max_cost_usd: float | None = None
+    max_tokens: int | None = None
+    spent_usd: float = 0.0
+    tokens: int = 0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    def check(self) -> None:
+        if self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd:
+            raise BudgetExhausted(f"--max-cost {self.max_cost_usd} reached (${self.spent_usd:.4f} spent)")
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            raise BudgetExhausted(f"--max-tokens {self.max_tokens} reached ({self.tokens} used)")
+
+    def add(self, call: LLMCall) -> None:
+        self.spent_usd += call.cost_usd
+        self.tokens += call.prompt_tokens + call.completion_tokens
+
+
+class LLMClient(Protocol):
+    """What explainers and simulators need from a model server."""
+
+    async def chat(self, *, role: str, model: str, messages: list[dict[str, str]], max_tokens: int,
+                   temperature: float = 0.0, top_logprobs: int | None = None) -> LLMReply: ...
+
+    async def complete(self, *, role: str, model: str, prompt: str, max_tokens: int, echo: bool = False,
+                       logprobs: int | None = None) -> LLMReply: ...
+
+
+def prompt_hash(payload: Any) -> str:
+    return hashlib.sha256(repr(payload).encode()).hexdigest()[:16]
+
+
+class MalformedResponse(Exception):
+    """The server answered 200 with a body that is not a usable completion."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408
+    return isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | MalformedResponse | ValueError)
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    if isinstance(exc, openai.APIStatusError):
+        value = exc.response.headers.get("retry-after")
+        try:
+            return max(0.0, float(value)) if value is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+class _Wait:
+    """Retry-After when the server gives one (capped), else exponential backoff with jitter."""
+
+    def __init__(self, cap_s: float):
+        self.cap_s = cap_s
+        self.backoff = wait_random_exponential(multiplier=0.5, max=cap_s)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        ra = _retry_after(exc)
+        return min(ra, self.cap_s) if ra is not None else self.backoff(state)
+
+
+def _reason(exc: BaseException, secret: str | None) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        text = f"HTTP {exc.status_code}: {exc.message}"
+    elif isinstance(exc, openai.APITimeoutError):
+        text = "timeout"
+    elif isinstance(exc, openai.APIConnectionError):
+        text = f"connection error: {exc.__cause__ or exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:500]
+
+
+class OpenAICompatibleClient:
+    """`LLMClient` over one or more OpenAI-compatible endpoints, requests spread round-robin."""
+
+    def __init__(self, base_urls: list[str], api_key: str | None = None, *, timeout_s: float = 60.0,
+                 max_attempts: int = 6, max_wait_s: float = 60.0, prices: dict[str, tuple[float, float]] | None = None,
+                 budget: Budget | None = None):
+        if not base_urls:
+            raise AutointerpError("no LLM endpoint: pass --base-url or set OPENAI_BASE_URL")
+        self._secret = api_key
+        self._clients = [
+            (url, openai.AsyncOpenAI(base_url=url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0))
+            for url in base_urls
+        ]
+        self._turn = itertools.count()
+        self.max_attempts = max_attempts
+        self.max_wait_s = max_wait_s
+        self.prices = {**DEFAULT_PRICES, **(prices or {})}
+        self.budget = budget or Budget()
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        p_in, p_out = self.prices.get(model, (0.0, 0.0))
+        return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
+
+    async def close(self) -> None:
+        for _, c in self._clients:
+            await c.close()
+
+    async def _request(self, role: str, model: str, payload: dict[str, Any], send: Any, parse: Any) -> LLMReply:
+        calls: list[LLMCall] = []
+        phash = prompt_hash(payload)
+
+        async def attempt() -> LLMReply:
+            self.budget.check()
+            url, client = self._clients[next(self._turn) % len(self._clients)]
+            start = time.monotonic()
+            try:
+                response = await send(client)
+                text, logprobs, usage = parse(response)
+            except Exception as exc:
+                calls.append(LLMCall(str(uuid.uuid4()), role, model, url, phash, 0, 0, time.monotonic() - start, 0.0,
+                                     "error", _reason(exc, self._secret), datetime.now(UTC)))
+                raise
+            p_tok, c_tok = usage
+            call = LLMCall(str(uuid.uuid4()), role, model, url, phash, p_tok, c_tok, time.monotonic() - start,
+                           self.cost(model, p_tok, c_tok), "ok", None, datetime.now(UTC))
+            calls.append(call)
+            self.budget.add(call)
+            return LLMReply(text, logprobs, calls)
+
+        try:
+            async for try_ in AsyncRetrying(retry=retry_if_exception(_retryable), wait=_Wait(self.max_wait_s),
+                                            stop=stop_after_attempt(self.max_attempts), reraise=True):
+                with try_:
+                    return await attempt()
+        except BudgetExhausted:
+            raise
+        except Exception as exc:
+            raise LLMFailure(f"{role} request failed after {len(calls)} attempt(s): {_reason(exc, self._secret)}",
+                             calls) from None
+        raise AssertionError("unreachable")
+
+    async def chat(self, *, role: str, model: str, messages: list[dict[str, str]], max_tokens: int,
+                   temperature: float = 0.0, top_logprobs: int | None = None) -> LLMReply:
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
+                                  "temperature": temperature}
+        if top_logprobs:
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs)
+
+        def parse(r: Any) -> tuple[str, Any, tuple[int, int]]:
+            choices = getattr(r, "choices", None)
+            if not choices or getattr(choices[0], "message", None) is None:
+                raise MalformedResponse("no choices[0].message in the response")
+            text = choices[0].message.content
+            if text is None:
+                raise MalformedResponse("empty message content")
+            lp = choices[0].logprobs
+            return text, (lp.model_dump() if lp is not None else None), _usage(r)
+
+        return await self._request(role, model, kwargs, lambda c: c.chat.completions.create(**kwargs), parse)
+
+    async def complete(self, *, role: str, model: str, prompt: str, max_tokens: int, echo: bool = False,
+                       logprobs: int | None = None) -> LLMReply:
+        kwargs: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                                  "echo": echo}
+        if logprobs is not None:
+            kwargs["logprobs"] = logprobs
+
+        def parse(r: Any) -> tuple[str, Any, tuple[int, int]]:
+            choices = getattr(r, "choices", None)
+            if not choices or getattr(choices[0], "text", None) is None:
+                raise MalformedResponse("no choices[0].text in the response")
+            lp = choices[0].logprobs
+            return choices[0].text, (lp.model_dump() if lp is not None else None), _usage(r)
+
+        return await self._request(role, model, kwargs, lambda c: c.completions.create(**kwargs), parse)
+
+
+def _usage(response: Any) -> tuple[int, int]:
+    u = getattr(response, "usage", None)
+    if u is None:
+        return 0, 0
+    return int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0)

@@ -1,0 +1,113 @@
+"""Explain and score against a real loopback HTTP server speaking the OpenAI API."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from autointerp import scoring
+from autointerp.config import CollectConfig, LabelConfig
+from autointerp.labelling import LabelBatch
+from autointerp.llm import Budget, OpenAICompatibleClient
+from autointerp.pipeline import collect_stage
+from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
+
+HOOK = "blocks.0.mlp.hook_post"
+LABEL = "digits and numbers"
+
+
+def digit_rule(i: int, tok: str, tokens: list[str]) -> dict[str, float]:
+    """The scripted simulator: 9 on rows whose token contains a digit, 0 elsewhere (read at each placeholder)."""
+    if not re.fullmatch(r"[^\S\n]*\t0", tok):
+        return {"x": -1.0}
+    j = i
+    while j > 0 and tokens[j - 1] != "\n":
+        j -= 1
+    row_token = "".join(tokens[j:i]) + tok[: tok.rindex("\t")]
+    return {"9": math.log(0.9), "0": math.log(0.1)} if any(ch.isdigit() for ch in row_token) else {"0": 0.0}
+
+
+def good_script(path: str, request: dict) -> Reply:
+    if path.endswith("/chat/completions"):
+        return Reply(content=LABEL)
+    return Reply(content="", logprobs=echo_logprobs(request["prompt"], digit_rule))
+
+
+@pytest.fixture(scope="module")
+def collected_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> Path:
+    db = tmp_path_factory.mktemp("label") / "base.duckdb"
+    collect_stage(db, CollectConfig(model=str(tiny_model_dir), hook=HOOK, dataset=str(corpus_file), n_tokens=1600,
+                                    ctx_len=16, top_k=6, n_quantiles=2, per_quantile=2, n_random=6), model=tiny_model)
+    return db
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def run_batch(db: Path, url: str, features: list[int], explain: bool = True, score: bool = True, **cfg) -> object:
+    cfg = LabelConfig(explainer_model="m-explain", simulator_model="m-sim", concurrency=4, timeout_s=2.0,
+                      max_attempts=4, n_sim_top=6, n_sim_random=6, n_boot=200, **cfg)
+    budget = Budget(cfg.max_cost_usd, cfg.max_tokens)
+    client = OpenAICompatibleClient([url], "sk-secret-test-key", timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,
+                                    max_wait_s=1.0, prices={"m-explain": (1.0, 2.0), "m-sim": (0.5, 0.0)}, budget=budget)
+    return asyncio.run(LabelBatch(db, 1, cfg, client, features, explain, score).run())
+
+
+def q(db: Path, sql: str, params=()):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def test_explain_and_score_end_to_end(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "a.duckdb")
+    with LoopbackLLM(good_script) as llm:
+        progress = run_batch(db, llm.base_url, list(range(8)))
+    assert progress.features_done == 8 and progress.explained == 8 and progress.scored == 8
+    labels = q(db, "SELECT feature, label, explainer, status FROM labels WHERE explainer = 'm-explain' ORDER BY feature")
+    assert [r[1] for r in labels] == [LABEL] * 8 and all(r[3] == "ok" for r in labels)
+    # The baseline is there too, scored by token lookup.
+    assert q(db, "SELECT count(*) FROM labels WHERE explainer = 'baseline:token-lookup' "
+                 "AND correlation_top_random IS NOT NULL") == [(8,)]
+    # Stored predictions follow the scripted rule, and the stored score is the scoring function of them.
+    rows = q(db, """SELECT s.predicted, c.tokens, c.acts, s.purpose, s.kind FROM simulations s
+                    JOIN contexts c ON c.dictionary_id = s.dictionary_id AND c.feature = s.feature AND c.seq = s.seq
+                         AND c.split = s.split AND c.kind = s.kind AND c.rank = s.rank
+                    WHERE s.simulator = 'm-sim' AND s.feature = 3""")
+    assert rows
+    for predicted, tokens, _, _, _ in rows:
+        expected = [0.9 * 9 if any(ch.isdigit() for ch in t) else 0.0 for t in tokens]
+        assert np.allclose(predicted, expected)
+    scored = [(np.asarray(a), np.asarray(p)) for p, _, a, purpose, _ in rows if purpose == "scoring"]
+    (value,) = q(db, "SELECT value FROM scores WHERE feature = 3 AND simulator = 'm-sim' "
+                     "AND method = 'correlation_top_random'")[0]
+    expected_value = scoring.pooled_correlation(scored)
+    assert (value is None and math.isnan(expected_value)) or value == pytest.approx(expected_value)
+    # Every call left a row; tokens and cost add up from the price table.
+    calls = q(db, "SELECT role, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cost_usd) FROM llm_calls "
+                  "GROUP BY role ORDER BY role")
+    assert [c[:2] for c in calls] == [("explainer", 8), ("simulator", 8)]
+    explainer = calls[0]
+    assert explainer[4] == pytest.approx((explainer[2] * 1.0 + explainer[3] * 2.0) / 1e6)
+
+
+def test_rerunning_a_finished_batch_does_nothing(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "b.duckdb")
+    with LoopbackLLM(good_script) as llm:
+        run_batch(db, llm.base_url, list(range(4)))
+        n_requests = len(llm.requests)
+        again = run_batch(db, llm.base_url, list(range(4)))
+        assert len(llm.requests) == n_requests
+    assert again.features_total == 0
+    assert q(db, "SELECT count(*) FROM explanations") == [(8,)]
+    assert q(db, "SELECT count(*) FROM score_runs") == [(8,)]
