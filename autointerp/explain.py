@@ -50,7 +50,7 @@ def parse_label(text: str) -> Label:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         raise ValueError("the reply was empty")
-    line = _PREFIX.sub("", lines[0]).strip().strip("*_`\"' ").rstrip(".").strip()
+    line = _PREFIX.sub("", lines[0]).strip().strip("*_`\"' .")
     try:
         return Label(label=line)
     except ValidationError as exc:
