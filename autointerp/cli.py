@@ -81,28 +81,40 @@ def _progress_factory(total: int) -> Callable[[int], None]:
     return bar.update
 
 
+_COLLECT_OPTIONS = [
+    click.option("--model", default="smollm2-135m", show_default=True,
+              help="TransformerLens model name (needs the hub), local HF model directory, or smollm2-135m (offline)."),
+    click.option("--hook", default=None, help="Hook point, e.g. blocks.6.mlp.hook_post or blocks.3.hook_resid_post. "
+              "Default: the SAE's hook, else blocks.6.mlp.hook_post."),
+    click.option("--sae", default=None, help="SAELens SAE directory, or RELEASE:SAE_ID (needs the hub). Omit for neurons."),
+    click.option("--dataset", default="default", show_default=True,
+              help="default (Python docs, offline), a .txt/.jsonl/.parquet file or directory, or an HF dataset name."),
+    click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/HF records."),
+    click.option("--tokens", "n_tokens", type=int, default=200_000, show_default=True, help="Tokens to collect over."),
+    click.option("--ctx-len", type=int, default=64, show_default=True, help="Tokens per context."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits and samples."),
+    click.option("--batch-size", type=int, default=16, show_default=True, help="Contexts per forward pass."),
+    click.option("--top-k", type=int, default=20, show_default=True, help="Top contexts per feature and split."),
+    click.option("--quantiles", "n_quantiles", type=int, default=10, show_default=True, help="Quantile bins."),
+    click.option("--per-quantile", type=int, default=5, show_default=True, help="Contexts per quantile bin and split."),
+    click.option("--random", "n_random", type=int, default=20, show_default=True, help="Random contexts per split."),
+    click.option("--holdout", "holdout_frac", type=float, default=0.2, show_default=True,
+              help="Share of contexts in the holdout split."),
+    click.option("--threshold", type=float, default=0.0, show_default=True, help="Activation above which a token is active."),
+    click.option("--features", "features", default=None, help="Only features START:STOP."),
+    click.option("--random-init", is_flag=True, help="Use a freshly initialised copy of the model (seeded by --seed)."),
+]
+
+
+def collect_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of `collect`, shared with `run`."""
+    for opt in reversed(_COLLECT_OPTIONS):
+        f = opt(f)
+    return f
+
+
 @main.command()
-@click.option("--model", default="smollm2-135m", show_default=True,
-              help="TransformerLens model name (needs the hub), local HF model directory, or smollm2-135m (offline).")
-@click.option("--hook", default=None, help="Hook point, e.g. blocks.6.mlp.hook_post or blocks.3.hook_resid_post. "
-              "Default: the SAE's hook, else blocks.6.mlp.hook_post.")
-@click.option("--sae", default=None, help="SAELens SAE directory, or RELEASE:SAE_ID (needs the hub). Omit for neurons.")
-@click.option("--dataset", default="default", show_default=True,
-              help="default (Python docs, offline), a .txt/.jsonl/.parquet file or directory, or an HF dataset name.")
-@click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/HF records.")
-@click.option("--tokens", "n_tokens", type=int, default=200_000, show_default=True, help="Tokens to collect over.")
-@click.option("--ctx-len", type=int, default=64, show_default=True, help="Tokens per context.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits and samples.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Contexts per forward pass.")
-@click.option("--top-k", type=int, default=20, show_default=True, help="Top contexts per feature and split.")
-@click.option("--quantiles", "n_quantiles", type=int, default=10, show_default=True, help="Quantile bins.")
-@click.option("--per-quantile", type=int, default=5, show_default=True, help="Contexts per quantile bin and split.")
-@click.option("--random", "n_random", type=int, default=20, show_default=True, help="Random contexts per split.")
-@click.option("--holdout", "holdout_frac", type=float, default=0.2, show_default=True,
-              help="Share of contexts in the holdout split.")
-@click.option("--threshold", type=float, default=0.0, show_default=True, help="Activation above which a token is active.")
-@click.option("--features", "features", default=None, help="Only features START:STOP.")
-@click.option("--random-init", is_flag=True, help="Use a freshly initialised copy of the model (seeded by --seed).")
+@collect_options
 @db_option
 @friendly_errors
 def collect(db: str, features: str | None, **kwargs: Any) -> None:
@@ -232,11 +244,19 @@ def status(db: str, fmt: str) -> None:
 # ---------------------------------------------------------------- explain / score / run
 
 
-def llm_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest)."),
         click.option("--features", "feature_range", default=None, help="Only features START:STOP."),
         click.option("--where", default=None, help="SQL condition on `features`, e.g. \"frac_active > 0.001\"."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def llm_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
         click.option("--base-url", "base_urls", multiple=True,
                      help="OpenAI-compatible endpoint (repeat to spread requests). Default: $OPENAI_BASE_URL, "
                           "else a local llama.cpp server with SmolLM2-135M-Instruct."),
@@ -339,6 +359,7 @@ def _summary(p: Any, dictionary_id: int) -> None:
 
 
 @main.command()
+@selection_options
 @llm_options
 @db_option
 @friendly_errors
@@ -356,6 +377,7 @@ def explain(db: str, **kwargs: Any) -> None:
 
 
 @main.command()
+@selection_options
 @llm_options
 @db_option
 @friendly_errors
@@ -370,6 +392,7 @@ def score(db: str, **kwargs: Any) -> None:
 
 
 @main.command("label")
+@selection_options
 @llm_options
 @db_option
 @friendly_errors
@@ -381,3 +404,43 @@ def label_cmd(db: str, **kwargs: Any) -> None:
       autointerp label --features 0:100 --max-cost 5
     """
     _label_command(db, (True, True), **kwargs)
+
+
+@main.command()
+@collect_options
+@click.option("--label-features", default=None, help="Label and score only features START:STOP of the collection.")
+@click.option("--label-where", default=None, help="Label and score only features matching this SQL condition.")
+@llm_options
+@db_option
+@friendly_errors
+def run(db: str, features: str | None, label_features: str | None, label_where: str | None, **kwargs: Any) -> None:
+    """Collect, explain and score in one command (each step resumes where it stopped).
+
+    \b
+    Example (embedded default, offline: SmolLM2-135M neurons labelled by SmolLM2-135M-Instruct):
+      autointerp run --tokens 50000 --label-features 0:8 --sim-top 4 --sim-random 4
+    \b
+    With a paid endpoint and a budget:
+      autointerp run --model gpt2 --hook blocks.6.mlp.hook_post --base-url https://api.openai.com/v1 \\
+          --explainer-model gpt-4o-mini --simulator-model gpt-4o-mini --simulator-mode chat --max-cost 20
+    """
+    from autointerp.config import CollectConfig
+    from autointerp.pipeline import collect_stage
+
+    collect_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _COLLECT_PARAM_NAMES}
+    cfg = CollectConfig(features=_parse_range(features), **collect_kwargs)
+    try:
+        out = collect_stage(db, cfg, _progress_factory)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: run the same command again to complete it.", err=True)
+        sys.exit(130)
+    click.echo(f"dictionary {out.dictionary_id}: {out.n_features:,} features over {out.n_tokens:,} tokens"
+               + (" (already collected)" if out.already_complete else ""))
+    _label_command(db, (True, True), dictionary_id=out.dictionary_id, feature_range=label_features,
+                   where=label_where, **kwargs)
+
+
+_COLLECT_PARAM_NAMES = {
+    "model", "hook", "sae", "dataset", "text_field", "n_tokens", "ctx_len", "seed", "batch_size", "top_k",
+    "n_quantiles", "per_quantile", "n_random", "holdout_frac", "threshold", "random_init",
+}

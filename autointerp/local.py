@@ -53,7 +53,7 @@ class EmbeddedLLM:
         return f"http://127.0.0.1:{self.port}/v1"
 
     @classmethod
-    def start(cls, n_ctx: int = 4096, wait_s: float = 180.0) -> EmbeddedLLM:
+    def start(cls, n_ctx: int = 8192, wait_s: float = 180.0) -> EmbeddedLLM:
         try:
             import llama_cpp.server  # noqa: F401
         except ImportError as exc:

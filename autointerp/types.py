@@ -48,6 +48,8 @@ class Label(Record):
             raise ValueError("no words")
         if "‹‹" in v or "<<" in v or "<start>" in v:
             raise ValueError("it repeats the excerpt markup")
+        if v.rstrip().endswith((":", ",", " by", " the", " a", " of")):
+            raise ValueError("the phrase is unfinished")
         if len(v.split()) > 30:
             raise ValueError(f"{len(v.split())} words, not a short phrase")
         return v

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 
 from autointerp import explain, llm
 from autointerp.types import Context, FeatureContexts
-from tests.llm_server import LoopbackLLM, Reply, dropped, hang, malformed, server_error, too_many, wrong_schema
+from tests.llm_server import (
+    LoopbackLLM,
+    Reply,
+    dropped,
+    hang,
+    malformed,
+    server_error,
+    too_many,
+    wrong_schema,
+)
 
 SECRET = "sk-test-SECRET-123456"
 
@@ -27,10 +37,8 @@ def scripted(*replies: Reply):
     last = [replies[-1]]
 
     def script(path, request):
-        try:
+        with contextlib.suppress(StopIteration):
             last[0] = next(it)
-        except StopIteration:
-            pass
         return last[0]
 
     return script
