@@ -235,6 +235,12 @@ def status(db: str, fmt: str) -> None:
             SELECT d.dictionary_id AS id, d.model, d.hook, d.kind, d.random_init, d.status, d.n_tokens,
                    d.n_features, count(f.feature) AS features_stored,
                    (SELECT count(*) FROM examples e WHERE e.dictionary_id = d.dictionary_id) AS examples,
+                   (SELECT count(*) FROM explanations x WHERE x.dictionary_id = d.dictionary_id
+                      AND x.status = 'ok' AND x.explainer NOT LIKE 'baseline:%') AS llm_labels,
+                   (SELECT count(*) FROM explanations x WHERE x.dictionary_id = d.dictionary_id
+                      AND x.status = 'failed') AS failed_labels,
+                   (SELECT count(DISTINCT s.explanation_id) FROM scores s
+                      WHERE s.dictionary_id = d.dictionary_id) AS scored_labels,
                    d.dataset, d.created_at
             FROM dictionaries d LEFT JOIN features f USING (dictionary_id)
             GROUP BY ALL ORDER BY id""")
@@ -325,8 +331,11 @@ def _label_command(db: str, stages: tuple[bool, bool], dictionary_id: int | None
 
     batch = LabelBatch(db, did, cfg, client, features, explain_stage=stages[0], score_stage=stages[1],
                        on_progress=on_progress)
+    from autointerp.pipeline import sigterm_as_interrupt
+
     try:
-        progress = asyncio.run(batch.run())
+        with sigterm_as_interrupt():
+            progress = asyncio.run(batch.run())
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished features are saved; run the same command to continue.", err=True)
         sys.exit(130)

@@ -119,7 +119,8 @@ class LabelBatch:
 
     def _jobs(self) -> list[_Job]:
         cfg = self.cfg
-        with store.open_store(self.db, read_only=True) as con:
+        # Read-write like the flushes: DuckDB refuses two configurations of one file in one process.
+        with store.open_store(self.db, wait_s=600) as con:
             have_llm = store.explained_features(con, self.dictionary_id, cfg.explainer_model, self.explain_hash)
             have_base = store.explained_features(con, self.dictionary_id, explain.BASELINE, explain.BASELINE_HASH)
             unscored: dict[int, list[tuple[str, str, str]]] = {}
@@ -280,7 +281,7 @@ class LabelBatch:
         return self.progress
 
     def _load(self, features: list[int]) -> dict[int, FeatureContexts]:
-        with store.open_store(self.db, read_only=True, wait_s=600) as con:
+        with store.open_store(self.db, wait_s=600) as con:
             return store.read_feature_contexts(con, self.dictionary_id, features)
 
     def _report(self) -> None:

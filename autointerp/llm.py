@@ -7,13 +7,12 @@ pipeline writes them to `llm_calls`. The API key is never put in a record or an 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -84,7 +83,6 @@ class Budget:
     max_tokens: int | None = None
     spent_usd: float = 0.0
     tokens: int = 0
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def check(self) -> None:
         if self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd:

@@ -35,7 +35,7 @@ def token_strings(tokenizer: Any) -> list[str]:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     # `kill` (SIGTERM) then unwinds like Ctrl-C, leaving the dictionary marked incomplete.
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -102,7 +102,7 @@ def collect_stage(
         )
     progress = progress_factory(cfg.n_tokens) if progress_factory else None
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             ctxs = corpus.contexts(corpus.pieces(cfg.dataset, cfg.text_field), tokenizer, cfg.ctx_len,
                                    cfg.n_tokens // cfg.ctx_len)
             result = run_collection(cfg, reader, reader.n_features, ctxs, strings, bos, start, progress)
