@@ -79,4 +79,6 @@ class LabelConfig(Frozen):
     n_sim_top: int = Field(10, ge=1, description="holdout top contexts simulated (odd ranks calibrate, even ranks score)")
     n_sim_random: int = Field(10, ge=1, description="holdout random contexts simulated (same split rule)")
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
+    judge: bool = Field(True, description="also score detection and fuzzing (Delphi), one chat request each")
+    n_judge: int = Field(5, ge=1, description="positive and negative examples each for detection and fuzzing")
     baseline: bool = Field(True, description="also label and score every feature with the token-lookup baseline")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp import __version__, explain, scoring, simulate, store
+from autointerp import __version__, detect, explain, scoring, simulate, store
 from autointerp.config import LabelConfig
 from autointerp.llm import BudgetExhausted, LLMCall, LLMClient
 from autointerp.types import Context, Explanation, FeatureContexts
@@ -113,6 +113,8 @@ class LabelBatch:
         self._pending: list[store.Bundle] = []
         self.explain_hash = explain.prompts.templates_hash(*explain.EXPLAIN_TEMPLATES)
         templates = simulate.SIM_TEMPLATES if cfg.simulator_mode == "echo" else simulate.CHAT_TEMPLATES
+        if cfg.judge:
+            templates = (*templates, *detect.DETECT_TEMPLATES, *detect.FUZZ_TEMPLATES)
         self.sim_hash = explain.prompts.templates_hash(*templates) + f"-{cfg.simulator_mode}"
 
     # ------------------------------------------------------------ the queue
@@ -160,12 +162,46 @@ class LabelBatch:
             self.progress.failed[f"simulation: {_reason_class(str(exc))}"] += 1
             return rows, False
         sims, scores = score_rows(fc, eid, self.cfg.simulator_model, contexts, predicted, self.cfg.n_boot)
+        judge_errors: list[str] = []
+        if self.cfg.judge:
+            judged, judge_calls, judge_errors = await self._judge(fc, eid, label)
+            scores += judged
+            calls = calls + judge_calls
         rows.update(simulations=sims, scores=scores, llm_calls=_call_rows(calls, fc.dictionary_id, fc.feature, eid),
-                    score_runs=[{**run, "status": "ok", "error": None}])
+                    score_runs=[{**run, "status": "ok", "error": "; ".join(judge_errors) or None}])
         for s in scores:
             if s["value"] is not None:
                 self.progress.score_values.setdefault(s["method"], []).append(s["value"])
         return rows, True
+
+    async def _judge(self, fc: FeatureContexts, eid: str, label: str) -> tuple[list[dict], list[LLMCall], list[str]]:
+        """Detection and fuzzing rows (balanced accuracy, and AUC where P(1) is known)."""
+        assert self.client is not None
+        rows: list[dict] = []
+        calls: list[LLMCall] = []
+        errors: list[str] = []
+        for name, fn in (("detection", detect.detection), ("fuzzing", detect.fuzzing)):
+            try:
+                labels, answers, probs, c = await fn(self.client, self.cfg.simulator_model, fc, label,
+                                                     self.cfg.n_judge, 0)
+            except detect.JudgeError as exc:
+                calls += exc.calls
+                errors.append(f"{name}: {exc}")
+                self.progress.failed[f"{name}: {_reason_class(str(exc))}"] += 1
+                continue
+            calls += c
+            y = np.asarray(labels, bool)
+            results = [scoring.accuracy_score(name, y, np.asarray(answers, bool), self.cfg.n_boot)]
+            if probs is not None:
+                results.append(scoring.auc_score(f"{name}_auc", y, np.asarray(probs), self.cfg.n_boot))
+            for sc in results:
+                rows.append({"explanation_id": eid, "dictionary_id": fc.dictionary_id, "feature": fc.feature,
+                             "simulator": self.cfg.simulator_model, "method": sc.method, "value": _finite(sc.value),
+                             "n_examples": sc.n_examples, "ci_low": _finite(sc.ci_low),
+                             "ci_high": _finite(sc.ci_high)})
+                if np.isfinite(sc.value):
+                    self.progress.score_values.setdefault(sc.method, []).append(sc.value)
+        return rows, calls, errors
 
     def _score_baseline(self, fc: FeatureContexts, eid: str) -> dict[str, list[dict]]:
         contexts = scoring_contexts(fc, self.cfg)

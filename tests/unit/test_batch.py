@@ -16,7 +16,7 @@ from autointerp import store
 from autointerp.config import CollectConfig
 from autointerp.pipeline import collect_stage
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
-from tests.unit.test_labelling import digit_rule
+from tests.unit.test_labelling import digit_rule, judge_reply
 
 HOOK = "blocks.0.mlp.hook_post"
 KEY = "sk-live-DO-NOT-STORE-0123456789"
@@ -25,7 +25,7 @@ KEY = "sk-live-DO-NOT-STORE-0123456789"
 def slow_script(delay: float):
     def script(path: str, request: dict) -> Reply:
         if path.endswith("/chat/completions"):
-            return Reply(content="numbers", delay_s=delay)
+            return judge_reply(request) or Reply(content="numbers", delay_s=delay)
         return Reply(content="", logprobs=echo_logprobs(request["prompt"], digit_rule), delay_s=delay)
 
     return script
@@ -77,7 +77,8 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, base_db)
         done = subprocess.run(label_cmd(db, server.base_url, "--features", "0:40"), env=env(), capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-        explainer_requests = [r for p, r in server.requests[n_before:] if p.endswith("/chat/completions")]
+        explainer_requests = [r for p, r in server.requests[n_before:] if p.endswith("/chat/completions")
+                              and r["messages"][0]["content"].startswith("You label features")]
     assert len(explainer_requests) == 40 - done_before  # finished features were not asked again
     assert count(db, "SELECT count(*) FROM explanations WHERE explainer = 'e'") == 40
     assert count(db, "SELECT count(*) FROM explanations WHERE explainer = 'baseline:token-lookup'") == 40

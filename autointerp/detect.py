@@ -1,0 +1,146 @@
+"""Detection and fuzzing, as Delphi defines them: an LLM reads the label and judges held-out excerpts.
+
+Detection: is the feature active anywhere in this excerpt? Positives are the holdout's top
+contexts, negatives its random contexts where the feature stays below 20% of its max.
+Fuzzing: are the marked tokens the ones the label describes? Positives are top contexts with the
+truly active tokens marked; negatives are other top contexts with as many marks on random tokens.
+Each is one chat request per feature (JSON answers, one re-ask); scored by balanced accuracy,
+and by AUC where the endpoint returns top_logprobs for the answer digits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from typing import Any
+
+from autointerp import prompts
+from autointerp.llm import LLMCall, LLMClient, LLMFailure
+from autointerp.types import Context, FeatureContexts
+
+DETECT_TEMPLATES = ("detect.system", "detect.user")
+FUZZ_TEMPLATES = ("fuzz.system", "fuzz.user")
+ACTIVE_FRACTION = 0.2
+
+
+class JudgeError(Exception):
+    def __init__(self, message: str, calls: list[LLMCall]):
+        super().__init__(message)
+        self.calls = calls
+
+
+def _excerpt(i: int, tokens: list[str], marked: set[int]) -> str:
+    text = "".join(f"<<{prompts.escape_data(t)}>>" if j in marked else prompts.escape_data(t)
+                   for j, t in enumerate(tokens))
+    return f"<excerpt {i}>\n{text}\n</excerpt {i}>"
+
+
+def detection_examples(fc: FeatureContexts, n: int, seed: int) -> list[tuple[Context, bool]]:
+    top = sorted(fc.select("holdout", "top"), key=lambda c: c.rank)[:n]
+    quiet = [c for c in sorted(fc.select("holdout", "random"), key=lambda c: c.rank)
+             if c.max_act < ACTIVE_FRACTION * fc.max_act][:n]
+    examples = [(c, True) for c in top] + [(c, False) for c in quiet]
+    random.Random(seed * 7919 + fc.feature).shuffle(examples)
+    return examples
+
+
+def fuzzing_examples(fc: FeatureContexts, n: int, seed: int) -> list[tuple[Context, set[int], bool]]:
+    top = sorted(fc.select("holdout", "top"), key=lambda c: c.rank)
+    rng = random.Random(seed * 104729 + fc.feature)
+    out: list[tuple[Context, set[int], bool]] = []
+    for k, c in enumerate(top[: 2 * n]):
+        true_marks = {j for j, a in enumerate(c.acts) if a >= ACTIVE_FRACTION * fc.max_act and a > 0}
+        if not true_marks:
+            continue
+        if k % 2 == 0:
+            out.append((c, true_marks, True))
+        else:
+            out.append((c, set(rng.sample(range(len(c.tokens)), len(true_marks))), False))
+    rng.shuffle(out)
+    return out
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_answers(text: str, n: int) -> list[int]:
+    m = _JSON_OBJECT.search(text)
+    if not m:
+        raise ValueError("no JSON object in the reply")
+    try:
+        data = json.loads(m.group(0))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg})") from None
+    answers = data.get("answers") if isinstance(data, dict) else None
+    if not isinstance(answers, list) or any(a not in (0, 1) for a in answers):
+        raise ValueError("no 'answers' list of 0 and 1")
+    if len(answers) != n:
+        raise ValueError(f"{len(answers)} answers for {n} excerpts")
+    return [int(a) for a in answers]
+
+
+def answer_probabilities(logprobs: dict[str, Any] | None, n: int) -> list[float] | None:
+    """P(answer = 1) for each generated 0/1 digit, when the endpoint returned top_logprobs."""
+    content = (logprobs or {}).get("content") or []
+    probs = []
+    for entry in content:
+        if entry.get("token", "").strip() in ("0", "1"):
+            top = {t["token"].strip(): math.exp(t["logprob"]) for t in entry.get("top_logprobs") or []}
+            p0, p1 = top.get("0", 0.0), top.get("1", 0.0)
+            if p0 + p1 == 0:
+                return None
+            probs.append(p1 / (p0 + p1))
+    return probs if len(probs) == n else None
+
+
+async def judge(client: LLMClient, model: str, templates: tuple[str, str], label: str, excerpts: list[str],
+                max_reasks: int = 1, top_logprobs: int | None = 5) -> tuple[list[int], list[float] | None,
+                                                                            list[LLMCall]]:
+    """One chat request for all excerpts; returns the 0/1 answers, P(1) if available, and the calls."""
+    messages = [{"role": "system", "content": prompts.render(templates[0])},
+                {"role": "user", "content": prompts.render(templates[1], label=prompts.escape_data(label),
+                                                           excerpts="\n\n".join(excerpts))}]
+    calls: list[LLMCall] = []
+    problem = ""
+    for _ in range(1 + max_reasks):
+        try:
+            reply = await client.chat(role="judge", model=model, messages=messages, max_tokens=8 * len(excerpts) + 32,
+                                      top_logprobs=top_logprobs)
+        except LLMFailure as exc:
+            raise JudgeError(str(exc), calls + exc.calls) from None
+        calls += reply.calls
+        try:
+            answers = parse_answers(reply.text, len(excerpts))
+        except ValueError as exc:
+            problem = str(exc)
+            messages = [*messages, {"role": "assistant", "content": reply.text[:2000]},
+                        {"role": "user", "content": f"That reply could not be used ({exc}). Reply with the JSON only."}]
+            continue
+        return answers, answer_probabilities(reply.logprobs, len(excerpts)), calls
+    raise JudgeError(f"unusable answers after {1 + max_reasks} attempts: {problem}", calls)
+
+
+def _need_both(examples: list[Any], name: str, what: str) -> None:
+    classes = {e[-1] for e in examples}
+    if classes != {True, False}:
+        raise JudgeError(f"not scored: too few {what} for both classes", [])
+
+
+async def detection(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
+                    ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
+    examples = detection_examples(fc, n, seed)
+    _need_both(examples, "detection", "holdout contexts where the feature stays quiet")
+    excerpts = [_excerpt(i, c.tokens, set()) for i, (c, _) in enumerate(examples, 1)]
+    answers, probs, calls = await judge(client, model, DETECT_TEMPLATES, label, excerpts)
+    return [y for _, y in examples], answers, probs, calls
+
+
+async def fuzzing(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
+                  ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
+    examples = fuzzing_examples(fc, n, seed)
+    _need_both(examples, "fuzzing", "holdout top contexts with active tokens")
+    excerpts = [_excerpt(i, c.tokens, marks) for i, (c, marks, _) in enumerate(examples, 1)]
+    answers, probs, calls = await judge(client, model, FUZZ_TEMPLATES, label, excerpts)
+    return [y for *_, y in examples], answers, probs, calls
