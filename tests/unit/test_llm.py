@@ -159,7 +159,7 @@ def test_explainer_failure_is_a_failed_row_with_a_reason_never_a_label():
 
 
 def test_concurrent_requests_overlap():
-    with LoopbackLLM(scripted(Reply(content="ok", delay_s=0.3))) as server:
+    with LoopbackLLM(scripted(Reply(content="ok", delay_s=0.5))) as server:
         c = client(server.base_url, timeout_s=5.0)
 
         async def many():
@@ -168,4 +168,4 @@ def test_concurrent_requests_overlap():
 
         start = time.monotonic()
         asyncio.run(many())
-        assert time.monotonic() - start < 0.3 * 4
+        assert time.monotonic() - start < 0.5 * 16 / 4  # at least 4x overlap, with room for a loaded machine
