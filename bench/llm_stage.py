@@ -1,8 +1,9 @@
 """Explain + score throughput against the loopback OpenAI server, and prompt sizes beside the peers'.
 
 1. Pipeline overhead: features/s with a zero-latency server.
-2. With 100 ms per request at concurrency 32 and 128, features/s beside the limit: each feature
-   makes 2 requests in sequence (explain, then simulate), so the limit is concurrency / (2 x latency).
+2. With 100 ms per request at concurrency 32 and 128, features/s beside the limit: a feature makes
+   R requests in sequence (explain, simulate, detection, fuzzing; R measured from llm_calls), so the
+   limit is concurrency / (R x latency).
 3. Tokens per feature (SmolLM2 tokenizer) for our explain and simulation prompts, beside the same
    contexts formatted as OpenAI's neuron_explainer and Delphi format them (their framing text and
    few-shot examples are not included, so their real prompts are larger than shown here).
@@ -47,15 +48,17 @@ def server_process(latency: float):
         proc.wait()
 
 
-def run_batch(db: Path, url: str, features: list[int], concurrency: int) -> tuple[float, float]:
-    """(features/s, our process's CPU seconds per feature)."""
+def run_batch(db: Path, url: str, features: list[int], concurrency: int) -> tuple[float, float, float]:
+    """(features/s, our process's CPU seconds per feature, requests per feature)."""
     cfg = LabelConfig(explainer_model="e", simulator_model="s", concurrency=concurrency, baseline=False)
     client = OpenAICompatibleClient([url], None, timeout_s=30, budget=Budget())
     start, cpu = time.perf_counter(), time.process_time()
     progress = asyncio.run(LabelBatch(db, 1, cfg, client, features, True, True).run())
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert progress.scored == len(features), progress
-    return len(features) / elapsed, cpu / len(features)
+    with open_store(db, read_only=True) as con:
+        n_calls = con.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
+    return len(features) / elapsed, cpu / len(features), n_calls / len(features)
 
 
 def openai_style_explain(contexts, max_act: float) -> str:
@@ -89,19 +92,20 @@ def main() -> None:
                                       dataset=str(write_corpus(tmp / "c.txt", 400)), n_tokens=20_000, ctx_len=64),
                   model=load_model(str(model_dir)))
     features = list(range(args.features))
-    results: dict[str, object] = {"features": args.features, "requests_per_feature": 2}
+    results: dict[str, object] = {"features": args.features}
     for name, latency, conc in (("zero_latency_c32", 0.0, 32), ("latency100ms_c32", 0.1, 32),
                                 ("latency100ms_c128", 0.1, 128)):
         db = tmp / f"{name}.duckdb"
         db.write_bytes(base.read_bytes())
         with server_process(latency) as url:
-            rate, cpu = run_batch(db, url, features, conc)
-        limit = conc / (2 * latency) if latency else float("inf")
-        results[name] = {"features_per_s": rate, "limit_features_per_s": limit,
+            rate, cpu, per_feature = run_batch(db, url, features, conc)
+        limit = conc / (per_feature * latency) if latency else float("inf")
+        results[name] = {"features_per_s": rate, "limit_features_per_s": limit, "requests_per_feature": per_feature,
                          "share_of_limit": rate / limit if latency else None, "client_cpu_s_per_feature": cpu}
         print(f"{name:20s} {rate:8.1f} features/s   limit {limit:8.1f}"
               + (f" ({rate / limit:4.0%})" if latency else "       ")
-              + f"   our CPU {1000 * cpu:5.1f} ms/feature (alone: {1 / cpu:5.0f} features/s per core)")
+              + f"   our CPU {1000 * cpu:5.1f} ms/feature (alone: {1 / cpu:5.0f} features/s per core)"
+              + f"   {per_feature:.2f} requests/feature")
 
     from transformers import AutoTokenizer
 

@@ -171,6 +171,9 @@ def _body(path: str, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
 def _bench_script(latency: float) -> Script:
     def reply(path: str, request: dict[str, Any]) -> Reply:
         if path.endswith("/chat/completions"):
+            if '"answers"' in request["messages"][0]["content"]:
+                n = request["messages"][-1]["content"].count("</excerpt")
+                return Reply(content=json.dumps({"answers": [1] * n}), delay_s=latency)
             return Reply(content="numbers and dates", delay_s=latency)
         return Reply(content="", delay_s=latency,
                      logprobs=echo_logprobs(request["prompt"], lambda i, t, ts: {"0": -0.1, "5": -2.3}))

@@ -85,3 +85,16 @@ def test_vectorised_bootstrap_equals_the_plain_resampling_loop():
     fast = scoring.explained_variance_score(cal, examples, n_boot=200, seed=5)
     slow = scoring.bootstrap(lambda idx: scoring.explained_variance([examples[i] for i in idx], a_b), 25, 200, 5)
     assert (fast.ci_low, fast.ci_high) == pytest.approx(slow)
+
+
+def test_vectorised_accuracy_and_auc_bootstraps_equal_the_plain_loop():
+    rng = np.random.default_rng(4)
+    y = rng.random(30) < 0.5
+    pred = rng.random(30) < 0.6
+    s = rng.random(30)
+    fast = scoring.accuracy_score("detection", y, pred, n_boot=300, seed=2)
+    slow = scoring.bootstrap(lambda idx: scoring.balanced_accuracy(y[idx], pred[idx]), 30, 300, 2)
+    assert (fast.ci_low, fast.ci_high) == pytest.approx(slow)
+    fast = scoring.auc_score("detection_auc", y, s, n_boot=300, seed=2)
+    slow = scoring.bootstrap(lambda idx: scoring.auc(y[idx], s[idx]), 30, 300, 2)
+    assert (fast.ci_low, fast.ci_high) == pytest.approx(slow)
