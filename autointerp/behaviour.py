@@ -1,0 +1,139 @@
+"""How much of a feature's role in the model its label accounts for.
+
+On held-out contexts the model runs three ways: clean; with the feature ablated (replaced by its
+mean activation, or zero); with the feature replaced by the label's simulated activations,
+calibrated to the feature's scale on the calibration split. The behaviour score is the share of
+the ablation's damage that the simulation repairs, (L_ablated - L_simulated) / (L_ablated - L_clean)
+with L the next-token loss summed over the scored contexts (and the same with KL divergence to the
+clean logits). Neurons are replaced at their hook; SAE latents by adding (new - old) x their decoder
+direction to the hook's activations, so the SAE's error term stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from autointerp import scoring
+from autointerp.models import stop_layer
+
+NO_EFFECT_NATS = 1e-5  # per token: below this the ablation changes nothing measurable
+
+
+@dataclass(frozen=True)
+class ContextLosses:
+    """Per-context mean next-token loss (nats per token) and mean KL to the clean logits."""
+
+    clean: np.ndarray  # [n]
+    ablated: np.ndarray
+    simulated: np.ndarray
+    kl_ablated: np.ndarray
+    kl_simulated: np.ndarray
+
+
+def _layer(hook: str) -> int | None:
+    stop = stop_layer(hook, 0)
+    return None if stop is None else stop - 1
+
+
+class Patcher:
+    """Runs a model clean and with one feature's values replaced, sharing the clean prefix of the forward pass."""
+
+    def __init__(self, model: Any, hook: str, sae: Any | None = None):
+        self.model = model
+        self.hook = hook
+        self.sae = sae
+        self.layer = _layer(hook)
+
+    def _replace_hook(self, feature: int, values: torch.Tensor):  # values: [n, T] for positions 1..T
+        sae = self.sae
+
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            act = act.clone()
+            if sae is None:
+                flat = act.reshape(act.shape[0], act.shape[1], -1)
+                flat[:, 1:, feature] = values
+                return flat.reshape(act.shape)
+            with torch.no_grad():
+                current = sae.encode(act)[:, 1:, feature]
+            direction = sae.W_dec[feature].to(act.dtype)
+            act[:, 1:] += (values - current).unsqueeze(-1) * direction
+            return act
+
+        return fn
+
+    @torch.no_grad()
+    def losses(self, tokens: torch.Tensor, feature: int, ablate_value: float, simulated: list[torch.Tensor]
+               ) -> list[ContextLosses]:
+        """tokens: [n, T+1] with BOS; each simulated: [n, T] replacement values on the feature's scale.
+        The clean and ablated passes are shared by all the simulations of one feature."""
+        model = self.model
+        resid = None
+        if self.layer:  # the patched passes restart at the hook's block from the clean residual stream
+            name = f"blocks.{self.layer - 1}.hook_resid_post"
+            _, cache = model.run_with_cache(tokens, names_filter=[name], stop_at_layer=self.layer)
+            resid = cache[name]
+        clean_logits = model(tokens)
+
+        def patched(values: torch.Tensor) -> torch.Tensor:
+            with model.hooks(fwd_hooks=[(self.hook, self._replace_hook(feature, values))]):
+                if resid is not None:
+                    return model(resid, start_at_layer=self.layer, tokens=tokens)
+                return model(tokens)
+
+        targets = tokens[:, 1:]
+        clean_lp = clean_logits[:, :-1].log_softmax(-1)
+
+        def nll(logits: torch.Tensor) -> np.ndarray:
+            lp = logits[:, :-1].log_softmax(-1)
+            return (-lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(-1)).double().numpy()
+
+        def kl(logits: torch.Tensor) -> np.ndarray:
+            lp = logits[:, :-1].log_softmax(-1)
+            return (clean_lp.exp() * (clean_lp - lp)).sum(-1).mean(-1).double().numpy()
+
+        ablated_logits = patched(torch.full_like(tokens[:, 1:], 0, dtype=clean_logits.dtype) + ablate_value)
+        clean, ablated, kl_ablated = nll(clean_logits), nll(ablated_logits), kl(ablated_logits)
+        out = []
+        for values in simulated:
+            sim_logits = patched(values.to(clean_logits.dtype))
+            out.append(ContextLosses(clean, ablated, nll(sim_logits), kl_ablated, kl(sim_logits)))
+        return out
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    if len(num) < 2:
+        return float("nan"), float("nan")
+    c = scoring._resample_counts(len(num), n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (c @ num) / (c @ den)
+    return scoring._percentiles(boot, n_boot)
+
+
+def behaviour_scores(losses: ContextLosses, n_boot: int = 1000, seed: int = 0) -> list[tuple[scoring.Score, str | None]]:
+    """'behaviour', 'behaviour_kl' and 'ablation_effect' (nats per token), each with a note when undefined."""
+    n = len(losses.clean)
+    damage = losses.ablated - losses.clean
+    repaired = losses.ablated - losses.simulated
+    effect = float(damage.mean()) if n else float("nan")
+    kl_damage = losses.kl_ablated
+    out: list[tuple[scoring.Score, str | None]] = []
+    lo, hi = _ratio_ci(damage, np.ones_like(damage), n_boot, seed)
+    out.append((scoring.Score("ablation_effect", effect, n, lo, hi), None))
+    if n == 0 or abs(damage.sum()) < NO_EFFECT_NATS * n:
+        note = f"no effect: ablating the feature changes the loss by {effect:.2g} nats/token"
+        out.append((scoring.Score("behaviour", float("nan"), n, float("nan"), float("nan")), note))
+    else:
+        value = float(repaired.sum() / damage.sum())
+        out.append((scoring.Score("behaviour", value, n, *_ratio_ci(repaired, damage, n_boot, seed)), None))
+    if n == 0 or kl_damage.sum() < NO_EFFECT_NATS * n:
+        note = "no effect: ablating the feature leaves the logits unchanged"
+        out.append((scoring.Score("behaviour_kl", float("nan"), n, float("nan"), float("nan")), note))
+    else:
+        kl_repaired = losses.kl_ablated - losses.kl_simulated
+        value = float(kl_repaired.sum() / kl_damage.sum())
+        out.append((scoring.Score("behaviour_kl", value, n, *_ratio_ci(kl_repaired, kl_damage, n_boot, seed)), None))
+    return out
