@@ -419,10 +419,13 @@ def label_cmd(db: str, **kwargs: Any) -> None:
 @collect_options
 @click.option("--label-features", default=None, help="Label and score only features START:STOP of the collection.")
 @click.option("--label-where", default=None, help="Label and score only features matching this SQL condition.")
+@click.option("--behaviour/--no-behaviour", "with_behaviour", default=True, show_default=True,
+              help="Also compute behaviour scores (the model re-run with each feature replaced by its simulation).")
 @llm_options
 @db_option
 @friendly_errors
-def run(db: str, features: str | None, label_features: str | None, label_where: str | None, **kwargs: Any) -> None:
+def run(db: str, features: str | None, label_features: str | None, label_where: str | None, with_behaviour: bool,
+        **kwargs: Any) -> None:
     """Collect, explain and score in one command (each step resumes where it stopped).
 
     \b
@@ -447,9 +450,144 @@ def run(db: str, features: str | None, label_features: str | None, label_where: 
                + (" (already collected)" if out.already_complete else ""))
     _label_command(db, (True, True), dictionary_id=out.dictionary_id, feature_range=label_features,
                    where=label_where, **kwargs)
+    if with_behaviour:
+        _behaviour(db, out.dictionary_id, label_features, "mean")
 
 
 _COLLECT_PARAM_NAMES = {
     "model", "hook", "sae", "dataset", "text_field", "n_tokens", "ctx_len", "seed", "batch_size", "top_k",
     "n_quantiles", "per_quantile", "n_random", "holdout_frac", "threshold", "random_init",
 }
+
+
+@main.command("behaviour")
+@click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest).")
+@click.option("--features", "feature_range", default=None, help="Only features START:STOP.")
+@click.option("--ablate", type=click.Choice(["mean", "zero"]), default="mean", show_default=True,
+              help="What the ablated feature is replaced by.")
+@db_option
+@friendly_errors
+def behaviour_cmd(db: str, dictionary_id: int | None, feature_range: str | None, ablate: str) -> None:
+    """Behaviour scores: how much of each feature's effect on the model its label's simulation restores.
+
+    \b
+    Example:
+      autointerp behaviour --dictionary 1 --ablate mean
+    """
+    _behaviour(db, dictionary_id, feature_range, ablate)
+
+
+def _behaviour(db: str, dictionary_id: int | None, feature_range: str | None, ablate: str) -> None:
+    from tqdm import tqdm
+
+    from autointerp.pipeline import behaviour_stage
+
+    with store.open_store(db, read_only=True) as con:
+        did = _pick_dictionary(con, dictionary_id)
+        rng = _parse_range(feature_range)
+        features = store.select_features(con, did, None, rng) if rng else None
+    bar = tqdm(unit="feat", desc="behaviour", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        out = behaviour_stage(db, did, features, ablate, progress=progress)
+    finally:
+        bar.close()
+    click.echo(f"dictionary {did}: behaviour scored for {out.features:,} features "
+               f"({out.scored:,} labels scored, {out.no_effect:,} with no measurable ablation effect)")
+
+
+@main.command()
+@click.option("--like", "like_id", type=int, required=True, help="The trained dictionary to copy.")
+@click.option("--seed", "init_seed", type=int, default=None, help="Seed of the random initialisation (default: the dictionary's).")
+@click.option("--sae", "control_sae", default=None,
+              help="For SAE dictionaries: an SAE trained on the random-init model (SAELens directory).")
+@click.option("--label-features", default=None, help="Label and score only features START:STOP.")
+@click.option("--label-where", default=None, help="Label and score only features matching this SQL condition.")
+@click.option("--ablate", type=click.Choice(["mean", "zero"]), default="mean", show_default=True)
+@llm_options
+@db_option
+@friendly_errors
+def control(db: str, like_id: int, init_seed: int | None, control_sae: str | None, label_features: str | None,
+            label_where: str | None, ablate: str, **kwargs: Any) -> None:
+    """Random-init control: the same architecture freshly initialised, collected on the same tokens with the
+    same settings, labelled and scored with the same LLMs and prompts.
+
+    \b
+    Example:
+      autointerp control --like 1 --label-features 0:100
+      autointerp compare 1 2
+    """
+    from autointerp.config import CollectConfig
+    from autointerp.pipeline import collect_stage
+
+    with store.open_store(db, read_only=True) as con:
+        d = store.get_dictionary(con, like_id)
+    if d.random_init:
+        raise AutointerpError(f"dictionary {like_id} is itself a random-init control")
+    if d.kind == "sae" and not control_sae:
+        raise AutointerpError(
+            f"dictionary {like_id} holds SAE latents; an SAE trained on the trained model means nothing on a "
+            "random one. Pass --sae DIR with an SAE trained on the random-init model (same seed), or run a "
+            "neuron control with `autointerp collect --random-init --hook HOOK` on the same hook")
+    fields = set(CollectConfig.model_fields)
+    settings = {k: v for k, v in d.config.items() if k in fields}
+    settings.update(random_init=True, seed=d.seed if init_seed is None else init_seed,
+                    sae=control_sae if d.kind == "sae" else None)
+    if settings.get("features") is not None:
+        settings["features"] = tuple(settings["features"])
+    cfg = CollectConfig(**settings)
+    out = collect_stage(db, cfg, _progress_factory)
+    click.echo(f"control dictionary {out.dictionary_id} (random init, seed {cfg.seed}) of dictionary {like_id}: "
+               f"{out.n_features:,} features over {out.n_tokens:,} tokens")
+    _label_command(db, (True, True), dictionary_id=out.dictionary_id, feature_range=label_features,
+                   where=label_where, **kwargs)
+    _behaviour(db, out.dictionary_id, label_features, ablate)
+
+
+@main.command("compare")
+@click.argument("dict_a", type=int)
+@click.argument("dict_b", type=int)
+@click.option("--explainer", default=None, help="Only this explainer's labels (default: each explainer).")
+@db_option
+@format_option
+@friendly_errors
+def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: str) -> None:
+    """Score distributions of two dictionaries side by side, and their paired difference with a 95% CI.
+
+    \b
+    Example (a trained model against its random-init control):
+      autointerp compare 1 2
+    """
+    from autointerp import compare as cmp
+
+    with store.open_store(db, read_only=True) as con:
+        for d in (dict_a, dict_b):
+            store.get_dictionary(con, d)
+        rows = con.execute(
+            "SELECT s.dictionary_id, e.explainer, s.method, s.feature, s.value FROM scores s "
+            "JOIN explanations e USING (explanation_id) WHERE s.dictionary_id IN (?, ?)", [dict_a, dict_b]).fetchall()
+    data: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
+    for did, expl, method, feature, value in rows:
+        if explainer and expl != explainer:
+            continue
+        data.setdefault((expl, method), {dict_a: {}, dict_b: {}})[did][feature] = value
+    if not data:
+        raise AutointerpError(f"no scores for dictionaries {dict_a} and {dict_b}; label and score them first")
+    columns = ["explainer", "method", "n_a", "mean_a", "ci_a", "median_a", "n_b", "mean_b", "ci_b", "median_b",
+               "paired", "diff_a_minus_b", "diff_ci", "verdict"]
+    out = []
+    for (expl, method), per in sorted(data.items()):
+        c = cmp.compare(method, expl, per[dict_a], per[dict_b])
+
+        def ci(lo_hi: tuple[float, float]) -> str:
+            return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
+        out.append([expl, method, c.a.n, c.a.mean, ci(c.a.mean_ci), c.a.median, c.b.n, c.b.mean, ci(c.b.mean_ci),
+                    c.b.median, c.n_paired, c.diff_mean, ci(c.diff_ci), c.verdict])
+    click.echo(f"A = dictionary {dict_a}, B = dictionary {dict_b}")
+    click.echo(render.FORMATS[fmt](columns, out))
