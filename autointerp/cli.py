@@ -591,3 +591,55 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
                     c.b.median, c.n_paired, c.diff_mean, ci(c.diff_ci), c.verdict])
     click.echo(f"A = dictionary {dict_a}, B = dictionary {dict_b}")
     click.echo(render.FORMATS[fmt](columns, out))
+
+
+@main.command("export")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "neuronpedia"]), required=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="File to write.")
+@click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest).")
+@click.option("--np-model-id", default=None, help="Neuronpedia modelId (default: the dictionary's model).")
+@click.option("--np-source", default=None, help="Neuronpedia source/layer id (default: e.g. 6-mlp-neurons).")
+@db_option
+@friendly_errors
+def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_model_id: str | None,
+               np_source: str | None) -> None:
+    """Write labels with every score (the labels view) to parquet or JSON lines, or as Neuronpedia explanations.
+
+    \b
+    Example:
+      autointerp export --format parquet --out labels.parquet
+      autointerp export --format neuronpedia --out np.json --np-model-id gpt2-small --np-source 6-res-jb
+    """
+    from autointerp import export
+
+    with store.open_store(db, read_only=True) as con:
+        did = _pick_dictionary(con, dictionary_id)
+        d = store.get_dictionary(con, did)
+        cur = con.execute("SELECT * FROM labels WHERE dictionary_id = ? ORDER BY feature, explainer", [did])
+        cols = [c[0] for c in cur.description]
+        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    if not rows:
+        raise AutointerpError(f"dictionary {did} has no labels yet; run `autointerp explain` first")
+    n = export.write(rows, fmt, Path(out_path), np_model_id or d.model, np_source or export.neuronpedia_source(d.hook, d.kind))
+    click.echo(f"wrote {n:,} records of dictionary {did} to {out_path}")
+
+
+@main.command("report")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+@click.option("--dictionary", "dictionary_ids", type=int, multiple=True, help="Only these dictionaries.")
+@db_option
+@friendly_errors
+def report_cmd(db: str, out_path: str, dictionary_ids: tuple[int, ...]) -> None:
+    """Write one static HTML file (plots embedded): scores trained beside control, correlation against
+    behaviour, baseline against LLM labels, cost, and the best and worst features with their contexts.
+
+    \b
+    Example:
+      autointerp report --out report.html
+    """
+    from autointerp import report
+
+    with store.open_store(db, read_only=True) as con:
+        page = report.build(con, list(dictionary_ids) or None)
+    Path(out_path).write_text(page)
+    click.echo(f"wrote {out_path} ({len(page) / 1024:.0f} KiB)")
