@@ -8,11 +8,16 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 CORPUS=/usr/share/doc/python3.11/html/_sources
 
-if [ ! -d "$CORPUS" ]; then
-  echo "== default corpus: Debian package python3.11-doc"
+# Debian packages: the default corpus (python3.11-doc), and Chromium + its driver for the report test.
+NEED=""
+[ -d "$CORPUS" ] || NEED="$NEED python3.11-doc"
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || NEED="$NEED chromium chromium-driver"
+if [ -n "$NEED" ]; then
+  echo "== Debian packages:$NEED"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get install -y -q python3.11-doc >/dev/null 2>&1 || {
-    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q python3.11-doc >/dev/null; }
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -q $NEED >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q $NEED >/dev/null; }
 fi
 
 if [ ! -x .venv/bin/python ]; then

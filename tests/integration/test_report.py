@@ -1,0 +1,103 @@
+"""The HTML report opened in headless Chromium (Debian's chromium + chromium-driver): loads with no console
+errors, plots and tables present; a screenshot is saved. Export formats read back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from autointerp.config import CollectConfig, LabelConfig
+from autointerp.labelling import LabelBatch
+from autointerp.llm import OpenAICompatibleClient
+from autointerp.pipeline import behaviour_stage, collect_stage
+from tests.llm_server import LoopbackLLM
+from tests.unit.test_labelling import good_script
+
+pytestmark = pytest.mark.integration
+HOOK = "blocks.0.mlp.hook_post"
+SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "bench" / "results"
+
+
+@pytest.fixture(scope="module")
+def labelled_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> Path:
+    db = tmp_path_factory.mktemp("report") / "r.duckdb"
+    base = dict(model=str(tiny_model_dir), hook=HOOK, dataset=str(corpus_file), n_tokens=1600, ctx_len=16, top_k=6,
+                n_quantiles=2, per_quantile=2, n_random=6)
+    collect_stage(db, CollectConfig(**base), model=tiny_model)
+    from autointerp.models import random_init_copy
+
+    collect_stage(db, CollectConfig(**base, random_init=True), model=random_init_copy(tiny_model, 0))
+    with LoopbackLLM(good_script) as llm:
+        for did in (1, 2):
+            cfg = LabelConfig(explainer_model="m-explain", simulator_model="m-sim", n_sim_top=6, n_sim_random=6,
+                              n_boot=100)
+            asyncio.run(LabelBatch(db, did, cfg, OpenAICompatibleClient([llm.base_url]), list(range(12)), True,
+                                   True).run())
+    behaviour_stage(db, 1, n_boot=100, model=tiny_model)
+    behaviour_stage(db, 2, n_boot=100, model=random_init_copy(tiny_model, 0))
+    return db
+
+
+def cli(db: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "autointerp", *args, "--db", str(db)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)")
+def test_report_opens_in_headless_chromium(tmp_path, labelled_db):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    out = tmp_path / "report.html"
+    cli(labelled_db, "report", "--out", str(out))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,2400"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        driver.get(out.as_uri())
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+        assert driver.title == "autointerp report"
+        images = driver.find_elements("css selector", "img.plot")
+        assert len(images) >= 3  # histograms, correlation against behaviour, baseline against LLM
+        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                   for i in images)
+        assert driver.find_elements("css selector", "table.summary tbody tr")
+        assert driver.find_elements("css selector", "table.cost tbody tr")
+        assert driver.find_elements("css selector", "div.ctx span")
+        assert "dictionary 2 (random init)" in driver.page_source
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(SCREENSHOTS / "report.png"))
+    finally:
+        driver.quit()
+
+
+def test_exports_read_back(tmp_path, labelled_db):
+    pq_path, jl_path, np_path = tmp_path / "l.parquet", tmp_path / "l.jsonl", tmp_path / "np.json"
+    cli(labelled_db, "export", "--format", "parquet", "--out", str(pq_path), "--dictionary", "1")
+    cli(labelled_db, "export", "--format", "jsonl", "--out", str(jl_path), "--dictionary", "1")
+    cli(labelled_db, "export", "--format", "neuronpedia", "--out", str(np_path), "--dictionary", "1",
+        "--np-model-id", "tiny", "--np-source", "0-mlp")
+    table = pq.read_table(pq_path).to_pylist()
+    lines = [json.loads(x) for x in jl_path.read_text().splitlines()]
+    assert len(table) == len(lines) == 24  # 12 features x (LLM + baseline)
+    assert {"correlation_top_random", "behaviour", "detection", "label"} <= set(table[0])
+    records = json.loads(np_path.read_text())
+    assert records and all(set(r) == {"modelId", "layer", "index", "description", "explanationModelName", "typeName"}
+                           for r in records)
+    assert {r["modelId"] for r in records} == {"tiny"} and {r["layer"] for r in records} == {"0-mlp"}
