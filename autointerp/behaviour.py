@@ -76,7 +76,7 @@ class Patcher:
             name = f"blocks.{self.layer - 1}.hook_resid_post"
             _, cache = model.run_with_cache(tokens, names_filter=[name], stop_at_layer=self.layer)
             resid = cache[name]
-        clean_logits = model(tokens)
+        clean_logits = model(resid, start_at_layer=self.layer, tokens=tokens) if resid is not None else model(tokens)
 
         def patched(values: torch.Tensor) -> torch.Tensor:
             with model.hooks(fwd_hooks=[(self.hook, self._replace_hook(feature, values))]):
@@ -84,23 +84,24 @@ class Patcher:
                     return model(resid, start_at_layer=self.layer, tokens=tokens)
                 return model(tokens)
 
-        targets = tokens[:, 1:]
+        targets = tokens[:, 1:].unsqueeze(-1)
         clean_lp = clean_logits[:, :-1].log_softmax(-1)
+        clean_p = clean_lp.exp()
 
-        def nll(logits: torch.Tensor) -> np.ndarray:
+        def nll_kl(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            # One log-softmax over the vocabulary per pass serves both the loss and the KL.
             lp = logits[:, :-1].log_softmax(-1)
-            return (-lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(-1)).double().numpy()
+            nll = -lp.gather(-1, targets).squeeze(-1).mean(-1)
+            kl = (clean_p * (clean_lp - lp)).sum(-1).mean(-1)
+            return nll.double().numpy(), kl.double().numpy()
 
-        def kl(logits: torch.Tensor) -> np.ndarray:
-            lp = logits[:, :-1].log_softmax(-1)
-            return (clean_lp.exp() * (clean_lp - lp)).sum(-1).mean(-1).double().numpy()
-
+        clean = (-clean_lp.gather(-1, targets).squeeze(-1).mean(-1)).double().numpy()
         ablated_logits = patched(torch.full_like(tokens[:, 1:], 0, dtype=clean_logits.dtype) + ablate_value)
-        clean, ablated, kl_ablated = nll(clean_logits), nll(ablated_logits), kl(ablated_logits)
+        ablated, kl_ablated = nll_kl(ablated_logits)
         out = []
         for values in simulated:
-            sim_logits = patched(values.to(clean_logits.dtype))
-            out.append(ContextLosses(clean, ablated, nll(sim_logits), kl_ablated, kl(sim_logits)))
+            sim_nll, sim_kl = nll_kl(patched(values.to(clean_logits.dtype)))
+            out.append(ContextLosses(clean, ablated, sim_nll, kl_ablated, sim_kl))
         return out
 
 

@@ -244,7 +244,36 @@ def status(db: str, fmt: str) -> None:
                    d.dataset, d.created_at
             FROM dictionaries d LEFT JOIN features f USING (dictionary_id)
             GROUP BY ALL ORDER BY id""")
+        labels = con.execute("SELECT dictionary_id, explainer, correlation_top_random, explained_variance, behaviour, "
+                             "ablation_effect FROM labels WHERE status = 'ok'").fetchall()
     click.echo(render.FORMATS[fmt](columns, rows))
+    if labels and fmt == "table":
+        click.echo("\nlabels per dictionary and explainer (means with bootstrap 95% CIs; "
+                   "captured = behaviour weighted by each feature's ablation effect):")
+        click.echo(render.table(*_label_summary(labels)))
+
+
+def _label_summary(labels: list[tuple]) -> tuple[list[str], list[list[Any]]]:
+    import numpy as np
+
+    from autointerp import compare as cmp
+
+    groups: dict[tuple[int, str], list[tuple]] = {}
+    for did, expl, *vals in labels:
+        groups.setdefault((did, expl), []).append(tuple(vals))
+
+    def fmt(d: Any) -> str:
+        return "" if d.n == 0 else f"{d.mean:.3f} [{d.mean_ci[0]:.3f}, {d.mean_ci[1]:.3f}]"
+
+    out = []
+    for (did, expl), vals in sorted(groups.items()):
+        arr = np.array([[np.nan if v is None else v for v in row] for row in vals], dtype=np.float64)
+        share, (lo, hi) = cmp.captured_share(arr[:, 2], arr[:, 3])
+        out.append([did, expl, len(vals), fmt(cmp.distribution(arr[:, 0])), fmt(cmp.distribution(arr[:, 1])),
+                    fmt(cmp.distribution(arr[:, 2])),
+                    "" if not np.isfinite(share) else f"{share:.3f} [{lo:.3f}, {hi:.3f}]"])
+    return ["dictionary", "explainer", "labels", "correlation_top_random", "explained_variance", "behaviour",
+            "captured"], out
 
 
 # ---------------------------------------------------------------- explain / score / run

@@ -64,3 +64,20 @@ def compare(method: str, explainer: str, a: dict[int, float], b: dict[int, float
     diff_mean = float(diffs.mean()) if len(diffs) else float("nan")
     return Comparison(method, explainer, distribution(va, n_boot, seed), distribution(vb, n_boot, seed),
                       len(diffs), diff_mean, _mean_ci(diffs, n_boot, seed))
+
+
+def captured_share(behaviour: np.ndarray, effect: np.ndarray, n_boot: int = 1000,
+                   seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Share of the dictionary's behaviour its labels capture: behaviour scores weighted by each feature's
+    ablation effect, sum(b * e) / sum(e) over features with a positive effect, with a bootstrap CI."""
+    keep = np.isfinite(behaviour) & np.isfinite(effect) & (effect > 0)
+    b, e = behaviour[keep], effect[keep]
+    if len(b) == 0:
+        return float("nan"), (float("nan"), float("nan"))
+    value = float((b * e).sum() / e.sum())
+    if len(b) < 2:
+        return value, (float("nan"), float("nan"))
+    c = scoring._resample_counts(len(b), n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (c @ (b * e)) / (c @ e)
+    return value, scoring._percentiles(boot, n_boot)
