@@ -111,7 +111,8 @@ def _from_hub(name: str, from_pretrained_kwargs: dict[str, Any]) -> HookedTransf
             f"unknown model '{name}': not a TransformerLens model name, not a local HF model directory, "
             f"and not '{OFFLINE_MODEL}' (the offline default)"
         ) from exc
-    kwargs = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False, "fold_value_biases": False}
+    kwargs: dict[str, Any] = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                              "fold_value_biases": False}
     kwargs.update(from_pretrained_kwargs)
     return HookedTransformer.from_pretrained(name, device="cpu", **kwargs)
 

@@ -179,8 +179,10 @@ def behaviour_stage(db: str | Path, dictionary_id: int, features: list[int] | No
     outcome.features = len(by_feature)
     for i, (feature, items) in enumerate(by_feature.items()):
         with store.open_store(db, wait_s=600) as con:
-            mean_act = con.execute("SELECT mean_act FROM features WHERE dictionary_id = ? AND feature = ?",
-                                   [dictionary_id, feature]).fetchone()[0]
+            row = con.execute("SELECT mean_act FROM features WHERE dictionary_id = ? AND feature = ?",
+                              [dictionary_id, feature]).fetchone()
+            assert row is not None, f"feature {feature} has simulations but no statistics"
+            mean_act = row[0]
             sims = {}
             for eid, simulator in items:
                 sims[(eid, simulator)] = con.execute("""

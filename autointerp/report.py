@@ -63,7 +63,7 @@ def _histograms(scores: dict[int, dict[str, list[float]]], names: dict[int, str]
     return _png(fig)
 
 
-def _scatter(x: list[float], y: list[float], xlabel: str, ylabel: str) -> str:
+def _scatter(x: list[float | None], y: list[float | None], xlabel: str, ylabel: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check autointerp tests bench
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"
