@@ -326,7 +326,7 @@ def _label_command(db: str, stages: tuple[bool, bool], dictionary_id: int | None
 
     from tqdm import tqdm
 
-    from autointerp import llm
+    from autointerp import llm, local
     from autointerp.config import LabelConfig
     from autointerp.labelling import LabelBatch
 
@@ -338,13 +338,11 @@ def _label_command(db: str, stages: tuple[bool, bool], dictionary_id: int | None
     urls = list(base_urls) or [u for u in [os.environ.get("OPENAI_BASE_URL")] if u]
     embedded = None
     if not urls:
-        from autointerp import local
-
         embedded = local.EmbeddedLLM.start()
         urls = [embedded.base_url]
-    cfg = LabelConfig(
-        explainer_model=explainer_model or (local_model_name() if embedded else "gpt-4o-mini"),
-        simulator_model=simulator_model or (local_model_name() if embedded else "gpt-4o-mini"), **kwargs)
+    default_model = local.MODEL_NAME if embedded else "gpt-4o-mini"
+    cfg = LabelConfig(explainer_model=explainer_model or default_model,
+                      simulator_model=simulator_model or default_model, **kwargs)
     price_table = {k: tuple(v) for k, v in json.loads(Path(prices).read_text()).items()} if prices else None
     budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
     client: Any = llm.OpenAICompatibleClient(urls, os.environ.get("OPENAI_API_KEY"), timeout_s=cfg.timeout_s,
@@ -373,10 +371,6 @@ def _label_command(db: str, stages: tuple[bool, bool], dictionary_id: int | None
         if embedded is not None:
             embedded.stop()
     _summary(progress, did)
-
-
-def local_model_name() -> str:
-    return "smollm2-135m-instruct"
 
 
 def _summary(p: Any, dictionary_id: int) -> None:

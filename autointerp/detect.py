@@ -10,10 +10,8 @@ and by AUC where the endpoint returns top_logprobs for the answer digits.
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import re
 from typing import Any
 
 from autointerp import prompts
@@ -62,18 +60,8 @@ def fuzzing_examples(fc: FeatureContexts, n: int, seed: int) -> list[tuple[Conte
     return out
 
 
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-
-
 def parse_answers(text: str, n: int) -> list[int]:
-    m = _JSON_OBJECT.search(text)
-    if not m:
-        raise ValueError("no JSON object in the reply")
-    try:
-        data = json.loads(m.group(0))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON ({exc.msg})") from None
-    answers = data.get("answers") if isinstance(data, dict) else None
+    answers = prompts.reply_json_field(text, "answers")
     if not isinstance(answers, list) or any(a not in (0, 1) for a in answers):
         raise ValueError("no 'answers' list of 0 and 1")
     if len(answers) != n:

@@ -8,7 +8,6 @@ so `autointerp sql` from another terminal reads what has been written so far."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ class Progress:
     cost_usd: float = 0.0
     stopped: str | None = None
     score_values: dict[str, list[float]] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
 
 
 def _call_rows(calls: list[LLMCall], dictionary_id: int, feature: int, explanation_id: str | None) -> list[dict]:

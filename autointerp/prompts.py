@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from functools import cache
 from string import Template
+from typing import Any
 
 from autointerp.resources import data_dir
 
@@ -31,3 +34,21 @@ def escape_data(text: str) -> str:
     """Token text shown inside a prompt: delimiters and line structure cannot be forged by the data."""
     return (text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
             .replace("<<", "‹‹").replace(">>", "››").replace("<", "‹").replace(">", "›"))
+
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def reply_json_field(text: str, field: str) -> Any:
+    """The value of `field` in the JSON object of an LLM reply (text around the object is allowed);
+    ValueError says what was wrong, for a re-ask."""
+    m = _JSON_OBJECT.search(text)
+    if not m:
+        raise ValueError("no JSON object in the reply")
+    try:
+        data = json.loads(m.group(0))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or field not in data:
+        raise ValueError(f"no '{field}' in the JSON object")
+    return data[field]

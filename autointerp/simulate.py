@@ -12,9 +12,7 @@ endpoint returns top_logprobs, each generated digit is replaced by its expected 
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from typing import Any
 
 from autointerp import prompts
@@ -123,18 +121,8 @@ async def simulate_echo(client: LLMClient, model: str, label: str, contexts: lis
         raise SimulationError(f"unusable simulation: {exc}", reply.calls) from None
 
 
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-
-
 def parse_chat_activations(text: str, n: int) -> list[int]:
-    m = _JSON_OBJECT.search(text)
-    if not m:
-        raise ValueError("no JSON object in the reply")
-    try:
-        data = json.loads(m.group(0))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON ({exc.msg})") from None
-    acts = data.get("activations") if isinstance(data, dict) else None
+    acts = prompts.reply_json_field(text, "activations")
     if not isinstance(acts, list) or not all(isinstance(a, int | float) for a in acts):
         raise ValueError("no 'activations' list of numbers")
     if len(acts) != n:

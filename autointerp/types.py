@@ -64,13 +64,3 @@ class Explanation(Record):
     prompt_hash: str
     status: str  # 'ok' | 'failed'
     error: str | None = None
-
-
-class Simulation(Record):
-    """Predicted activations of one context, on the simulator's 0-9 scale (or the feature's, for baselines)."""
-
-    seq: int
-    split: str
-    kind: str
-    rank: int
-    predicted: list[float]
