@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DB=${AUTOINTERP_DB:-autointerp.duckdb}
 TOKENS=${TOKENS:-100000}
-LABEL=${LABEL:-0:6}
+LABEL=${LABEL:-0:4}
 A=.venv/bin/autointerp
 
-$A run --tokens "$TOKENS" --label-features "$LABEL" --sim-top 6 --sim-random 6 --db "$DB"
+# Small prompts for the 135M model on 2 cores (~1 minute per labelled feature).
+$A run --tokens "$TOKENS" --label-features "$LABEL" --explain-top 6 --explain-quantile 4 --sim-top 6 --sim-random 6 \
+  --db "$DB"
 echo; echo "\$ autointerp status"
 $A status --db "$DB"
 Q="SELECT feature, explainer, label, round(correlation_top_random, 3) AS corr, round(explained_variance, 3) AS ev, error FROM labels ORDER BY feature, explainer"
