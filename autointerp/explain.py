@@ -50,7 +50,9 @@ def parse_label(text: str) -> Label:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         raise ValueError("the reply was empty")
-    line = _PREFIX.sub("", lines[0]).strip().strip("*_`\"' .")
+    # The first sentence: small models run on after the phrase.
+    first = re.split(r"(?<=[.!?;])\s", _PREFIX.sub("", lines[0]).strip(), maxsplit=1)[0]
+    line = first.strip().strip("*_`\"' .")
     try:
         return Label(label=line)
     except ValidationError as exc:

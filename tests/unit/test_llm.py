@@ -139,6 +139,7 @@ def test_text_inside_a_context_cannot_forge_the_format():
 
 @pytest.mark.parametrize("answers, label, n_calls", [
     (["  Label: \"years and numbers\".  "], "years and numbers", 1),
+    (["Four-digit years. The feature also likes dates and many other things."], "Four-digit years", 1),
     (["", "digits"], "digits", 2),
     (["word " * 5000, "four digit years"], "four digit years", 2),
     (["<<1999>> <<42>>", "numbers"], "numbers", 2),
