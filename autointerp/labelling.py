@@ -75,14 +75,9 @@ def score_rows(fc: FeatureContexts, explanation_id: str, simulator: str, context
         scoring.correlation_score("correlation_random", scored_random, n_boot),
         scoring.explained_variance_score(calibration, scored, n_boot),
     ]
-    rows = [{"explanation_id": explanation_id, "dictionary_id": fc.dictionary_id, "feature": fc.feature,
-             "simulator": simulator, "method": s.method, "value": _finite(s.value), "n_examples": s.n_examples,
-             "ci_low": _finite(s.ci_low), "ci_high": _finite(s.ci_high)} for s in results]
+    rows = [s.row(explanation_id=explanation_id, dictionary_id=fc.dictionary_id, feature=fc.feature,
+                  simulator=simulator) for s in results]
     return sims, rows
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if np.isfinite(v) else None
 
 
 @dataclass
@@ -193,10 +188,8 @@ class LabelBatch:
             if probs is not None:
                 results.append(scoring.auc_score(f"{name}_auc", y, np.asarray(probs), self.cfg.n_boot))
             for sc in results:
-                rows.append({"explanation_id": eid, "dictionary_id": fc.dictionary_id, "feature": fc.feature,
-                             "simulator": self.cfg.simulator_model, "method": sc.method, "value": _finite(sc.value),
-                             "n_examples": sc.n_examples, "ci_low": _finite(sc.ci_low),
-                             "ci_high": _finite(sc.ci_high)})
+                rows.append(sc.row(explanation_id=eid, dictionary_id=fc.dictionary_id, feature=fc.feature,
+                                   simulator=self.cfg.simulator_model))
                 if np.isfinite(sc.value):
                     self.progress.score_values.setdefault(sc.method, []).append(sc.value)
         return rows, calls, errors

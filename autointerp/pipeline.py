@@ -145,7 +145,6 @@ def behaviour_stage(db: str | Path, dictionary_id: int, features: list[int] | No
     """Behaviour scores for every scored explanation of the dictionary that lacks one (resumable: one
     transaction per feature). The model is the dictionary's own, random-init copy included."""
     import numpy as np
-    import pyarrow as pa
     import torch
 
     from autointerp import behaviour, models, scoring
@@ -210,20 +209,13 @@ def behaviour_stage(db: str | Path, dictionary_id: int, features: list[int] | No
         rows_out = []
         for (eid, simulator), losses in zip(sims, results, strict=True):
             for sc, note in behaviour.behaviour_scores(losses, n_boot):
-                rows_out.append({"explanation_id": eid, "dictionary_id": dictionary_id, "feature": feature,
-                                 "simulator": simulator, "method": sc.method,
-                                 "value": float(sc.value) if np.isfinite(sc.value) else None,
-                                 "n_examples": sc.n_examples,
-                                 "ci_low": float(sc.ci_low) if np.isfinite(sc.ci_low) else None,
-                                 "ci_high": float(sc.ci_high) if np.isfinite(sc.ci_high) else None, "note": note})
+                rows_out.append(sc.row(explanation_id=eid, dictionary_id=dictionary_id, feature=feature,
+                                       simulator=simulator, note=note))
                 if sc.method == "behaviour":
                     outcome.scored += note is None
                     outcome.no_effect += note is not None
         with store.open_store(db, wait_s=600) as con, store.transaction(con):
-            con.register("_incoming", pa.Table.from_pylist(rows_out))
-            cols = ", ".join(rows_out[0])
-            con.execute(f"INSERT INTO scores ({cols}) SELECT {cols} FROM _incoming")
-            con.unregister("_incoming")
+            store.insert_rows(con, "scores", rows_out)
         if progress is not None:
             progress(i + 1, len(by_feature))
     return outcome

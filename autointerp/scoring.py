@@ -19,6 +19,15 @@ class Score:
     ci_low: float
     ci_high: float
 
+    def row(self, **keys: object) -> dict[str, object]:
+        """A `scores` row: the given keys and this score, undefined values (NaN) stored as NULL."""
+
+        def finite(v: float) -> float | None:
+            return float(v) if np.isfinite(v) else None
+
+        return {**keys, "method": self.method, "value": finite(self.value), "n_examples": self.n_examples,
+                "ci_low": finite(self.ci_low), "ci_high": finite(self.ci_high)}
+
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)

@@ -244,10 +244,7 @@ def complete_dictionary(
     with transaction(con):
         _delete_rows(con, dictionary_id)
         for name, table in (("sequences", sequences), ("features", features), ("examples", examples)):
-            con.register("_incoming", table)
-            cols = ", ".join(table.column_names)
-            con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
-            con.unregister("_incoming")
+            insert_rows(con, name, table)
         con.execute(
             "UPDATE dictionaries SET status = 'complete', n_tokens = ?, n_contexts = ?, completed_at = current_timestamp "
             "WHERE dictionary_id = ?",
@@ -399,11 +396,18 @@ def write_bundles(con: duckdb.DuckDBPyConnection, bundles: list[Bundle]) -> int:
                 merged[table] += rows
             written += 1
         for table in RESULT_TABLES:
-            if not merged[table]:
-                continue
-            arrow = pa.Table.from_pylist(merged[table])
-            con.register("_incoming", arrow)
-            cols = ", ".join(arrow.column_names)
-            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
-            con.unregister("_incoming")
+            insert_rows(con, table, merged[table])
     return written
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table | list[dict[str, Any]]) -> None:
+    """Insert an Arrow table or dict rows (all with the same keys), inside the caller's transaction."""
+    arrow = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    if arrow.num_rows == 0:
+        return
+    con.register("_incoming", arrow)
+    try:
+        cols = ", ".join(arrow.column_names)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+    finally:
+        con.unregister("_incoming")
