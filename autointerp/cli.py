@@ -115,9 +115,11 @@ def collect_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command()
 @collect_options
+@click.option("--checkpoint-every", "checkpoint_every_s", type=float, default=300.0, show_default=True,
+              help="Seconds between checkpoints (beside the database) that a killed run resumes from.")
 @db_option
 @friendly_errors
-def collect(db: str, features: str | None, **kwargs: Any) -> None:
+def collect(db: str, features: str | None, checkpoint_every_s: float, **kwargs: Any) -> None:
     """Run a model over text and store each feature's contexts and statistics.
 
     \b
@@ -127,7 +129,8 @@ def collect(db: str, features: str | None, **kwargs: Any) -> None:
     An SAE (SAELens directory) at its hook:
       autointerp collect --sae ./my_sae --tokens 1000000
 
-    Re-running the same command completes an interrupted run and does nothing to a finished one.
+    Re-running the same command completes an interrupted run (from its last checkpoint) and does
+    nothing to a finished one.
     """
     from autointerp.config import CollectConfig
     from autointerp.pipeline import collect_stage
@@ -135,18 +138,19 @@ def collect(db: str, features: str | None, **kwargs: Any) -> None:
     cfg = CollectConfig(features=_parse_range(features), **kwargs)
     t0 = time.monotonic()
     try:
-        out = collect_stage(db, cfg, _progress_factory)
+        out = collect_stage(db, cfg, _progress_factory, checkpoint_every_s=checkpoint_every_s)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: the dictionary is marked incomplete; run the same command again to complete it.",
-                   err=True)
+        click.echo("\ninterrupted: the dictionary is marked incomplete; run the same command again to complete it "
+                   "(it resumes from the last checkpoint).", err=True)
         sys.exit(130)
     if out.already_complete:
         click.echo(f"dictionary {out.dictionary_id} already holds this collection ({out.n_tokens:,} tokens); "
                    "nothing to do.")
         return
     secs = time.monotonic() - t0
+    resumed = f", resumed from a checkpoint at {out.resumed_tokens:,} tokens" if out.resumed_tokens else ""
     click.echo(f"dictionary {out.dictionary_id}: {out.n_features:,} features over {out.n_tokens:,} tokens "
-               f"({out.n_contexts:,} contexts) in {secs:.1f}s -> {db}")
+               f"({out.n_contexts:,} contexts) in {secs:.1f}s{resumed} -> {db}")
 
 
 @main.command()

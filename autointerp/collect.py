@@ -12,8 +12,12 @@ on the batch size, and the explain/holdout split of a context is fixed by its in
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -190,6 +194,7 @@ class CollectResult:
     sequences: pa.Table
     features: pa.Table
     examples: pa.Table
+    resumed_contexts: int = 0  # contexts taken from a checkpoint rather than run again
 
 
 class Collector:
@@ -204,6 +209,25 @@ class Collector:
         self.tokens_of: dict[int, np.ndarray] = {}
         self.n_contexts = 0
         self._batches = 0
+
+    def save(self, path: Path) -> None:
+        """Write the whole state atomically: a kill during the write leaves the previous checkpoint."""
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"version": 1, "n_features": self.n_features, "feature_ids": self.feature_ids,
+                    "buffers": self.buffers, "stats": self.stats, "tokens_of": self.tokens_of,
+                    "n_contexts": self.n_contexts, "batches": self._batches}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, cfg: CollectConfig, n_features: int, feature_offset: int = 0) -> Collector:
+        state = torch.load(path, weights_only=False)  # our own file, written by save()
+        collector = cls(cfg, n_features, feature_offset)
+        if state.get("version") != 1 or state["n_features"] != n_features or not torch.equal(
+                state["feature_ids"], collector.feature_ids):
+            raise ValueError(f"{path} does not belong to this collection")
+        collector.buffers, collector.stats, collector.tokens_of = state["buffers"], state["stats"], state["tokens_of"]
+        collector.n_contexts, collector._batches = state["n_contexts"], state["batches"]
+        return collector
 
     def add(self, seqs: torch.Tensor, tokens: np.ndarray, acts: torch.Tensor) -> None:
         """seqs: [b] context indices; tokens: [b, L] ids; acts: [b, L, F] activations of those tokens."""
@@ -370,14 +394,29 @@ def run_collection(
     bos_id: int | None,
     feature_offset: int = 0,
     progress: Callable[[int], None] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every_s: float = 300.0,
 ) -> CollectResult:
-    """Run the model over `contexts` (arrays of ctx_len ids) in batches and keep what each feature needs."""
-    collector = Collector(cfg, n_features, feature_offset)
+    """Run the model over `contexts` (arrays of ctx_len ids) in batches and keep what each feature needs.
+
+    With `checkpoint`, the state is saved there every `checkpoint_every_s` seconds, and a run that finds
+    a checkpoint resumes from it: the contexts it already holds are read from the corpus but not run."""
+    collector = None
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            collector = Collector.load(checkpoint, cfg, n_features, feature_offset)
+        except (ValueError, KeyError, EOFError, RuntimeError, pickle.UnpicklingError):
+            collector = None  # unreadable or foreign: start over
+    collector = collector or Collector(cfg, n_features, feature_offset)
+    skip = collector.n_contexts
+    if progress is not None and skip:
+        progress(skip * cfg.ctx_len)
     batch: list[np.ndarray] = []
-    next_seq = 0
+    next_seq = skip
+    last_save = time.monotonic()
 
     def flush() -> None:
-        nonlocal next_seq
+        nonlocal next_seq, last_save
         tokens = np.stack(batch)
         inputs = torch.from_numpy(tokens)
         if bos_id is not None:
@@ -391,11 +430,18 @@ def run_collection(
         if progress is not None:
             progress(tokens.size)
         batch.clear()
+        if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
+            collector.save(checkpoint)
+            last_save = time.monotonic()
 
-    for ctx in contexts:
+    for i, ctx in enumerate(contexts):
+        if i < skip:
+            continue
         batch.append(ctx)
         if len(batch) == cfg.batch_size:
             flush()
     if batch:
         flush()
-    return collector.result(token_strings)
+    result = collector.result(token_strings)
+    result.resumed_contexts = skip
+    return result

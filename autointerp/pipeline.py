@@ -26,6 +26,7 @@ class CollectOutcome:
     n_contexts: int
     n_features: int
     already_complete: bool
+    resumed_tokens: int = 0
 
 
 def token_strings(tokenizer: Any) -> list[str]:
@@ -56,6 +57,7 @@ def collect_stage(
     cfg: CollectConfig,
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
     model: Any = None,
+    checkpoint_every_s: float = 300.0,
 ) -> CollectOutcome:
     """Collect one dictionary into `db`. Re-running the same config finishes an incomplete
     dictionary and does nothing to a complete one. Bad input leaves the database as it was."""
@@ -101,11 +103,14 @@ def collect_stage(
                     "feature_offset": start},
         )
     progress = progress_factory(cfg.n_tokens) if progress_factory else None
+    # Beside the database: a killed run resumes from here instead of the first token.
+    checkpoint = Path(f"{db}.collect-{config_hash}.ckpt")
     try:
         with sigterm_as_interrupt():
             ctxs = corpus.contexts(corpus.pieces(cfg.dataset, cfg.text_field), tokenizer, cfg.ctx_len,
                                    cfg.n_tokens // cfg.ctx_len)
-            result = run_collection(cfg, reader, reader.n_features, ctxs, strings, bos, start, progress)
+            result = run_collection(cfg, reader, reader.n_features, ctxs, strings, bos, start, progress,
+                                    checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s)
             if result.n_contexts == 0:
                 raise AutointerpError(f"the corpus '{cfg.dataset}' has fewer than ctx_len={cfg.ctx_len} tokens")
             with store.open_store(db) as con:
@@ -119,8 +124,11 @@ def collect_stage(
         # Bad input found mid-stream: undo the registration so the database is as it was.
         with store.open_store(db) as con:
             store.delete_dictionary(con, dictionary_id)
+        checkpoint.unlink(missing_ok=True)
         raise
-    return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, reader.n_features, False)
+    checkpoint.unlink(missing_ok=True)
+    return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, reader.n_features, False,
+                          result.resumed_contexts * cfg.ctx_len)
 
 
 def _ids(table: Any, dictionary_id: int) -> Any:

@@ -122,9 +122,9 @@ def test_sae_of_the_wrong_width_is_refused(tmp_path, base_db, tiny_model, tiny_m
     assert snapshot(base_db) == before
 
 
-def _start_collect(db: Path, model_dir: Path, corpus: Path) -> subprocess.Popen:
+def _start_collect(db: Path, model_dir: Path, corpus: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "autointerp", "collect", "--model", str(model_dir), "--hook", HOOK,
-           "--dataset", str(corpus), "--tokens", "60000", "--ctx-len", "16", "--db", str(db)]
+           "--dataset", str(corpus), "--tokens", "60000", "--ctx-len", "16", "--db", str(db), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -170,3 +170,25 @@ def test_killed_collection_is_marked_incomplete_and_a_rerun_completes_it(tmp_pat
     a, b = snapshot(db), snapshot(clean)
     assert [r[12] for r in a[0]] == ["complete"]
     assert a[1:] == b[1:]
+
+
+def test_killed_collection_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
+    big = write_corpus(tmp_path / "big.txt", n_paragraphs=4000)
+    db = tmp_path / "ckpt.duckdb"
+    proc = _start_collect(db, tiny_model_dir, big, "--checkpoint-every", "0.2")
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("ckpt.duckdb.collect-*.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    _wait_for_progress(proc, 8000)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert list(tmp_path.glob("ckpt.duckdb.collect-*.ckpt"))
+    rerun = _start_collect(db, tiny_model_dir, big)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert "resumed from a checkpoint at" in out
+    assert not list(tmp_path.glob("ckpt.duckdb.collect-*"))  # removed once complete
+    clean = tmp_path / "clean.duckdb"
+    assert _start_collect(clean, tiny_model_dir, big).wait(timeout=300) == 0
+    assert snapshot(db)[1:] == snapshot(clean)[1:]
