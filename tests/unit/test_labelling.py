@@ -173,3 +173,20 @@ def test_judge_scores_by_hand():
                                                       {"token": "0", "logprob": math.log(0.25)}]},
                       {"token": "0", "top_logprobs": [{"token": "0", "logprob": 0.0}]}]}
     assert detect.answer_probabilities(lp, 2) == pytest.approx([0.75, 0.0])
+
+
+def test_feature_selection_by_range_and_sql_condition(collected_db):
+    from autointerp import store
+    from autointerp.errors import AutointerpError
+
+    with store.open_store(collected_db, read_only=True) as con:
+        everything = store.select_features(con, 1)
+        assert everything == list(range(64))
+        assert store.select_features(con, 1, feature_range=(5, 9)) == [5, 6, 7, 8]
+        median = con.execute("SELECT median(max_act) FROM features").fetchone()[0]
+        strong = store.select_features(con, 1, f"max_act > {median}")
+        expected = [f for (f,) in con.execute(
+            "SELECT feature FROM features WHERE max_act > ? ORDER BY 1", [median]).fetchall()]
+        assert strong == expected and 0 < len(strong) < 64
+        with pytest.raises(AutointerpError, match="bad --where"):
+            store.select_features(con, 1, "no_such_column > 1")
