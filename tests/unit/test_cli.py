@@ -192,3 +192,15 @@ def test_killed_collection_resumes_from_its_checkpoint(tmp_path, tiny_model_dir)
     clean = tmp_path / "clean.duckdb"
     assert _start_collect(clean, tiny_model_dir, big).wait(timeout=300) == 0
     assert snapshot(db)[1:] == snapshot(clean)[1:]
+
+
+def test_control_of_an_sae_dictionary_needs_an_sae_for_the_random_model(tmp_path, tiny_model, tiny_model_dir,
+                                                                         corpus_file):
+    sae = make_sae_dir(tmp_path / "sae", "blocks.1.hook_resid_post", d_in=tiny_model.cfg.d_model)
+    db = tmp_path / "sae.duckdb"
+    collect_stage(db, CollectConfig(model=str(tiny_model_dir), sae=str(sae), dataset=str(corpus_file), n_tokens=800,
+                                    ctx_len=16), model=tiny_model)
+    before = snapshot(db)
+    proc = cli("control", "--like", "1", "--base-url", "http://127.0.0.1:9/v1", db=db, check=False)
+    assert proc.returncode == 2 and "--sae DIR" in proc.stderr and "random-init model" in proc.stderr
+    assert snapshot(db) == before
