@@ -612,12 +612,12 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
     columns = ["explainer", "method", "n_a", "mean_a", "ci_a", "median_a", "n_b", "mean_b", "ci_b", "median_b",
                "paired", "diff_a_minus_b", "diff_ci", "verdict"]
     out = []
+
+    def ci(lo_hi: tuple[float, float]) -> str:
+        return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
     for (expl, method), per in sorted(data.items()):
         c = cmp.compare(method, expl, per[dict_a], per[dict_b])
-
-        def ci(lo_hi: tuple[float, float]) -> str:
-            return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
-
         out.append([expl, method, c.a.n, c.a.mean, ci(c.a.mean_ci), c.a.median, c.b.n, c.b.mean, ci(c.b.mean_ci),
                     c.b.median, c.n_paired, c.diff_mean, ci(c.diff_ci), c.verdict])
     click.echo(f"A = dictionary {dict_a}, B = dictionary {dict_b}")

@@ -179,7 +179,10 @@ def behaviour_stage(db: str | Path, dictionary_id: int, features: list[int] | No
         model = models.load_model(d.model, random_init=d.random_init, seed=d.seed,
                                   from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None)
     patcher = behaviour.Patcher(model, d.hook, sae)
-    bos = model.tokenizer.bos_token_id if d.config.get("prepend_bos", True) else None
+    if not d.config.get("prepend_bos", True):
+        # Replacement starts after the BOS position; without one, nothing is kept clean in front.
+        raise AutointerpError("behaviour scores need the BOS position; this dictionary was collected without it")
+    bos = model.tokenizer.bos_token_id
     by_feature: dict[int, list[tuple[str, str]]] = {}
     for feature, eid, simulator in pending:
         by_feature.setdefault(feature, []).append((eid, simulator))
@@ -204,15 +207,13 @@ def behaviour_stage(db: str | Path, dictionary_id: int, features: list[int] | No
         if not scoring_rows:
             continue
         ids = torch.tensor([r[4] for r in scoring_rows], dtype=torch.long)
-        tokens = torch.cat([torch.full((len(ids), 1), bos), ids], 1) if bos is not None else ids
+        tokens = torch.cat([torch.full((len(ids), 1), bos), ids], 1)
         replacements = []
         for rows in sims.values():
             cal = [(np.asarray(r[3]), np.asarray(r[2])) for r in rows if r[0] == "calibration"]
             a, b = scoring.fit_calibration(cal) if cal else (1.0, 0.0)
             pred = [np.asarray(r[2]) * a + b for r in rows if r[0] == "scoring"]
             replacements.append(torch.tensor(np.stack(pred), dtype=torch.float32))
-        if bos is None:  # no BOS: every position is replaced, none is kept clean in front
-            raise AutointerpError("behaviour scores need the BOS position; this dictionary was collected without it")
         results = patcher.losses(tokens, feature, float(mean_act) if ablate == "mean" else 0.0, replacements)
         rows_out = []
         for (eid, simulator), losses in zip(sims, results, strict=True):
