@@ -105,15 +105,6 @@ class Patcher:
         return out
 
 
-def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    if len(num) < 2:
-        return float("nan"), float("nan")
-    c = scoring._resample_counts(len(num), n_boot, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (c @ num) / (c @ den)
-    return scoring._percentiles(boot, n_boot)
-
-
 def behaviour_scores(losses: ContextLosses, n_boot: int = 1000, seed: int = 0) -> list[tuple[scoring.Score, str | None]]:
     """'behaviour', 'behaviour_kl' and 'ablation_effect' (nats per token), each with a note when undefined."""
     n = len(losses.clean)
@@ -122,19 +113,19 @@ def behaviour_scores(losses: ContextLosses, n_boot: int = 1000, seed: int = 0) -
     effect = float(damage.mean()) if n else float("nan")
     kl_damage = losses.kl_ablated
     out: list[tuple[scoring.Score, str | None]] = []
-    lo, hi = _ratio_ci(damage, np.ones_like(damage), n_boot, seed)
+    lo, hi = scoring.ratio_ci(damage, np.ones_like(damage), n_boot, seed)
     out.append((scoring.Score("ablation_effect", effect, n, lo, hi), None))
     if n == 0 or abs(damage.sum()) < NO_EFFECT_NATS * n:
         note = f"no effect: ablating the feature changes the loss by {effect:.2g} nats/token"
         out.append((scoring.Score("behaviour", float("nan"), n, float("nan"), float("nan")), note))
     else:
         value = float(repaired.sum() / damage.sum())
-        out.append((scoring.Score("behaviour", value, n, *_ratio_ci(repaired, damage, n_boot, seed)), None))
+        out.append((scoring.Score("behaviour", value, n, *scoring.ratio_ci(repaired, damage, n_boot, seed)), None))
     if n == 0 or kl_damage.sum() < NO_EFFECT_NATS * n:
         note = "no effect: ablating the feature leaves the logits unchanged"
         out.append((scoring.Score("behaviour_kl", float("nan"), n, float("nan"), float("nan")), note))
     else:
         kl_repaired = losses.kl_ablated - losses.kl_simulated
         value = float(kl_repaired.sum() / kl_damage.sum())
-        out.append((scoring.Score("behaviour_kl", value, n, *_ratio_ci(kl_repaired, kl_damage, n_boot, seed)), None))
+        out.append((scoring.Score("behaviour_kl", value, n, *scoring.ratio_ci(kl_repaired, kl_damage, n_boot, seed)), None))
     return out

@@ -6,15 +6,21 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from autointerp import __version__, render, store
+from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
 from autointerp.errors import AutointerpError
+from autointerp.types import ProgressEvent
 
 DEFAULT_DB = "autointerp.duckdb"
 
@@ -74,52 +80,111 @@ def _parse_range(value: str | None) -> tuple[int, int] | None:
         raise click.BadParameter(f"'{value}': use START:STOP, e.g. 0:1000") from None
 
 
-def _progress_factory(total: int) -> Callable[[int], None]:
-    from tqdm import tqdm
+class _Range(click.ParamType):
+    name = "START:STOP"
 
-    bar = tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True, desc="collect", file=sys.stderr)
-    return bar.update
-
-
-_COLLECT_OPTIONS = [
-    click.option("--model", default="smollm2-135m", show_default=True,
-              help="TransformerLens model name (needs the hub), local HF model directory, or smollm2-135m (offline)."),
-    click.option("--hook", default=None, help="Hook point, e.g. blocks.6.mlp.hook_post or blocks.3.hook_resid_post. "
-              "Default: the SAE's hook, else blocks.6.mlp.hook_post."),
-    click.option("--sae", default=None, help="SAELens SAE directory, or RELEASE:SAE_ID (needs the hub). Omit for neurons."),
-    click.option("--dataset", default="default", show_default=True,
-              help="default (Python docs, offline), a .txt/.jsonl/.parquet file or directory, or an HF dataset name."),
-    click.option("--text-field", default="text", show_default=True, help="Text field of .jsonl/.parquet/HF records."),
-    click.option("--tokens", "n_tokens", type=int, default=200_000, show_default=True, help="Tokens to collect over."),
-    click.option("--ctx-len", type=int, default=64, show_default=True, help="Tokens per context."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits and samples."),
-    click.option("--batch-size", type=int, default=16, show_default=True, help="Contexts per forward pass."),
-    click.option("--top-k", type=int, default=20, show_default=True, help="Top contexts per feature and split."),
-    click.option("--quantiles", "n_quantiles", type=int, default=10, show_default=True, help="Quantile bins."),
-    click.option("--per-quantile", type=int, default=5, show_default=True, help="Contexts per quantile bin and split."),
-    click.option("--random", "n_random", type=int, default=20, show_default=True, help="Random contexts per split."),
-    click.option("--holdout", "holdout_frac", type=float, default=0.2, show_default=True,
-              help="Share of contexts in the holdout split."),
-    click.option("--threshold", type=float, default=0.0, show_default=True, help="Activation above which a token is active."),
-    click.option("--features", "features", default=None, help="Only features START:STOP."),
-    click.option("--random-init", is_flag=True, help="Use a freshly initialised copy of the model (seeded by --seed)."),
-]
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return value if value is None or isinstance(value, tuple) else _parse_range(value)
 
 
-def collect_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of `collect`, shared with `run`."""
-    for opt in reversed(_COLLECT_OPTIONS):
-        f = opt(f)
-    return f
+def _option(name: str, field: FieldInfo) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option for one config field: flag from the field (or its json_schema_extra 'flag'),
+    help from its description, default from its default, type from its annotation."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    flag = "--" + str(extra.get("flag") or name.replace("_", "-"))
+    ann = field.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    base = args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
+    kw: dict[str, Any] = {"help": field.description, "default": field.default, "show_default": True}
+    if base is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, **kw)
+    if typing.get_origin(base) is typing.Literal:
+        kw["type"] = click.Choice([str(c) for c in typing.get_args(base)])
+    elif typing.get_origin(base) is tuple and typing.get_args(base)[-1] is Ellipsis:
+        kw.update(multiple=True, default=(), show_default=False)
+    elif typing.get_origin(base) is tuple:
+        kw["type"] = _Range()
+    elif base in (int, float, str):
+        kw["type"] = base
+    if field.default is None:
+        kw["show_default"] = False
+    return click.option(flag, name, **kw)
+
+
+def config_options(*models: type[BaseModel], exclude: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """Click options generated from config models: each field once (the first model that has it wins)."""
+
+    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        seen = set(exclude)
+        opts = []
+        for model in models:
+            for name, field in model.model_fields.items():
+                if name not in seen:
+                    seen.add(name)
+                    opts.append(_option(name, field))
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def build(model: type[M], kwargs: dict[str, Any], **overrides: Any) -> M:
+    """The config `model` from the command's options (each field of the model that is among them)."""
+    return model(**{k: v for k, v in kwargs.items() if k in model.model_fields}, **overrides)
+
+
+class _Bars:
+    """The one progress display: a bar per stage, fed ProgressEvents."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, e: ProgressEvent) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(e.stage)
+        if bar is None:
+            bar = self.bars[e.stage] = tqdm(total=e.total, unit=e.unit, unit_scale=e.unit == "tok",
+                                            dynamic_ncols=True, desc=e.stage, file=sys.stderr)
+        bar.total = e.total
+        bar.n = e.done
+        if e.detail:
+            bar.set_postfix_str(e.detail, refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+@contextmanager
+def _interruptible(message: str) -> Iterator[_Bars]:
+    from autointerp.stages.collect import sigterm_as_interrupt
+
+    bars = _Bars()
+    try:
+        with sigterm_as_interrupt():
+            yield bars
+    except KeyboardInterrupt:
+        bars.close()
+        click.echo(f"\ninterrupted: {message}", err=True)
+        sys.exit(130)
+    finally:
+        bars.close()
 
 
 @main.command()
-@collect_options
+@config_options(CollectConfig)
 @click.option("--checkpoint-every", "checkpoint_every_s", type=float, default=300.0, show_default=True,
               help="Seconds between checkpoints (beside the database) that a killed run resumes from.")
 @db_option
 @friendly_errors
-def collect(db: str, features: str | None, checkpoint_every_s: float, **kwargs: Any) -> None:
+def collect(db: str, checkpoint_every_s: float, **kwargs: Any) -> None:
     """Run a model over text and store each feature's contexts and statistics.
 
     \b
@@ -132,17 +197,13 @@ def collect(db: str, features: str | None, checkpoint_every_s: float, **kwargs: 
     Re-running the same command completes an interrupted run (from its last checkpoint) and does
     nothing to a finished one.
     """
-    from autointerp.config import CollectConfig
-    from autointerp.pipeline import collect_stage
+    from autointerp.stages.collect import collect_stage
 
-    cfg = CollectConfig(features=_parse_range(features), **kwargs)
+    cfg = build(CollectConfig, kwargs)
     t0 = time.monotonic()
-    try:
-        out = collect_stage(db, cfg, _progress_factory, checkpoint_every_s=checkpoint_every_s)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: the dictionary is marked incomplete; run the same command again to complete it "
-                   "(it resumes from the last checkpoint).", err=True)
-        sys.exit(130)
+    with _interruptible("the dictionary is marked incomplete; run the same command again to complete it "
+                        "(it resumes from the last checkpoint).") as bars:
+        out = collect_stage(db, cfg, bars, checkpoint_every_s=checkpoint_every_s)
     if out.already_complete:
         click.echo(f"dictionary {out.dictionary_id} already holds this collection ({out.n_tokens:,} tokens); "
                    "nothing to do.")
@@ -234,50 +295,17 @@ def status(db: str, fmt: str) -> None:
     Example:
       autointerp status --db runs.duckdb
     """
-    with store.open_store(db, read_only=True) as con:
-        columns, rows = store.query(con, """
-            SELECT d.dictionary_id AS id, d.model, d.hook, d.kind, d.random_init, d.status, d.n_tokens,
-                   d.n_features, count(f.feature) AS features_stored,
-                   (SELECT count(*) FROM examples e WHERE e.dictionary_id = d.dictionary_id) AS examples,
-                   (SELECT count(*) FROM explanations x WHERE x.dictionary_id = d.dictionary_id
-                      AND x.status = 'ok' AND x.explainer NOT LIKE 'baseline:%') AS llm_labels,
-                   (SELECT count(*) FROM explanations x WHERE x.dictionary_id = d.dictionary_id
-                      AND x.status = 'failed') AS failed_labels,
-                   (SELECT count(DISTINCT s.explanation_id) FROM scores s
-                      WHERE s.dictionary_id = d.dictionary_id) AS scored_labels,
-                   d.dataset, d.created_at
-            FROM dictionaries d LEFT JOIN features f USING (dictionary_id)
-            GROUP BY ALL ORDER BY id""")
-        labels = con.execute("SELECT dictionary_id, explainer, correlation_top_random, explained_variance, behaviour, "
-                             "ablation_effect FROM labels WHERE status = 'ok'").fetchall()
-    click.echo(render.FORMATS[fmt](columns, rows))
-    if labels and fmt == "table":
-        click.echo("\nlabels per dictionary and explainer (means with bootstrap 95% CIs; "
-                   "captured = behaviour weighted by each feature's ablation effect):")
-        click.echo(render.table(*_label_summary(labels)))
-
-
-def _label_summary(labels: list[tuple]) -> tuple[list[str], list[list[Any]]]:
-    import numpy as np
-
     from autointerp import compare as cmp
 
-    groups: dict[tuple[int, str], list[tuple]] = {}
-    for did, expl, *vals in labels:
-        groups.setdefault((did, expl), []).append(tuple(vals))
-
-    def fmt(d: Any) -> str:
-        return "" if d.n == 0 else f"{d.mean:.3f} [{d.mean_ci[0]:.3f}, {d.mean_ci[1]:.3f}]"
-
-    out = []
-    for (did, expl), vals in sorted(groups.items()):
-        arr = np.array([[np.nan if v is None else v for v in row] for row in vals], dtype=np.float64)
-        share, (lo, hi) = cmp.captured_share(arr[:, 2], arr[:, 3])
-        out.append([did, expl, len(vals), fmt(cmp.distribution(arr[:, 0])), fmt(cmp.distribution(arr[:, 1])),
-                    fmt(cmp.distribution(arr[:, 2])),
-                    "" if not np.isfinite(share) else f"{share:.3f} [{lo:.3f}, {hi:.3f}]"])
-    return ["dictionary", "explainer", "labels", "correlation_top_random", "explained_variance", "behaviour",
-            "captured"], out
+    with store.open_store(db, read_only=True) as con:
+        table = store.dictionary_status(con)
+        labels = store.label_scores(con, cmp.SUMMARY_METHODS)
+    click.echo(render.FORMATS[fmt](table.columns, table.rows))
+    if labels and fmt == "table":
+        click.echo("\nlabels per dictionary, explainer and simulator, beside the null labels (null:shuffled:X is X's "
+                   "labels given to other features, null:constant one label for all); means with bootstrap 95% "
+                   "CIs; captured = behaviour weighted by each feature's ablation effect:")
+        click.echo(render.table(*cmp.label_summary(labels)))
 
 
 # ---------------------------------------------------------------- explain / score / run
@@ -286,7 +314,7 @@ def _label_summary(labels: list[tuple]) -> tuple[list[str], list[list[Any]]]:
 def selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest)."),
-        click.option("--features", "feature_range", default=None, help="Only features START:STOP."),
+        click.option("--features", "feature_range", type=_Range(), default=None, help="Only features START:STOP."),
         click.option("--where", default=None, help="SQL condition on `features`, e.g. \"frac_active > 0.001\"."),
     ]
     for opt in reversed(opts):
@@ -294,90 +322,25 @@ def selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def llm_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option("--base-url", "base_urls", multiple=True,
-                     help="OpenAI-compatible endpoint (repeat to spread requests). Default: $OPENAI_BASE_URL, "
-                          "else a local llama.cpp server with SmolLM2-135M-Instruct."),
-        click.option("--explainer-model", default=None, help="Explainer model name at the endpoint."),
-        click.option("--simulator-model", default=None, help="Simulator model name at the endpoint."),
-        click.option("--simulator-mode", type=click.Choice(["echo", "chat"]), default="echo", show_default=True,
-                     help="echo: prompt logprobs, one request per feature; chat: JSON answers (no echo needed)."),
-        click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight."),
-        click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Per-request timeout, s."),
-        click.option("--max-attempts", type=int, default=6, show_default=True, help="Tries per request."),
-        click.option("--max-cost", "max_cost_usd", type=float, default=None, help="Stop cleanly at this spend (USD)."),
-        click.option("--max-tokens", type=int, default=None, help="Stop cleanly after this many tokens."),
-        click.option("--prices", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help='JSON price table {"model": [usd_per_M_input, usd_per_M_output]}.'),
-        click.option("--explain-top", "n_explain_top", type=int, default=10, show_default=True,
-                     help="Explain-split top contexts shown to the explainer."),
-        click.option("--explain-quantile", "n_explain_quantile", type=int, default=10, show_default=True,
-                     help="Explain-split quantile contexts shown to the explainer."),
-        click.option("--sim-top", "n_sim_top", type=int, default=10, show_default=True,
-                     help="Holdout top contexts simulated per feature."),
-        click.option("--sim-random", "n_sim_random", type=int, default=10, show_default=True,
-                     help="Holdout random contexts simulated per feature."),
-        click.option("--baseline/--no-baseline", default=True, show_default=True,
-                     help="Also label and score with the token-lookup baseline."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+def label_selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--label-where", default=None, help="Label and score only features matching this SQL condition.")(f)
+    return click.option("--label-features", type=_Range(), default=None,
+                        help="Label and score only features START:STOP.")(f)
 
 
-def _label_command(db: str, stages: tuple[bool, bool], dictionary_id: int | None, feature_range: str | None,
-                   where: str | None, base_urls: tuple[str, ...], explainer_model: str | None,
-                   simulator_model: str | None, prices: str | None, **kwargs: Any) -> None:
-    import asyncio
-    import json
-
-    from tqdm import tqdm
-
-    from autointerp import llm, local
-    from autointerp.config import LabelConfig
-    from autointerp.labelling import LabelBatch
+def _label_command(db: str, explain_stage: bool, score_stage: bool, dictionary_id: int | None,
+                   feature_range: tuple[int, int] | None, where: str | None, **kwargs: Any) -> None:
+    from autointerp.stages.label import label_stage, open_llm
+    from autointerp.stages.run import Selection, select
 
     with store.open_store(db, read_only=True) as con:
         did = _pick_dictionary(con, dictionary_id)
-        features = store.select_features(con, did, where, _parse_range(feature_range))
-    if not features:
-        raise AutointerpError("no features selected")
-    urls = list(base_urls) or [u for u in [os.environ.get("OPENAI_BASE_URL")] if u]
-    embedded = None
-    if not urls:
-        embedded = local.EmbeddedLLM.start()
-        urls = [embedded.base_url]
-    default_model = local.MODEL_NAME if embedded else "gpt-4o-mini"
-    cfg = LabelConfig(explainer_model=explainer_model or default_model,
-                      simulator_model=simulator_model or default_model, **kwargs)
-    price_table = {k: tuple(v) for k, v in json.loads(Path(prices).read_text()).items()} if prices else None
-    budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
-    client: Any = llm.OpenAICompatibleClient(urls, os.environ.get("OPENAI_API_KEY"), timeout_s=cfg.timeout_s,
-                                             max_attempts=cfg.max_attempts, prices=price_table, budget=budget)
-    if embedded is not None:
-        client = embedded.client(client)
-    bar = tqdm(total=len(features), unit="feat", desc="label", file=sys.stderr, dynamic_ncols=True)
-
-    def on_progress(p: Any) -> None:
-        bar.total = p.features_total
-        bar.n = p.features_done
-        bar.set_postfix_str(f"tok {p.tokens:,} ${p.cost_usd:.4f} failed {sum(p.failed.values())}", refresh=True)
-
-    batch = LabelBatch(db, did, cfg, client, features, explain_stage=stages[0], score_stage=stages[1],
-                       on_progress=on_progress)
-    from autointerp.pipeline import sigterm_as_interrupt
-
-    try:
-        with sigterm_as_interrupt():
-            progress = asyncio.run(batch.run())
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: finished features are saved; run the same command to continue.", err=True)
-        sys.exit(130)
-    finally:
-        bar.close()
-        if embedded is not None:
-            embedded.stop()
+    features = select(db, did, Selection(feature_range, where))
+    cfg, llm_cfg = build(LabelConfig, kwargs), build(LLMConfig, kwargs)
+    with _interruptible("finished features are saved; run the same command to continue.") as bars, \
+            open_llm(llm_cfg) as session:
+        progress = label_stage(db, did, features, cfg, session, explain_stage=explain_stage,
+                               score_stage=score_stage, concurrency=llm_cfg.concurrency, on_progress=bars)
     _summary(progress, did)
 
 
@@ -392,6 +355,10 @@ def _summary(p: Any, dictionary_id: int) -> None:
         if values:
             click.echo(f"  {method}: median {statistics.median(values):.3f}, mean {statistics.fmean(values):.3f} "
                        f"over {len(values):,}")
+    if p.nulls is not None and p.nulls.features_total:
+        n = p.nulls
+        click.echo(f"  null labels (shuffled and constant): {n.scored:,} scored on {n.features_done:,} features; "
+                   f"total spend now {n.tokens:,} tokens, ${n.cost_usd:.4f}")
     if p.stopped:
         click.echo(f"stopped early: {p.stopped}. Run the same command to continue.")
     if p.features_total == 0:
@@ -400,7 +367,7 @@ def _summary(p: Any, dictionary_id: int) -> None:
 
 @main.command()
 @selection_options
-@llm_options
+@config_options(LabelConfig, LLMConfig)
 @db_option
 @friendly_errors
 def explain(db: str, **kwargs: Any) -> None:
@@ -413,12 +380,12 @@ def explain(db: str, **kwargs: Any) -> None:
     With no --base-url, a local llama.cpp server with SmolLM2-135M-Instruct is started and stopped.
     Killed or stopped by --max-cost? Run the same command again: it continues.
     """
-    _label_command(db, (True, False), **kwargs)
+    _label_command(db, True, False, **kwargs)
 
 
 @main.command()
 @selection_options
-@llm_options
+@config_options(LabelConfig, LLMConfig)
 @db_option
 @friendly_errors
 def score(db: str, **kwargs: Any) -> None:
@@ -428,12 +395,12 @@ def score(db: str, **kwargs: Any) -> None:
     Example:
       autointerp score --base-url http://localhost:8000/v1 --simulator-model my-model --where "max_act > 1"
     """
-    _label_command(db, (False, True), **kwargs)
+    _label_command(db, False, True, **kwargs)
 
 
 @main.command("label")
 @selection_options
-@llm_options
+@config_options(LabelConfig, LLMConfig)
 @db_option
 @friendly_errors
 def label_cmd(db: str, **kwargs: Any) -> None:
@@ -443,19 +410,29 @@ def label_cmd(db: str, **kwargs: Any) -> None:
     Example:
       autointerp label --features 0:100 --max-cost 5
     """
-    _label_command(db, (True, True), **kwargs)
+    _label_command(db, True, True, **kwargs)
+
+
+def _finish_run(out: Any, db: str) -> None:
+    c = out.collect
+    click.echo(f"dictionary {c.dictionary_id}: {c.n_features:,} features over {c.n_tokens:,} tokens"
+               + (" (already collected)" if c.already_complete else ""))
+    if out.label is not None:
+        _summary(out.label, c.dictionary_id)
+    if out.behaviour is not None:
+        _behaviour_summary(out.behaviour, c.dictionary_id)
 
 
 @main.command()
-@collect_options
-@click.option("--label-features", default=None, help="Label and score only features START:STOP of the collection.")
-@click.option("--label-where", default=None, help="Label and score only features matching this SQL condition.")
+@config_options(CollectConfig)
+@label_selection_options
 @click.option("--behaviour/--no-behaviour", "with_behaviour", default=True, show_default=True,
               help="Also compute behaviour scores (the model re-run with each feature replaced by its simulation).")
-@llm_options
+@config_options(BehaviourConfig, exclude=("n_boot",))
+@config_options(LabelConfig, LLMConfig)
 @db_option
 @friendly_errors
-def run(db: str, features: str | None, label_features: str | None, label_where: str | None, with_behaviour: bool,
+def run(db: str, label_features: tuple[int, int] | None, label_where: str | None, with_behaviour: bool,
         **kwargs: Any) -> None:
     """Collect, explain and score in one command (each step resumes where it stopped).
 
@@ -467,85 +444,65 @@ def run(db: str, features: str | None, label_features: str | None, label_where: 
       autointerp run --model gpt2 --hook blocks.6.mlp.hook_post --base-url https://api.openai.com/v1 \\
           --explainer-model gpt-4o-mini --simulator-model gpt-4o-mini --simulator-mode chat --max-cost 20
     """
-    from autointerp.config import CollectConfig
-    from autointerp.pipeline import collect_stage
+    from autointerp.stages.run import Selection, run_stage
 
-    collect_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _COLLECT_PARAM_NAMES}
-    cfg = CollectConfig(features=_parse_range(features), **collect_kwargs)
-    try:
-        out = collect_stage(db, cfg, _progress_factory)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: run the same command again to complete it.", err=True)
-        sys.exit(130)
-    click.echo(f"dictionary {out.dictionary_id}: {out.n_features:,} features over {out.n_tokens:,} tokens"
-               + (" (already collected)" if out.already_complete else ""))
-    _label_command(db, (True, True), dictionary_id=out.dictionary_id, feature_range=label_features,
-                   where=label_where, **kwargs)
-    if with_behaviour:
-        _behaviour(db, out.dictionary_id, label_features, "mean")
+    behaviour_cfg = build(BehaviourConfig, kwargs) if with_behaviour else None
+    with _interruptible("run the same command again: every step resumes where it stopped.") as bars:
+        out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where),
+                        build(LabelConfig, kwargs), build(LLMConfig, kwargs), behaviour_cfg, on_progress=bars)
+    _finish_run(out, db)
 
 
-_COLLECT_PARAM_NAMES = {
-    "model", "hook", "sae", "dataset", "text_field", "n_tokens", "ctx_len", "seed", "batch_size", "top_k",
-    "n_quantiles", "per_quantile", "n_random", "holdout_frac", "threshold", "random_init",
-}
+def _behaviour_summary(out: Any, dictionary_id: int) -> None:
+    click.echo(f"dictionary {dictionary_id}: behaviour scored for {out.features:,} features "
+               f"({out.scored:,} labels scored, {out.no_effect:,} with no measurable ablation effect)")
 
 
 @main.command("behaviour")
 @click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest).")
-@click.option("--features", "feature_range", default=None, help="Only features START:STOP.")
-@click.option("--ablate", type=click.Choice(["mean", "zero"]), default="mean", show_default=True,
-              help="What the ablated feature is replaced by.")
+@click.option("--features", "feature_range", type=_Range(), default=None, help="Only features START:STOP.")
+@config_options(BehaviourConfig)
+@click.option("--retry-failed", is_flag=True, help="Redo behaviour runs that failed.")
 @db_option
 @friendly_errors
-def behaviour_cmd(db: str, dictionary_id: int | None, feature_range: str | None, ablate: str) -> None:
+def behaviour_cmd(db: str, dictionary_id: int | None, feature_range: tuple[int, int] | None, retry_failed: bool,
+                  **kwargs: Any) -> None:
     """Behaviour scores: how much of each feature's effect on the model its label's simulation restores.
 
     \b
     Example:
-      autointerp behaviour --dictionary 1 --ablate mean
+      autointerp behaviour --dictionary 1 --ablate calibrated
+    \b
+    Another ablation reference is other work: both results stay, each keyed by its settings.
+      autointerp behaviour --dictionary 1 --ablate zero
     """
-    _behaviour(db, dictionary_id, feature_range, ablate)
-
-
-def _behaviour(db: str, dictionary_id: int | None, feature_range: str | None, ablate: str) -> None:
-    from tqdm import tqdm
-
-    from autointerp.pipeline import behaviour_stage
+    from autointerp.stages.behaviour import behaviour_stage
 
     with store.open_store(db, read_only=True) as con:
         did = _pick_dictionary(con, dictionary_id)
-        rng = _parse_range(feature_range)
-        features = store.select_features(con, did, None, rng) if rng else None
-    bar = tqdm(unit="feat", desc="behaviour", file=sys.stderr, dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        out = behaviour_stage(db, did, features, ablate, progress=progress)
-    finally:
-        bar.close()
-    click.echo(f"dictionary {did}: behaviour scored for {out.features:,} features "
-               f"({out.scored:,} labels scored, {out.no_effect:,} with no measurable ablation effect)")
+        features = store.select_features(con, did, None, feature_range) if feature_range else None
+    with _interruptible("finished features are saved; run the same command to continue.") as bars:
+        out = behaviour_stage(db, did, build(BehaviourConfig, kwargs), features, retry_failed=retry_failed,
+                              on_progress=bars)
+    _behaviour_summary(out, did)
 
 
 @main.command()
 @click.option("--like", "like_id", type=int, required=True, help="The trained dictionary to copy.")
 @click.option("--seed", "init_seed", type=int, default=None, help="Seed of the random initialisation (default: the dictionary's).")
+@click.option("--scheme", default="init", show_default=True,
+              help="How the weights are randomised: init (the architecture's initialisation), or a "
+                   "re-randomisation that keeps each trained tensor's scale (see the README).")
 @click.option("--sae", "control_sae", default=None,
               help="For SAE dictionaries: an SAE trained on the random-init model (SAELens directory).")
-@click.option("--label-features", default=None, help="Label and score only features START:STOP.")
-@click.option("--label-where", default=None, help="Label and score only features matching this SQL condition.")
-@click.option("--ablate", type=click.Choice(["mean", "zero"]), default="mean", show_default=True)
-@llm_options
+@label_selection_options
+@config_options(BehaviourConfig, exclude=("n_boot",))
+@config_options(LabelConfig, LLMConfig)
 @db_option
 @friendly_errors
-def control(db: str, like_id: int, init_seed: int | None, control_sae: str | None, label_features: str | None,
-            label_where: str | None, ablate: str, **kwargs: Any) -> None:
-    """Random-init control: the same architecture freshly initialised, collected on the same tokens with the
+def control(db: str, like_id: int, init_seed: int | None, scheme: str, control_sae: str | None,
+            label_features: tuple[int, int] | None, label_where: str | None, **kwargs: Any) -> None:
+    """Random-init control: the same architecture with random weights, collected on the same tokens with the
     same settings, labelled and scored with the same LLMs and prompts.
 
     \b
@@ -553,31 +510,14 @@ def control(db: str, like_id: int, init_seed: int | None, control_sae: str | Non
       autointerp control --like 1 --label-features 0:100
       autointerp compare 1 2
     """
-    from autointerp.config import CollectConfig
-    from autointerp.pipeline import collect_stage
+    from autointerp.stages.run import Selection, control_stage
 
-    with store.open_store(db, read_only=True) as con:
-        d = store.get_dictionary(con, like_id)
-    if d.random_init:
-        raise AutointerpError(f"dictionary {like_id} is itself a random-init control")
-    if d.kind == "sae" and not control_sae:
-        raise AutointerpError(
-            f"dictionary {like_id} holds SAE latents; an SAE trained on the trained model means nothing on a "
-            "random one. Pass --sae DIR with an SAE trained on the random-init model (same seed), or run a "
-            "neuron control with `autointerp collect --random-init --hook HOOK` on the same hook")
-    fields = set(CollectConfig.model_fields)
-    settings = {k: v for k, v in d.config.items() if k in fields}
-    settings.update(random_init=True, seed=d.seed if init_seed is None else init_seed,
-                    sae=control_sae if d.kind == "sae" else None)
-    if settings.get("features") is not None:
-        settings["features"] = tuple(settings["features"])
-    cfg = CollectConfig(**settings)
-    out = collect_stage(db, cfg, _progress_factory)
-    click.echo(f"control dictionary {out.dictionary_id} (random init, seed {cfg.seed}) of dictionary {like_id}: "
-               f"{out.n_features:,} features over {out.n_tokens:,} tokens")
-    _label_command(db, (True, True), dictionary_id=out.dictionary_id, feature_range=label_features,
-                   where=label_where, **kwargs)
-    _behaviour(db, out.dictionary_id, label_features, ablate)
+    with _interruptible("run the same command again: every step resumes where it stopped.") as bars:
+        out = control_stage(db, like_id, Selection(label_features, label_where), build(LabelConfig, kwargs),
+                            build(LLMConfig, kwargs), build(BehaviourConfig, kwargs), seed=init_seed, scheme=scheme,
+                            sae=control_sae, on_progress=bars)
+    click.echo(f"control of dictionary {like_id} ({scheme}):")
+    _finish_run(out, db)
 
 
 @main.command("compare")
@@ -597,31 +537,16 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
     from autointerp import compare as cmp
 
     with store.open_store(db, read_only=True) as con:
-        for d in (dict_a, dict_b):
-            store.get_dictionary(con, d)
-        rows = con.execute(
-            "SELECT s.dictionary_id, e.explainer, s.method, s.feature, s.value FROM scores s "
-            "JOIN explanations e USING (explanation_id) WHERE s.dictionary_id IN (?, ?)", [dict_a, dict_b]).fetchall()
-    data: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
-    for did, expl, method, feature, value in rows:
-        if explainer and expl != explainer:
-            continue
-        data.setdefault((expl, method), {dict_a: {}, dict_b: {}})[did][feature] = value
-    if not data:
+        a, b = store.get_dictionary(con, dict_a), store.get_dictionary(con, dict_b)
+        values = store.score_values(con, [dict_a, dict_b])
+    if explainer:
+        values = [v for v in values if v.explainer == explainer]
+    if not values:
         raise AutointerpError(f"no scores for dictionaries {dict_a} and {dict_b}; label and score them first")
-    columns = ["explainer", "method", "n_a", "mean_a", "ci_a", "median_a", "n_b", "mean_b", "ci_b", "median_b",
-               "paired", "diff_a_minus_b", "diff_ci", "verdict"]
-    out = []
-
-    def ci(lo_hi: tuple[float, float]) -> str:
-        return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
-
-    for (expl, method), per in sorted(data.items()):
-        c = cmp.compare(method, expl, per[dict_a], per[dict_b])
-        out.append([expl, method, c.a.n, c.a.mean, ci(c.a.mean_ci), c.a.median, c.b.n, c.b.mean, ci(c.b.mean_ci),
-                    c.b.median, c.n_paired, c.diff_mean, ci(c.diff_ci), c.verdict])
-    click.echo(f"A = dictionary {dict_a}, B = dictionary {dict_b}")
-    click.echo(render.FORMATS[fmt](columns, out))
+    columns, rows = cmp.compare_table(values, dict_a, dict_b)
+    click.echo(f"A = dictionary {dict_a} ({cmp.describe(a)}), B = dictionary {dict_b} ({cmp.describe(b)}); "
+               "scores paired by feature, from the same simulator and run settings")
+    click.echo(render.FORMATS[fmt](columns, rows))
 
 
 @main.command("export")
@@ -646,9 +571,8 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
     with store.open_store(db, read_only=True) as con:
         did = _pick_dictionary(con, dictionary_id)
         d = store.get_dictionary(con, did)
-        cur = con.execute("SELECT * FROM labels WHERE dictionary_id = ? ORDER BY feature, explainer", [did])
-        cols = [c[0] for c in cur.description]
-        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+        table = store.labels_table(con, did)
+        rows = [dict(zip(table.columns, r, strict=True)) for r in table.rows]
     if not rows:
         raise AutointerpError(f"dictionary {did} has no labels yet; run `autointerp explain` first")
     n = export.write(rows, fmt, Path(out_path), np_model_id or d.model, np_source or export.neuronpedia_source(d.hook, d.kind))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from autointerp import scoring
+from autointerp.store import DictionaryRow, LabelScores, ScoreValue
 
 
 @dataclass(frozen=True)
@@ -39,31 +41,24 @@ class Comparison:
         return "no difference: the labels do not tell A from B"
 
 
-def _mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    c = scoring._resample_counts(len(values), n_boot, seed)
-    return scoring._percentiles((c @ values) / len(values), n_boot)
-
-
 def distribution(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Distribution:
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return Distribution(0, float("nan"), (float("nan"), float("nan")), float("nan"))
-    return Distribution(len(values), float(values.mean()), _mean_ci(values, n_boot, seed), float(np.median(values)))
+    return Distribution(len(values), float(values.mean()), scoring.mean_ci(values, n_boot, seed), float(np.median(values)))
 
 
-def compare(method: str, explainer: str, a: dict[int, float], b: dict[int, float], n_boot: int = 1000,
+def compare(method: str, explainer: str, a: dict[int, float | None], b: dict[int, float | None], n_boot: int = 1000,
             seed: int = 0) -> Comparison:
     """a, b: feature -> score. Paired by feature index (the same architecture: the same positions)."""
     va = np.array([v for v in a.values() if v is not None], dtype=np.float64)
     vb = np.array([v for v in b.values() if v is not None], dtype=np.float64)
     common = sorted(f for f in set(a) & set(b) if a[f] is not None and b[f] is not None)
-    diffs = np.array([a[f] - b[f] for f in common], dtype=np.float64)
+    diffs = np.array([a[f] - b[f] for f in common], dtype=np.float64)  # type: ignore[operator]
     diffs = diffs[np.isfinite(diffs)]
     diff_mean = float(diffs.mean()) if len(diffs) else float("nan")
     return Comparison(method, explainer, distribution(va, n_boot, seed), distribution(vb, n_boot, seed),
-                      len(diffs), diff_mean, _mean_ci(diffs, n_boot, seed))
+                      len(diffs), diff_mean, scoring.mean_ci(diffs, n_boot, seed))
 
 
 def captured_share(behaviour: np.ndarray, effect: np.ndarray, n_boot: int = 1000,
@@ -74,10 +69,65 @@ def captured_share(behaviour: np.ndarray, effect: np.ndarray, n_boot: int = 1000
     b, e = behaviour[keep], effect[keep]
     if len(b) == 0:
         return float("nan"), (float("nan"), float("nan"))
-    value = float((b * e).sum() / e.sum())
-    if len(b) < 2:
-        return value, (float("nan"), float("nan"))
-    c = scoring._resample_counts(len(b), n_boot, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (c @ (b * e)) / (c @ e)
-    return value, scoring._percentiles(boot, n_boot)
+    return float((b * e).sum() / e.sum()), scoring.ratio_ci(b * e, e, n_boot, seed)
+
+
+# ---------------------------------------------------------------- tables for status and compare
+
+SUMMARY_METHODS = ("correlation_top_random", "explained_variance", "behaviour", "ablation_effect")
+
+
+def describe(d: DictionaryRow) -> str:
+    """'trained', or the random-init scheme and seed of a control."""
+    if not d.random_init:
+        return "trained"
+    return f"random init: {d.config.get('init_scheme', 'init')}, seed {d.seed}"
+
+
+def _fmt(d: Distribution) -> str:
+    return "" if d.n == 0 else f"{d.mean:.3f} [{d.mean_ci[0]:.3f}, {d.mean_ci[1]:.3f}]"
+
+
+def label_summary(labels: list[LabelScores]) -> tuple[list[str], list[list[Any]]]:
+    """Per dictionary, explainer and simulator: label count, mean score with CI, captured behaviour share."""
+    groups: dict[tuple[int, str, str], list[LabelScores]] = {}
+    for lab in labels:
+        groups.setdefault((lab.dictionary_id, lab.explainer, lab.simulator or ""), []).append(lab)
+    out = []
+    for (did, expl, sim), group in sorted(groups.items()):
+        def col(m: str, group: list[LabelScores] = group) -> np.ndarray:
+            return np.array([np.nan if g.values[m] is None else g.values[m] for g in group], dtype=np.float64)
+
+        share, (lo, hi) = captured_share(col("behaviour"), col("ablation_effect"))
+        out.append([did, expl, sim, len(group), _fmt(distribution(col("correlation_top_random"))),
+                    _fmt(distribution(col("explained_variance"))), _fmt(distribution(col("behaviour"))),
+                    "" if not np.isfinite(share) else f"{share:.3f} [{lo:.3f}, {hi:.3f}]"])
+    return ["dictionary", "explainer", "simulator", "labels", "correlation_top_random", "explained_variance",
+            "behaviour", "captured"], out
+
+
+def compare_table(values: list[ScoreValue], dict_a: int, dict_b: int) -> tuple[list[str], list[list[Any]]]:
+    """One row per explainer, simulator and method: both distributions and their paired difference, with
+    scores paired only from runs of the same settings (else the row says the settings differ)."""
+    data: dict[tuple[str, str, str], dict[str, dict[int, dict[int, float | None]]]] = {}
+    for v in values:
+        per = data.setdefault((v.explainer, v.simulator, v.method), {})
+        per.setdefault(v.settings_hash, {dict_a: {}, dict_b: {}})[v.dictionary_id][v.feature] = v.value
+    columns = ["explainer", "simulator", "method", "n_a", "mean_a", "ci_a", "median_a", "n_b", "mean_b", "ci_b",
+               "median_b", "paired", "diff_a_minus_b", "diff_ci", "verdict"]
+    out: list[list[Any]] = []
+
+    def ci(lo_hi: tuple[float, float]) -> str:
+        return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
+    for (expl, sim, method), by_settings in sorted(data.items()):
+        both = [k for k, per in by_settings.items() if per[dict_a] and per[dict_b]]
+        if not both:
+            out.append([expl, sim, method] + [None] * 11 + ["not compared: A and B were scored with other settings"])
+            continue
+        # The settings with the most paired features.
+        key = max(both, key=lambda k: len(set(by_settings[k][dict_a]) & set(by_settings[k][dict_b])))
+        c = compare(method, expl, by_settings[key][dict_a], by_settings[key][dict_b])
+        out.append([expl, sim, method, c.a.n, c.a.mean, ci(c.a.mean_ci), c.a.median, c.b.n, c.b.mean,
+                    ci(c.b.mean_ci), c.b.median, c.n_paired, c.diff_mean, ci(c.diff_ci), c.verdict])
+    return columns, out

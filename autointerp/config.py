@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,15 +22,15 @@ class CollectConfig(Frozen):
     sae: str | None = Field(None, description="SAELens SAE: a local directory saved by SAELens, or 'release:sae_id'; None for neurons")
     dataset: str = Field("default", description="'default', a .txt/.jsonl/.parquet file or directory, or an HF dataset name")
     text_field: str = Field("text", description="field holding the text in .jsonl/.parquet/HF datasets")
-    n_tokens: int = Field(200_000, gt=0, description="tokens to collect over (text tokens, BOS not counted)")
+    n_tokens: int = Field(200_000, gt=0, description="tokens to collect over (text tokens, BOS not counted)", json_schema_extra={"flag": "tokens"})
     ctx_len: int = Field(64, gt=1, le=4096, description="text tokens per context")
     seed: int = Field(0, ge=0, description="seeds the split assignment, the random and quantile samples, and random init")
     batch_size: int = Field(16, gt=0, description="contexts per forward pass")
     top_k: int = Field(20, gt=0, description="top-activating contexts kept per feature and split")
-    n_quantiles: int = Field(10, gt=0, description="rank-quantile bins of active contexts (Delphi's 10)")
+    n_quantiles: int = Field(10, gt=0, description="rank-quantile bins of active contexts (Delphi's 10)", json_schema_extra={"flag": "quantiles"})
     per_quantile: int = Field(5, gt=0, description="contexts sampled from each quantile bin per split")
-    n_random: int = Field(20, gt=0, description="random contexts per split (the same contexts for every feature)")
-    holdout_frac: float = Field(0.2, gt=0.0, lt=1.0, description="share of contexts assigned to the holdout split")
+    n_random: int = Field(20, gt=0, description="random contexts per split (the same contexts for every feature)", json_schema_extra={"flag": "random"})
+    holdout_frac: float = Field(0.2, gt=0.0, lt=1.0, description="share of contexts assigned to the holdout split", json_schema_extra={"flag": "holdout"})
     threshold: float = Field(0.0, description="a token is 'active' when its activation exceeds this")
     features: tuple[int, int] | None = Field(None, description="collect only features [start, stop) of the hook or SAE")
     random_init: bool = Field(False, description="collect on a freshly initialised copy of the model (seeded by `seed`)")
@@ -63,22 +63,63 @@ class CollectConfig(Frozen):
 class LabelConfig(Frozen):
     """What `autointerp explain`, `score` and `run` do after collection."""
 
-    explainer_model: str = Field("smollm2-135m-instruct", description="model name sent to the explainer endpoint")
-    simulator_model: str = Field("smollm2-135m-instruct", description="model name sent to the simulator endpoint")
-    simulator_mode: str = Field("echo", pattern="^(echo|chat)$",
-                                description="echo: one completions request per feature with prompt logprobs; "
-                                            "chat: JSON answers, for endpoints without echo")
-    concurrency: int = Field(8, gt=0, le=1024, description="requests in flight at once")
-    timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
-    max_attempts: int = Field(6, gt=0, le=50, description="tries per request (429, 5xx, timeouts, dropped connections)")
-    max_cost_usd: float | None = Field(None, gt=0, description="stop the batch cleanly when this much is spent")
-    max_tokens: int | None = Field(None, gt=0, description="stop the batch cleanly after this many tokens")
-    n_explain_top: int = Field(10, ge=0, description="explain-split top contexts shown to the explainer")
-    n_explain_quantile: int = Field(10, ge=0, description="explain-split quantile contexts shown to the explainer")
+    simulator_mode: Literal["echo", "chat"] = Field(
+        "echo", description="echo: completions with prompt logprobs; chat: JSON answers, for endpoints without echo")
+    n_explain_top: int = Field(10, ge=0, description="explain-split top contexts shown to the explainer", json_schema_extra={"flag": "explain-top"})
+    n_explain_quantile: int = Field(10, ge=0, description="explain-split quantile contexts shown to the explainer", json_schema_extra={"flag": "explain-quantile"})
     max_reasks: int = Field(2, ge=0, le=10, description="re-asks after an unusable explainer reply")
-    n_sim_top: int = Field(10, ge=1, description="holdout top contexts simulated (odd ranks calibrate, even ranks score)")
-    n_sim_random: int = Field(10, ge=1, description="holdout random contexts simulated (same split rule)")
+    n_sim_top: int = Field(10, ge=1, description="holdout top contexts simulated (odd ranks calibrate, even ranks score)", json_schema_extra={"flag": "sim-top"})
+    n_sim_random: int = Field(10, ge=1, description="holdout random contexts simulated (same split rule)", json_schema_extra={"flag": "sim-random"})
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
     judge: bool = Field(True, description="also score detection and fuzzing (Delphi), one chat request each")
     n_judge: int = Field(5, ge=1, description="positive and negative examples each for detection and fuzzing")
     baseline: bool = Field(True, description="also label and score every feature with the token-lookup baseline")
+    null_samples: int = Field(50, ge=0, description="features whose null labels (another feature's label, shuffled; "
+                              "and a constant label) are scored like real ones, so every score has a visible zero")
+    retry_failed: bool = Field(False, description="make failed explanations and score runs pending again "
+                               "(the failures stay as history)")
+
+    def simulation_settings(self, prompt_hash: str) -> dict[str, Any]:
+        """What decides a simulation run's result: a run with other settings is other, pending work."""
+        return {"prompt_hash": prompt_hash, **self.model_dump(include={
+            "simulator_mode", "n_sim_top", "n_sim_random", "n_boot", "judge", "n_judge"})}
+
+
+class LLMConfig(Frozen):
+    """Where LLM requests go and how they are paced and paid for."""
+
+    base_urls: tuple[str, ...] = Field((), description="OpenAI-compatible endpoint; repeat to spread requests. "
+                                       "Default: $OPENAI_BASE_URL, else a local llama.cpp server with "
+                                       "SmolLM2-135M-Instruct", json_schema_extra={"flag": "base-url"})
+    explainer_model: str | None = Field(None, description="explainer model name at the endpoint "
+                                        "(default: the local model, or gpt-4o-mini for an endpoint)")
+    simulator_model: str | None = Field(None, description="simulator and judge model name at the endpoint")
+    concurrency: int = Field(8, gt=0, le=1024, description="requests in flight at once")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout, seconds", json_schema_extra={"flag": "timeout"})
+    max_attempts: int = Field(6, gt=0, le=50, description="tries per request (429, 5xx, timeouts, dropped connections)")
+    max_wait_s: float = Field(60.0, gt=0, description="longest wait between two tries of a request, seconds")
+    max_cost_usd: float | None = Field(None, gt=0, description="stop the batch cleanly at this spend (USD)",
+                                       json_schema_extra={"flag": "max-cost"})
+    max_tokens: int | None = Field(None, gt=0, description="stop the batch cleanly after this many tokens")
+    prices: str | None = Field(None, description='JSON price table {"model": [usd_per_M_input, usd_per_M_output]}')
+
+
+class BehaviourConfig(Frozen):
+    """What `autointerp behaviour` does: the model re-run with each feature ablated or simulated."""
+
+    ablate: Literal["calibrated", "mean", "zero"] = Field(
+        "calibrated", description="what the ablated feature is replaced by: calibrated (its mean on the run's "
+        "calibration contexts: a constant label then scores 0), mean (over the corpus) or zero")
+    n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
+
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def settings_hash(self) -> str:
+        return settings_hash(self.settings())
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """The key of a run's settings: the same settings, the same hash."""
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

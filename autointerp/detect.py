@@ -15,18 +15,12 @@ import random
 from typing import Any
 
 from autointerp import prompts
-from autointerp.llm import LLMCall, LLMClient, LLMFailure
-from autointerp.types import Context, FeatureContexts
+from autointerp.llm import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
+from autointerp.types import Context, FailureCode, FeatureContexts
 
-DETECT_TEMPLATES = ("detect.system", "detect.user")
-FUZZ_TEMPLATES = ("fuzz.system", "fuzz.user")
+DETECT_TEMPLATES = ("detect.system", "detect.user", "reask_json")
+FUZZ_TEMPLATES = ("fuzz.system", "fuzz.user", "reask_json")
 ACTIVE_FRACTION = 0.2
-
-
-class JudgeError(Exception):
-    def __init__(self, message: str, calls: list[LLMCall]):
-        super().__init__(message)
-        self.calls = calls
 
 
 def _excerpt(i: int, tokens: list[str], marked: set[int]) -> str:
@@ -83,37 +77,27 @@ def answer_probabilities(logprobs: dict[str, Any] | None, n: int) -> list[float]
     return probs if len(probs) == n else None
 
 
-async def judge(client: LLMClient, model: str, templates: tuple[str, str], label: str, excerpts: list[str],
+async def judge(client: LLMClient, model: str, templates: tuple[str, ...], label: str, excerpts: list[str],
                 max_reasks: int = 1, top_logprobs: int | None = 5) -> tuple[list[int], list[float] | None,
                                                                             list[LLMCall]]:
     """One chat request for all excerpts; returns the 0/1 answers, P(1) if available, and the calls."""
     messages = [{"role": "system", "content": prompts.render(templates[0])},
                 {"role": "user", "content": prompts.render(templates[1], label=prompts.escape_data(label),
                                                            excerpts="\n\n".join(excerpts))}]
-    calls: list[LLMCall] = []
-    problem = ""
-    for _ in range(1 + max_reasks):
-        try:
-            reply = await client.chat(role="judge", model=model, messages=messages, max_tokens=8 * len(excerpts) + 32,
-                                      top_logprobs=top_logprobs)
-        except LLMFailure as exc:
-            raise JudgeError(str(exc), calls + exc.calls) from None
-        calls += reply.calls
-        try:
-            answers = parse_answers(reply.text, len(excerpts))
-        except ValueError as exc:
-            problem = str(exc)
-            messages = [*messages, {"role": "assistant", "content": reply.text[:2000]},
-                        {"role": "user", "content": f"That reply could not be used ({exc}). Reply with the JSON only."}]
-            continue
-        return answers, answer_probabilities(reply.logprobs, len(excerpts)), calls
-    raise JudgeError(f"unusable answers after {1 + max_reasks} attempts: {problem}", calls)
+
+    def parse(reply: LLMReply) -> tuple[list[int], list[float] | None]:
+        return parse_answers(reply.text, len(excerpts)), answer_probabilities(reply.logprobs, len(excerpts))
+
+    (answers, probs), calls = await ask_parsed(
+        client, parse, role="judge", model=model, messages=messages, max_tokens=8 * len(excerpts) + 32,
+        reask="reask_json", max_reasks=max_reasks, top_logprobs=top_logprobs)
+    return answers, probs, calls
 
 
 def _need_both(examples: list[Any], name: str, what: str) -> None:
     classes = {e[-1] for e in examples}
     if classes != {True, False}:
-        raise JudgeError(f"not scored: too few {what} for both classes", [])
+        raise LLMFailure(f"not scored: too few {what} for both classes", [], FailureCode.ONE_CLASS)
 
 
 async def detection(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int

@@ -9,8 +9,8 @@ from collections import defaultdict
 from pydantic import ValidationError
 
 from autointerp import prompts
-from autointerp.llm import LLMCall, LLMClient, LLMFailure
-from autointerp.types import Context, Explanation, FeatureContexts, Label
+from autointerp.llm import LLMCall, LLMClient, LLMFailure, ask_parsed
+from autointerp.types import Context, Explanation, FailureCode, FeatureContexts, Label
 
 EXPLAIN_TEMPLATES = ("explain.system", "explain.user", "explain.reask")
 BASELINE = "baseline:token-lookup"
@@ -59,10 +59,11 @@ def parse_label(text: str) -> Label:
         raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
 
 
-def _explanation(fc: FeatureContexts, explainer: str, phash: str, label: str | None, error: str | None) -> Explanation:
+def _explanation(fc: FeatureContexts, explainer: str, phash: str, label: str | None, error: str | None,
+                 code: str | None = None) -> Explanation:
     return Explanation(explanation_id=str(uuid.uuid4()), dictionary_id=fc.dictionary_id, feature=fc.feature,
                        label=label, explainer=explainer, prompt_hash=phash,
-                       status="ok" if label is not None else "failed", error=error)
+                       status="ok" if label is not None else "failed", error=error, code=code)
 
 
 async def explain_with_llm(fc: FeatureContexts, client: LLMClient, model: str, *, n_top: int = 10,
@@ -72,27 +73,19 @@ async def explain_with_llm(fc: FeatureContexts, client: LLMClient, model: str, *
     phash = prompts.templates_hash(*EXPLAIN_TEMPLATES)
     contexts = explain_contexts(fc, n_top, n_quantile)
     if not contexts:
-        return _explanation(fc, model, phash, None, "no explain-split contexts: the feature never activated"), []
+        return _explanation(fc, model, phash, None, "no explain-split contexts: the feature never activated",
+                            FailureCode.NO_CONTEXTS), []
     messages = [
         {"role": "system", "content": prompts.render("explain.system")},
         {"role": "user", "content": prompts.render("explain.user", excerpts=format_excerpts(contexts, fc.max_act))},
     ]
-    calls: list[LLMCall] = []
-    problem = ""
-    for _ in range(1 + max_reasks):
-        try:
-            reply = await client.chat(role="explainer", model=model, messages=messages, max_tokens=max_tokens)
-        except LLMFailure as exc:
-            calls += exc.calls
-            return _explanation(fc, model, phash, None, str(exc)), calls
-        calls += reply.calls
-        try:
-            return _explanation(fc, model, phash, parse_label(reply.text).label, None), calls
-        except ValueError as exc:
-            problem = f"{exc}; reply began {reply.text[:80]!r}"
-            messages = [*messages, {"role": "assistant", "content": reply.text[:2000]},
-                        {"role": "user", "content": prompts.render("explain.reask", problem=str(exc))}]
-    return _explanation(fc, model, phash, None, f"unusable reply after {1 + max_reasks} attempts: {problem}"), calls
+    try:
+        label, calls = await ask_parsed(client, lambda r: parse_label(r.text), role="explainer", model=model,
+                                        messages=messages, max_tokens=max_tokens, reask="explain.reask",
+                                        max_reasks=max_reasks)
+    except LLMFailure as exc:
+        return _explanation(fc, model, phash, None, str(exc), exc.code), exc.calls
+    return _explanation(fc, model, phash, label.label, None), calls
 
 
 def token_table(fc: FeatureContexts) -> dict[str, float]:
@@ -112,7 +105,8 @@ def explain_baseline(fc: FeatureContexts, n_tokens: int = 5) -> Explanation:
     """Token lookup: the label lists the tokens with the highest mean activation in the explain split."""
     table = token_table(fc)
     if not table or max(table.values()) <= 0:
-        return _explanation(fc, BASELINE, BASELINE_HASH, None, "no token with a positive mean activation")
+        return _explanation(fc, BASELINE, BASELINE_HASH, None, "no token with a positive mean activation",
+                            FailureCode.NO_CONTEXTS)
     best = sorted(table, key=lambda t: (-table[t], t))[:n_tokens]
     label = "tokens " + ", ".join(repr(t) for t in best if table[t] > 0)
     return _explanation(fc, BASELINE, BASELINE_HASH, label, None)

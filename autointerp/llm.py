@@ -12,9 +12,10 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import openai
 from tenacity import (
@@ -25,7 +26,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from autointerp import prompts
 from autointerp.errors import AutointerpError
+from autointerp.types import FailureCode
+
+T = TypeVar("T")
 
 # USD per million tokens (input, output). Unknown models cost 0 and say so in the summary; pass
 # --prices FILE (JSON {"model": [input, output]}) for others.
@@ -66,11 +71,13 @@ class LLMReply:
 
 
 class LLMFailure(Exception):
-    """A request that failed after its retries; carries every attempt's record."""
+    """LLM work that failed: a request after its retries, or a reply still unusable after its re-asks.
+    Carries every attempt's record and a machine-readable `code` (a `FailureCode`)."""
 
-    def __init__(self, message: str, calls: list[LLMCall]):
+    def __init__(self, message: str, calls: list[LLMCall], code: str = FailureCode.UNUSABLE_REPLY):
         super().__init__(message)
         self.calls = calls
+        self.code = str(code)
 
 
 class BudgetExhausted(Exception):
@@ -140,6 +147,16 @@ class _Wait:
         exc = state.outcome.exception() if state.outcome else None
         ra = _retry_after(exc)
         return min(ra, self.cap_s) if ra is not None else self.backoff(state)
+
+
+def _code(exc: BaseException) -> FailureCode:
+    if isinstance(exc, openai.APIStatusError):
+        return FailureCode.RATE_LIMITED if exc.status_code == 429 else FailureCode.HTTP_ERROR
+    if isinstance(exc, openai.APITimeoutError):
+        return FailureCode.TIMEOUT
+    if isinstance(exc, openai.APIConnectionError):
+        return FailureCode.CONNECTION
+    return FailureCode.MALFORMED_RESPONSE
 
 
 def _reason(exc: BaseException, secret: str | None) -> str:
@@ -214,7 +231,7 @@ class OpenAICompatibleClient:
             raise
         except Exception as exc:
             raise LLMFailure(f"{role} request failed after {len(calls)} attempt(s): {_reason(exc, self._secret)}",
-                             calls) from None
+                             calls, _code(exc)) from None
         raise AssertionError("unreachable")
 
     async def chat(self, *, role: str, model: str, messages: list[dict[str, str]], max_tokens: int,
@@ -266,3 +283,27 @@ def _usage(response: Any) -> tuple[int, int]:
     if u is None:
         return 0, 0
     return int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0)
+
+
+async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role: str, model: str,
+                     messages: list[dict[str, str]], max_tokens: int, reask: str, max_reasks: int,
+                     top_logprobs: int | None = None) -> tuple[T, list[LLMCall]]:
+    """One chat request whose reply must parse: `parse` raises ValueError saying what is wrong, and the
+    model is re-asked with prompts/REASK.txt ($problem) at most `max_reasks` times. Returns the parsed
+    value and every attempt's record; raises LLMFailure (with the calls and a code) otherwise."""
+    calls: list[LLMCall] = []
+    problem = ""
+    for _ in range(1 + max_reasks):
+        try:
+            reply = await client.chat(role=role, model=model, messages=messages, max_tokens=max_tokens,
+                                      top_logprobs=top_logprobs)
+        except LLMFailure as exc:
+            raise LLMFailure(str(exc), calls + exc.calls, exc.code) from None
+        calls += reply.calls
+        try:
+            return parse(reply), calls
+        except ValueError as exc:
+            problem = f"{exc}; reply began {reply.text[:80]!r}"
+            messages = [*messages, {"role": "assistant", "content": reply.text[:2000]},
+                        {"role": "user", "content": prompts.render(reask, problem=str(exc))}]
+    raise LLMFailure(f"unusable reply after {1 + max_reasks} attempts: {problem}", calls, FailureCode.UNUSABLE_REPLY)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autointerp.types import ScoreRow, ScoreRun
+
 Examples = Sequence[tuple[np.ndarray, np.ndarray]]  # (true, predicted) per context, equal lengths
 
 
@@ -19,14 +21,16 @@ class Score:
     ci_low: float
     ci_high: float
 
-    def row(self, **keys: object) -> dict[str, object]:
-        """A `scores` row: the given keys and this score, undefined values (NaN) stored as NULL."""
+    def record(self, run: ScoreRun, note: str | None = None) -> ScoreRow:
+        """This score as a `scores` row of `run`, undefined values (NaN) stored as NULL."""
 
         def finite(v: float) -> float | None:
             return float(v) if np.isfinite(v) else None
 
-        return {**keys, "method": self.method, "value": finite(self.value), "n_examples": self.n_examples,
-                "ci_low": finite(self.ci_low), "ci_high": finite(self.ci_high)}
+        return ScoreRow(run_id=run.run_id, explanation_id=run.explanation_id, dictionary_id=run.dictionary_id,
+                        feature=run.feature, simulator=run.simulator, method=self.method, value=finite(self.value),
+                        n_examples=self.n_examples, ci_low=finite(self.ci_low), ci_high=finite(self.ci_high),
+                        note=note)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -108,7 +112,7 @@ def bootstrap(
     return float(low), float(high)
 
 
-def _resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n]: how often each example is drawn in each bootstrap resample (same draws as `bootstrap`)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, (n_boot, n))
@@ -117,7 +121,7 @@ def _resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
-def _percentiles(values: np.ndarray, n_boot: int) -> tuple[float, float]:
+def percentile_ci(values: np.ndarray, n_boot: int) -> tuple[float, float]:
     values = values[np.isfinite(values)]
     if len(values) < n_boot // 2:
         return float("nan"), float("nan")
@@ -160,8 +164,8 @@ def correlation_score(method: str, examples: Examples, n_boot: int = 1000, seed:
     value = pooled_correlation(examples)
     if len(examples) < 2:
         return Score(method, value, len(examples), float("nan"), float("nan"))
-    boot = _corr_from_sums(_resample_counts(len(examples), n_boot, seed) @ _sums(examples))
-    return Score(method, value, len(examples), *_percentiles(boot, n_boot))
+    boot = _corr_from_sums(resample_counts(len(examples), n_boot, seed) @ _sums(examples))
+    return Score(method, value, len(examples), *percentile_ci(boot, n_boot))
 
 
 def explained_variance_score(
@@ -171,8 +175,8 @@ def explained_variance_score(
     value = explained_variance(examples, cal)
     if len(examples) < 2:
         return Score("explained_variance", value, len(examples), float("nan"), float("nan"))
-    boot = _ev_from_sums(_resample_counts(len(examples), n_boot, seed) @ _sums(examples, cal))
-    return Score("explained_variance", value, len(examples), *_percentiles(boot, n_boot))
+    boot = _ev_from_sums(resample_counts(len(examples), n_boot, seed) @ _sums(examples, cal))
+    return Score("explained_variance", value, len(examples), *percentile_ci(boot, n_boot))
 
 
 def accuracy_score(method: str, labels: np.ndarray, predictions: np.ndarray, n_boot: int = 1000,
@@ -182,10 +186,10 @@ def accuracy_score(method: str, labels: np.ndarray, predictions: np.ndarray, n_b
     value = balanced_accuracy(y, yhat)
     if len(y) < 2:
         return Score(method, value, len(y), float("nan"), float("nan"))
-    c = _resample_counts(len(y), n_boot, seed)
+    c = resample_counts(len(y), n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = ((c @ (y & yhat)) / (c @ y) + (c @ (~y & ~yhat)) / (c @ ~y)) / 2
-    return Score(method, value, len(y), *_percentiles(boot, n_boot))
+    return Score(method, value, len(y), *percentile_ci(boot, n_boot))
 
 
 def auc_score(method: str, labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Score:
@@ -194,8 +198,27 @@ def auc_score(method: str, labels: np.ndarray, scores: np.ndarray, n_boot: int =
     value = auc(y, sc)
     if len(y) < 2:
         return Score(method, value, len(y), float("nan"), float("nan"))
-    c = _resample_counts(len(y), n_boot, seed)
+    c = resample_counts(len(y), n_boot, seed)
     wins = (y[:, None] & ~y[None, :]) * ((sc[:, None] > sc[None, :]) + 0.5 * (sc[:, None] == sc[None, :]))
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = np.einsum("bi,ij,bj->b", c, wins, c) / ((c @ y) * (c @ ~y))
-    return Score(method, value, len(y), *_percentiles(boot, n_boot))
+    return Score(method, value, len(y), *percentile_ci(boot, n_boot))
+
+
+def mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% CI of the mean of `values`."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    c = resample_counts(len(values), n_boot, seed)
+    return percentile_ci((c @ values) / len(values), n_boot)
+
+
+def ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% CI of sum(num) / sum(den), resampling the pairs together."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    if len(num) < 2:
+        return float("nan"), float("nan")
+    c = resample_counts(len(num), n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return percentile_ci((c @ num) / (c @ den), n_boot)

@@ -16,18 +16,12 @@ import math
 from typing import Any
 
 from autointerp import prompts
-from autointerp.llm import LLMCall, LLMClient, LLMFailure
-from autointerp.types import Context
+from autointerp.llm import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
+from autointerp.types import Context, FailureCode
 
 SIM_TEMPLATES = ("simulate",)
-CHAT_TEMPLATES = ("simulate_chat.system", "simulate_chat.user")
+CHAT_TEMPLATES = ("simulate_chat.system", "simulate_chat.user", "reask_json")
 DIGITS = {str(d): d for d in range(10)}
-
-
-class SimulationError(Exception):
-    def __init__(self, message: str, calls: list[LLMCall]):
-        super().__init__(message)
-        self.calls = calls
 
 
 def echo_prompt(label: str, contexts: list[list[str]]) -> tuple[str, list[list[int]]]:
@@ -110,15 +104,12 @@ async def simulate_echo(client: LLMClient, model: str, label: str, contexts: lis
                         top_logprobs: int = 10) -> tuple[list[list[float]], list[LLMCall]]:
     """One request for all of a feature's contexts."""
     prompt, offsets = echo_prompt(label, [c.tokens for c in contexts])
-    try:
-        reply = await client.complete(role="simulator", model=model, prompt=prompt, max_tokens=1, echo=True,
-                                      logprobs=top_logprobs)
-    except LLMFailure as exc:
-        raise SimulationError(str(exc), exc.calls) from None
+    reply = await client.complete(role="simulator", model=model, prompt=prompt, max_tokens=1, echo=True,
+                                  logprobs=top_logprobs)
     try:
         return read_echo(reply.logprobs, offsets), reply.calls
     except ValueError as exc:
-        raise SimulationError(f"unusable simulation: {exc}", reply.calls) from None
+        raise LLMFailure(f"unusable simulation: {exc}", reply.calls, FailureCode.UNUSABLE_SIMULATION) from None
 
 
 def parse_chat_activations(text: str, n: int) -> list[int]:
@@ -143,7 +134,7 @@ def _chat_expected(logprobs: dict[str, Any] | None, n: int) -> list[float] | Non
 
 async def simulate_chat(client: LLMClient, model: str, label: str, contexts: list[Context],
                         max_reasks: int = 1, top_logprobs: int | None = 5) -> tuple[list[list[float]], list[LLMCall]]:
-    """One request per context; JSON answers, re-asked a bounded number of times."""
+    """One request per context; JSON answers, re-asked a bounded number of times (LLMFailure otherwise)."""
     calls: list[LLMCall] = []
     out: list[list[float]] = []
     for c in contexts:
@@ -151,23 +142,18 @@ async def simulate_chat(client: LLMClient, model: str, label: str, contexts: lis
         messages = [{"role": "system", "content": prompts.render("simulate_chat.system")},
                     {"role": "user", "content": prompts.render("simulate_chat.user", label=prompts.escape_data(label),
                                                                n=len(c.tokens), rows=rows)}]
-        problem = ""
-        for _ in range(1 + max_reasks):
-            try:
-                reply = await client.chat(role="simulator", model=model, messages=messages,
-                                          max_tokens=4 * len(c.tokens) + 32, top_logprobs=top_logprobs)
-            except LLMFailure as exc:
-                raise SimulationError(str(exc), calls + exc.calls) from None
-            calls += reply.calls
-            try:
-                ints = parse_chat_activations(reply.text, len(c.tokens))
-            except ValueError as exc:
-                problem = str(exc)
-                messages = [*messages, {"role": "assistant", "content": reply.text[:2000]},
-                            {"role": "user", "content": f"That reply could not be used ({exc}). Reply with the JSON only."}]
-                continue
-            out.append(_chat_expected(reply.logprobs, len(c.tokens)) or [float(v) for v in ints])
-            break
-        else:
-            raise SimulationError(f"unusable simulation after {1 + max_reasks} attempts: {problem}", calls)
+        n = len(c.tokens)
+
+        def parse(reply: LLMReply, n: int = n) -> list[float]:
+            ints = parse_chat_activations(reply.text, n)
+            return _chat_expected(reply.logprobs, n) or [float(v) for v in ints]
+
+        try:
+            values, more = await ask_parsed(client, parse, role="simulator", model=model, messages=messages,
+                                            max_tokens=4 * n + 32, reask="reask_json", max_reasks=max_reasks,
+                                            top_logprobs=top_logprobs)
+        except LLMFailure as exc:
+            raise LLMFailure(str(exc), calls + exc.calls, exc.code) from None
+        calls += more
+        out.append(values)
     return out, calls

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pyarrow as pa
 from autointerp import __version__
 from autointerp.errors import AutointerpError
 from autointerp.resources import data_dir
+from autointerp.types import CallRow, Explanation, ScoreRow, ScoreRun, SimulatedContext, Simulation
 
 LOCK_WAIT_S = 60.0
 
@@ -345,59 +346,261 @@ def select_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, where: s
         raise AutointerpError(f"bad --where condition on features: {exc}") from exc
 
 
-def explained_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, explainer: str, prompt_hash: str) -> set[int]:
+def explained_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, explainer: str, prompt_hash: str,
+                       retry_failed: bool = False) -> set[int]:
+    """Features whose explanation by `explainer` with these prompts is done: an ok row exists, or a failed
+    one and failures are not being retried."""
     return {r[0] for r in con.execute(
-        "SELECT feature FROM explanations WHERE dictionary_id = ? AND explainer = ? AND prompt_hash = ?",
-        [dictionary_id, explainer, prompt_hash]).fetchall()}
+        "SELECT feature FROM explanations WHERE dictionary_id = ? AND explainer = ? AND prompt_hash = ? "
+        "GROUP BY feature HAVING bool_or(status = 'ok') OR NOT ?",
+        [dictionary_id, explainer, prompt_hash, retry_failed]).fetchall()}
 
 
-def unscored_explanations(con: duckdb.DuckDBPyConnection, dictionary_id: int, simulator: str, prompt_hash: str,
-                          explainers: list[str] | None = None) -> list[tuple[str, int, str, str]]:
-    """(explanation_id, feature, label, explainer) of ok explanations with no score run for this simulator."""
-    sql = ("SELECT e.explanation_id, e.feature, e.label, e.explainer FROM explanations e "
-           "WHERE e.dictionary_id = ? AND e.status = 'ok' AND NOT EXISTS (SELECT 1 FROM score_runs r "
-           "WHERE r.explanation_id = e.explanation_id AND r.simulator = ? AND r.prompt_hash = ?)")
-    params: list[Any] = [dictionary_id, simulator, prompt_hash]
-    if explainers:
-        sql += f" AND e.explainer IN ({', '.join('?' * len(explainers))})"
-        params += explainers
-    return [tuple(r) for r in con.execute(sql + " ORDER BY e.feature, e.explainer", params).fetchall()]  # type: ignore[misc]
+@dataclass(frozen=True)
+class PendingScore:
+    explanation_id: str
+    feature: int
+    label: str
+    explainer: str
 
 
-RESULT_TABLES = ("explanations", "score_runs", "simulations", "scores", "llm_calls")
+def unscored_explanations(con: duckdb.DuckDBPyConnection, dictionary_id: int, simulator: str, settings_hash: str,
+                          explainers: list[str], retry_failed: bool = False) -> list[PendingScore]:
+    """Ok explanations by these explainers with no simulation run of these settings (ok, or failed when
+    failures are not being retried)."""
+    if not explainers:
+        return []
+    rows = con.execute(f"""
+        SELECT e.explanation_id, e.feature, e.label, e.explainer FROM explanations e
+        WHERE e.dictionary_id = ? AND e.status = 'ok' AND e.explainer IN ({', '.join('?' * len(explainers))})
+          AND NOT EXISTS (SELECT 1 FROM score_runs r WHERE r.explanation_id = e.explanation_id AND r.stage = 'simulation'
+                          AND r.simulator = ? AND r.settings_hash = ? AND (r.status = 'ok' OR NOT ?))
+        ORDER BY e.feature, e.explainer""", [dictionary_id, *explainers, simulator, settings_hash, retry_failed])
+    return [PendingScore(*r) for r in rows.fetchall()]
+
+
+def null_explanations(con: duckdb.DuckDBPyConnection, dictionary_id: int, explainer: str) -> list[Explanation]:
+    """The null labels made for `explainer`'s labels in this dictionary (shuffled and constant)."""
+    cur = con.execute(
+        "SELECT * EXCLUDE (autointerp_version, created_at) FROM explanations WHERE dictionary_id = ? "
+        "AND ((null_kind = 'shuffled' AND null_of = ?) OR null_kind = 'constant') ORDER BY feature",
+        [dictionary_id, explainer])
+    cols = [d[0] for d in cur.description]
+    return [Explanation(**dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
+
+
+def ok_labels(con: duckdb.DuckDBPyConnection, dictionary_id: int, explainer: str) -> dict[int, str]:
+    """feature -> label of the newest ok explanation by `explainer` (real labels, not nulls)."""
+    return dict(con.execute(
+        "SELECT feature, label FROM explanations WHERE dictionary_id = ? AND explainer = ? AND status = 'ok' "
+        "AND null_kind IS NULL QUALIFY row_number() OVER (PARTITION BY feature ORDER BY created_at DESC) = 1",
+        [dictionary_id, explainer]).fetchall())
 
 
 @dataclass
 class Bundle:
-    """One finished unit of work (a feature explained and/or scored) and the rows it adds.
-    `explains` / `scores` name what it completes, so a second copy of the same work is never stored."""
+    """One finished unit of work (a feature explained and/or scored) and the rows it adds, as records.
+    Written whole or not at all; a bundle whose ok work is already recorded (another process did it) is
+    dropped whole, so nothing is stored twice."""
 
-    rows: dict[str, list[dict[str, Any]]]
-    explains: tuple[int, int, str, str] | None = None  # (dictionary_id, feature, explainer, prompt_hash)
-    scores: list[tuple[str, str, str]] | None = None  # [(explanation_id, simulator, prompt_hash)]
+    explanations: list[Explanation] = field(default_factory=list)
+    runs: list[ScoreRun] = field(default_factory=list)
+    simulations: list[Simulation] = field(default_factory=list)
+    scores: list[ScoreRow] = field(default_factory=list)
+    calls: list[CallRow] = field(default_factory=list)
+
+    def extend(self, other: Bundle) -> None:
+        for name in ("explanations", "runs", "simulations", "scores", "calls"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+def _already_done(con: duckdb.DuckDBPyConnection, b: Bundle) -> bool:
+    for e in b.explanations:
+        if e.status == "ok" and con.execute(
+                "SELECT 1 FROM explanations WHERE dictionary_id = ? AND feature = ? AND explainer = ? "
+                "AND prompt_hash = ? AND status = 'ok'",
+                [e.dictionary_id, e.feature, e.explainer, e.prompt_hash]).fetchone():
+            return True
+    return any(r.status == "ok" and con.execute(
+        "SELECT 1 FROM score_runs WHERE explanation_id = ? AND simulator = ? AND stage = ? AND settings_hash = ? "
+        "AND status = 'ok'", [r.explanation_id, r.simulator, r.stage, r.settings_hash]).fetchone() for r in b.runs)
 
 
 def write_bundles(con: duckdb.DuckDBPyConnection, bundles: list[Bundle]) -> int:
     """Insert finished work in one transaction: each bundle's rows become visible together or not at all.
-    A bundle whose work is already recorded (another process did it) is dropped whole. Returns bundles written."""
+    Returns the bundles written."""
     with transaction(con):
-        merged: dict[str, list[dict[str, Any]]] = {t: [] for t in RESULT_TABLES}
+        merged = Bundle()
         written = 0
         for b in bundles:
-            if b.explains is not None and con.execute(
-                "SELECT 1 FROM explanations WHERE dictionary_id = ? AND feature = ? AND explainer = ? AND prompt_hash = ?",
-                list(b.explains)).fetchone():
+            if _already_done(con, b):
                 continue
-            if b.scores and any(con.execute(
-                "SELECT 1 FROM score_runs WHERE explanation_id = ? AND simulator = ? AND prompt_hash = ?",
-                list(k)).fetchone() for k in b.scores):
-                continue
-            for table, rows in b.rows.items():
-                merged[table] += rows
+            merged.extend(b)
             written += 1
-        for table in RESULT_TABLES:
-            insert_rows(con, table, merged[table])
+        version = {"autointerp_version": __version__}
+        insert_rows(con, "explanations", [{**e.model_dump(), **version} for e in merged.explanations])
+        insert_rows(con, "score_runs", [{**r.model_dump(), **version} for r in merged.runs])
+        insert_rows(con, "simulations", [s.model_dump() for s in merged.simulations])
+        insert_rows(con, "scores", [s.model_dump() for s in merged.scores])
+        insert_rows(con, "llm_calls", [c.model_dump() for c in merged.calls])
     return written
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+@dataclass(frozen=True)
+class SimulationRunRef:
+    run_id: str
+    explanation_id: str
+    feature: int
+    simulator: str
+    prompt_hash: str
+
+
+def behaviour_pending(con: duckdb.DuckDBPyConnection, dictionary_id: int, settings_hash: str,
+                      features: list[int] | None = None, retry_failed: bool = False) -> list[SimulationRunRef]:
+    """The newest ok simulation run of each explanation and simulator that has no behaviour run with these
+    settings (ok, or failed when failures are not being retried)."""
+    rows = con.execute("""
+        WITH newest AS (
+            SELECT * FROM score_runs WHERE dictionary_id = ? AND stage = 'simulation'
+            QUALIFY row_number() OVER (PARTITION BY explanation_id, simulator ORDER BY created_at DESC, run_id) = 1)
+        SELECT n.run_id, n.explanation_id, n.feature, n.simulator, n.prompt_hash FROM newest n
+        WHERE n.status = 'ok' AND NOT EXISTS (
+            SELECT 1 FROM score_runs b WHERE b.source_run_id = n.run_id AND b.stage = 'behaviour'
+            AND b.settings_hash = ? AND (b.status = 'ok' OR NOT ?))
+        ORDER BY n.feature, n.explanation_id, n.simulator""", [dictionary_id, settings_hash, retry_failed]).fetchall()
+    refs = [SimulationRunRef(*r) for r in rows]
+    if features is not None:
+        wanted = set(features)
+        refs = [r for r in refs if r.feature in wanted]
+    return refs
+
+
+def feature_mean(con: duckdb.DuckDBPyConnection, dictionary_id: int, feature: int) -> float:
+    row = con.execute("SELECT mean_act FROM features WHERE dictionary_id = ? AND feature = ?",
+                      [dictionary_id, feature]).fetchone()
+    if row is None:
+        raise AutointerpError(f"dictionary {dictionary_id} has no feature {feature}")
+    return float(row[0])
+
+
+def simulated_contexts(con: duckdb.DuckDBPyConnection, run_id: str) -> list[SimulatedContext]:
+    """One simulation run's contexts, each with its tokens, true and predicted activations: all from
+    that run, so tokens and predictions always belong together."""
+    rows = con.execute("""
+        SELECT s.seq, s.kind, s.purpose, q.token_ids, e.acts, s.predicted FROM simulations s
+        JOIN examples e ON e.dictionary_id = s.dictionary_id AND e.feature = s.feature AND e.seq = s.seq
+             AND e.split = s.split AND e.kind = s.kind AND e.rank = s.rank
+        JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq
+        WHERE s.run_id = ? ORDER BY s.purpose, s.kind DESC, s.rank""", [run_id]).fetchall()
+    return [SimulatedContext(seq=r[0], kind=r[1], purpose=r[2], token_ids=r[3], acts=r[4], predicted=r[5])
+            for r in rows]
+
+
+# ---------------------------------------------------------------- reads for status, compare, export, report
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows to show as they are (status, summaries, usage): column names and row tuples."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def _table(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Table:
+    cur = con.execute(sql, params or [])
+    return Table([d[0] for d in cur.description], cur.fetchall())
+
+
+def dictionary_status(con: duckdb.DuckDBPyConnection) -> Table:
+    return _table(con, """
+        SELECT d.dictionary_id AS id, d.model, d.hook, d.kind, d.random_init,
+               coalesce(json_extract_string(d.config, '$.init_scheme'), CASE WHEN d.random_init THEN 'init' END)
+                 AS scheme, d.status, d.n_tokens, d.n_features, count(f.feature) AS features_stored,
+               (SELECT count(*) FROM examples e WHERE e.dictionary_id = d.dictionary_id) AS examples,
+               (SELECT count(*) FROM labels x WHERE x.dictionary_id = d.dictionary_id AND x.status = 'ok'
+                  AND x.null_kind IS NULL AND x.explainer NOT LIKE 'baseline:%') AS llm_labels,
+               (SELECT count(*) FROM labels x WHERE x.dictionary_id = d.dictionary_id
+                  AND x.status = 'failed') AS failed_labels,
+               (SELECT count(DISTINCT s.explanation_id) FROM scores s
+                  WHERE s.dictionary_id = d.dictionary_id) AS scored_labels,
+               d.dataset, d.created_at
+        FROM dictionaries d LEFT JOIN features f USING (dictionary_id)
+        GROUP BY ALL ORDER BY id""")
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """One row of the `labels` view: a label and its scores (method -> value, None where undefined)."""
+
+    dictionary_id: int
+    feature: int
+    explainer: str
+    simulator: str | None
+    label: str | None
+    null_kind: str | None
+    values: dict[str, float | None]
+
+
+def label_scores(con: duckdb.DuckDBPyConnection, methods: tuple[str, ...],
+                 dictionary_ids: list[int] | None = None) -> list[LabelScores]:
+    """Ok labels (real and null) with the given score columns of the `labels` view."""
+    known = {d[0] for d in con.execute("DESCRIBE labels").fetchall()}
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise AutointerpError(f"no score columns {unknown} in the labels view")
+    sql = (f"SELECT dictionary_id, feature, explainer, simulator, label, null_kind, {', '.join(methods)} "
+           "FROM labels WHERE status = 'ok'")
+    params: list[Any] = []
+    if dictionary_ids is not None:
+        sql += f" AND dictionary_id IN ({', '.join('?' * len(dictionary_ids))})"
+        params = list(dictionary_ids)
+    rows = con.execute(sql + " ORDER BY dictionary_id, explainer, feature", params).fetchall()
+    return [LabelScores(*r[:6], dict(zip(methods, r[6:], strict=True))) for r in rows]  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class ScoreValue:
+    dictionary_id: int
+    feature: int
+    explainer: str
+    simulator: str
+    settings_hash: str
+    method: str
+    value: float | None
+
+
+def score_values(con: duckdb.DuckDBPyConnection, dictionary_ids: list[int]) -> list[ScoreValue]:
+    """Every score of the newest runs of these dictionaries' real labels, with the run's settings hash."""
+    rows = con.execute(f"""
+        SELECT l.dictionary_id, l.feature, l.explainer, l.simulator, r.settings_hash, l.method, l.value
+        FROM latest_scores l JOIN score_runs r USING (run_id)
+        WHERE l.dictionary_id IN ({', '.join('?' * len(dictionary_ids))}) AND l.null_kind IS NULL
+        ORDER BY ALL""", dictionary_ids).fetchall()
+    return [ScoreValue(*r) for r in rows]
+
+
+def labels_table(con: duckdb.DuckDBPyConnection, dictionary_id: int) -> Table:
+    """The `labels` view of one dictionary: every column, for export."""
+    return _table(con, "SELECT * FROM labels WHERE dictionary_id = ? ORDER BY feature, explainer, simulator",
+                  [dictionary_id])
+
+
+def summary_table(con: duckdb.DuckDBPyConnection, dictionary_ids: list[int], columns: list[str]) -> Table:
+    """Columns of the `dictionary_summary` view for these dictionaries."""
+    return _table(con, f"SELECT {', '.join(columns)} FROM dictionary_summary "
+                       f"WHERE dictionary_id IN ({', '.join('?' * len(dictionary_ids))}) ORDER BY ALL",
+                  dictionary_ids)
+
+
+def llm_usage(con: duckdb.DuckDBPyConnection) -> Table:
+    """Calls, errors, tokens and cost per role and model."""
+    return _table(con, "SELECT role, model, count(*) AS calls, count(*) FILTER (status = 'error') AS errors, "
+                       "sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens, "
+                       "sum(cost_usd) AS cost_usd FROM llm_calls GROUP BY ALL ORDER BY ALL")
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table | list[dict[str, Any]]) -> None:

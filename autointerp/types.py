@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """How far a stage is: the one shape every stage reports progress in."""
+
+    stage: str  # 'collect' | 'label' | 'behaviour'
+    done: int
+    total: int
+    unit: str  # 'tok' | 'feat'
+    detail: str = ""
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+class FailureCode(StrEnum):
+    """Why a piece of work failed, stored in its own `code` column (the full reason is in `error`)."""
+
+    RATE_LIMITED = "rate_limited"  # HTTP 429 after every retry
+    HTTP_ERROR = "http_error"  # another HTTP status after its retries (401, 5xx, ...)
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    MALFORMED_RESPONSE = "malformed_response"  # 200 with a body that is not a completion
+    UNUSABLE_REPLY = "unusable_reply"  # parsed badly after every re-ask
+    UNUSABLE_SIMULATION = "unusable_simulation"  # echo logprobs without the predictions
+    NO_CONTEXTS = "no_contexts"  # nothing to show or score: the feature never activated
+    ONE_CLASS = "one_class"  # a judge cannot be shown both classes (dense features)
 
 
 class Record(BaseModel):
@@ -56,6 +89,8 @@ class Label(Record):
 
 
 class Explanation(Record):
+    """A row of `explanations`: a label, or a failure with its reason and code."""
+
     explanation_id: str
     dictionary_id: int
     feature: int
@@ -64,3 +99,95 @@ class Explanation(Record):
     prompt_hash: str
     status: str  # 'ok' | 'failed'
     error: str | None = None
+    code: str | None = None
+    null_kind: str | None = None  # 'shuffled' | 'constant' for null labels
+    null_of: str | None = None  # the explainer whose labels a shuffled null borrows
+    label_feature: int | None = None  # the feature a shuffled label was written for
+    config: str | None = None  # JSON of the settings that made it
+
+
+class ScoreRun(Record):
+    """A row of `score_runs`: one simulation (or behaviour) pass over one explanation."""
+
+    run_id: str
+    explanation_id: str
+    dictionary_id: int
+    feature: int
+    stage: str  # 'simulation' | 'behaviour'
+    simulator: str
+    prompt_hash: str
+    settings_hash: str
+    config: str | None = None
+    source_run_id: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    code: str | None = None
+
+
+class Simulation(Record):
+    """A row of `simulations`: predicted activations for one held-out context."""
+
+    run_id: str
+    explanation_id: str
+    simulator: str
+    dictionary_id: int
+    feature: int
+    seq: int
+    split: str
+    kind: str
+    rank: int
+    purpose: str  # 'calibration' | 'scoring'
+    predicted: list[float]
+
+
+class ScoreRow(Record):
+    """A row of `scores`: one method's value with its bootstrap 95% CI, NULL (None) where undefined."""
+
+    run_id: str
+    explanation_id: str
+    dictionary_id: int
+    feature: int
+    simulator: str
+    method: str
+    value: float | None
+    n_examples: int
+    ci_low: float | None
+    ci_high: float | None
+    note: str | None = None
+
+
+class CallRow(Record):
+    """A row of `llm_calls`: one attempt at one request, with the work it was for."""
+
+    call_id: str
+    role: str
+    model: str
+    endpoint: str
+    prompt_hash: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cost_usd: float
+    status: str
+    error: str | None
+    created_at: datetime
+    dictionary_id: int | None = None
+    feature: int | None = None
+    explanation_id: str | None = None
+    run_id: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _naive_utc(cls, v: datetime) -> datetime:
+        return v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo is not None else v
+
+
+class SimulatedContext(Record):
+    """A scored context's true and predicted activations with its purpose (behaviour's input)."""
+
+    seq: int
+    kind: str
+    purpose: str
+    token_ids: list[int]
+    acts: list[float]
+    predicted: list[float]

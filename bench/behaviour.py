@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autointerp import models, store  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig  # noqa: E402
-from autointerp.labelling import LabelBatch  # noqa: E402
-from autointerp.pipeline import behaviour_stage, collect_stage  # noqa: E402
+from autointerp.stages.behaviour import behaviour_stage
+from autointerp.stages.collect import collect_stage  # noqa: E402
+from autointerp.stages.label import LabelBatch  # noqa: E402
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import torch
 from autointerp import corpus, models, store
 from autointerp.collect import run_collection
 from autointerp.config import CollectConfig
-from autointerp.pipeline import token_strings
+from autointerp.stages.collect import token_strings
 
 
 def rss_gib() -> float:

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from autointerp import explain, prompts, simulate  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig  # noqa: E402
-from autointerp.labelling import LabelBatch, scoring_contexts  # noqa: E402
 from autointerp.llm import Budget, OpenAICompatibleClient  # noqa: E402
 from autointerp.models import load_model  # noqa: E402
-from autointerp.pipeline import collect_stage  # noqa: E402
+from autointerp.stages.collect import collect_stage  # noqa: E402
+from autointerp.stages.label import LabelBatch, scoring_contexts  # noqa: E402
 from autointerp.store import open_store, read_feature_contexts  # noqa: E402
 from tests.helpers import make_model_dir, write_corpus  # noqa: E402
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_model_dir, write_corpus
+from tests.helpers import TINY_COLLECT, make_model_dir, write_corpus
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +22,15 @@ def tiny_model(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+@pytest.fixture(scope="session")
+def collected_db(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny_model_dir: Path, corpus_file: Path) -> Path:
+    """Dictionary 1: the tiny model's layer-0 MLP neurons over the test corpus (copy it before writing)."""
+    from autointerp.config import CollectConfig
+    from autointerp.stages.collect import collect_stage
+
+    db = tmp_path_factory.mktemp("collected") / "base.duckdb"
+    collect_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), **TINY_COLLECT),
+                  model=tiny_model)
+    return db

@@ -3,6 +3,7 @@ tiny corpora, and SAELens SAEs saved to disk. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,54 @@ def write_corpus(path: Path, n_paragraphs: int = 60) -> Path:
         paras.append(" ".join(words[k:] + words[:k])[: 200 + (i * 37) % 400])
     path.write_text("\n\n".join(paras) + "\n")
     return path
+
+
+HOOK = "blocks.0.mlp.hook_post"
+TINY_COLLECT = dict(hook=HOOK, n_tokens=1600, ctx_len=16, top_k=6, n_quantiles=2, per_quantile=2, n_random=6)
+PRICES = {"m-explain": [1.0, 2.0], "m-sim": [0.5, 0.0]}
+
+
+def query(db: Path, sql: str, params: tuple | list = ()) -> list[tuple]:
+    """Rows of `sql` on a read-only connection to `db` (closed before returning)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def run_label(db: Path, url: str, features: list[int], *, dictionary_id: int = 1, explain: bool = True,
+              score: bool = True, api_key: str = "sk-secret-test-key", null_samples: int = 0,
+              llm: dict | None = None, **cfg: Any) -> Any:
+    """The label stage through its Python entry point, against the endpoint at `url` (the test price table)."""
+    import json
+    import tempfile
+
+    from autointerp.config import LabelConfig, LLMConfig
+    from autointerp.stages.label import label_stage, open_llm
+
+    prices = Path(tempfile.mkstemp(suffix=".json")[1])
+    prices.write_text(json.dumps(PRICES))
+    llm_cfg = LLMConfig(**{"base_urls": (url,), "explainer_model": "m-explain", "simulator_model": "m-sim",
+                           "concurrency": 4, "timeout_s": 2.0, "max_attempts": 4, "max_wait_s": 1.0,
+                           "prices": str(prices), **(llm or {})})
+    label_cfg = LabelConfig(**{"n_sim_top": 6, "n_sim_random": 6, "n_boot": 200, "null_samples": null_samples, **cfg})
+    old = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = api_key
+    try:
+        with open_llm(llm_cfg) as session:
+            return label_stage(db, dictionary_id, features, label_cfg, session, explain_stage=explain,
+                               score_stage=score, concurrency=llm_cfg.concurrency)
+    finally:
+        if old is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = old
+        prices.unlink()

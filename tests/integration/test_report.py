@@ -3,7 +3,6 @@ errors, plots and tables present; a screenshot is saved. Export formats read bac
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -13,35 +12,29 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from autointerp.config import CollectConfig, LabelConfig
-from autointerp.labelling import LabelBatch
-from autointerp.llm import OpenAICompatibleClient
-from autointerp.pipeline import behaviour_stage, collect_stage
+from autointerp.config import BehaviourConfig, CollectConfig
+from autointerp.stages.behaviour import behaviour_stage
+from autointerp.stages.collect import collect_stage
+from tests.helpers import TINY_COLLECT, copy_db, run_label
 from tests.llm_server import LoopbackLLM
 from tests.unit.test_labelling import good_script
 
 pytestmark = pytest.mark.integration
-HOOK = "blocks.0.mlp.hook_post"
 SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "bench" / "results"
 
 
 @pytest.fixture(scope="module")
-def labelled_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> Path:
-    db = tmp_path_factory.mktemp("report") / "r.duckdb"
-    base = dict(model=str(tiny_model_dir), hook=HOOK, dataset=str(corpus_file), n_tokens=1600, ctx_len=16, top_k=6,
-                n_quantiles=2, per_quantile=2, n_random=6)
-    collect_stage(db, CollectConfig(**base), model=tiny_model)
+def labelled_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file, collected_db) -> Path:
     from autointerp.models import random_init_copy
 
-    collect_stage(db, CollectConfig(**base, random_init=True), model=random_init_copy(tiny_model, 0))
+    db = copy_db(collected_db, tmp_path_factory.mktemp("report") / "r.duckdb")
+    collect_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), random_init=True,
+                                    **TINY_COLLECT), model=random_init_copy(tiny_model, 0))
     with LoopbackLLM(good_script) as llm:
         for did in (1, 2):
-            cfg = LabelConfig(explainer_model="m-explain", simulator_model="m-sim", n_sim_top=6, n_sim_random=6,
-                              n_boot=100)
-            asyncio.run(LabelBatch(db, did, cfg, OpenAICompatibleClient([llm.base_url]), list(range(12)), True,
-                                   True).run())
-    behaviour_stage(db, 1, n_boot=100, model=tiny_model)
-    behaviour_stage(db, 2, n_boot=100, model=random_init_copy(tiny_model, 0))
+            run_label(db, llm.base_url, list(range(12)), dictionary_id=did, n_boot=100, null_samples=6)
+    behaviour_stage(db, 1, BehaviourConfig(n_boot=100), model=tiny_model)
+    behaviour_stage(db, 2, BehaviourConfig(n_boot=100), model=random_init_copy(tiny_model, 0))
     return db
 
 

@@ -9,7 +9,7 @@ import torch
 
 from autointerp import models
 from autointerp.config import CollectConfig
-from autointerp.pipeline import collect_stage
+from autointerp.stages.collect import collect_stage
 from tests.helpers import make_sae_dir, write_corpus
 
 pytestmark = pytest.mark.integration

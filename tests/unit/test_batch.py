@@ -14,7 +14,7 @@ import pytest
 
 from autointerp import store
 from autointerp.config import CollectConfig
-from autointerp.pipeline import collect_stage
+from autointerp.stages.collect import collect_stage
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
 from tests.unit.test_labelling import digit_rule, judge_reply
 

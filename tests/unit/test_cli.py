@@ -16,7 +16,7 @@ import pytest
 
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError
-from autointerp.pipeline import collect_stage
+from autointerp.stages.collect import collect_stage
 from tests.helpers import make_sae_dir, write_corpus
 
 HOOK = "blocks.0.mlp.hook_post"

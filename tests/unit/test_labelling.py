@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 
 from autointerp import scoring
-from autointerp.config import CollectConfig, LabelConfig
-from autointerp.labelling import LabelBatch
-from autointerp.llm import Budget, OpenAICompatibleClient
-from autointerp.pipeline import collect_stage
+from tests.helpers import copy_db, run_label
+from tests.helpers import query as q
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
 
-HOOK = "blocks.0.mlp.hook_post"
 LABEL = "digits and numbers"
 
 
@@ -49,34 +44,8 @@ def good_script(path: str, request: dict) -> Reply:
     return Reply(content="", logprobs=echo_logprobs(request["prompt"], digit_rule))
 
 
-@pytest.fixture(scope="module")
-def collected_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> Path:
-    db = tmp_path_factory.mktemp("label") / "base.duckdb"
-    collect_stage(db, CollectConfig(model=str(tiny_model_dir), hook=HOOK, dataset=str(corpus_file), n_tokens=1600,
-                                    ctx_len=16, top_k=6, n_quantiles=2, per_quantile=2, n_random=6), model=tiny_model)
-    return db
-
-
-def copy_db(src: Path, dst: Path) -> Path:
-    dst.write_bytes(src.read_bytes())
-    return dst
-
-
 def run_batch(db: Path, url: str, features: list[int], explain: bool = True, score: bool = True, **cfg) -> object:
-    cfg = LabelConfig(explainer_model="m-explain", simulator_model="m-sim", concurrency=4, timeout_s=2.0,
-                      max_attempts=4, n_sim_top=6, n_sim_random=6, n_boot=200, **cfg)
-    budget = Budget(cfg.max_cost_usd, cfg.max_tokens)
-    client = OpenAICompatibleClient([url], "sk-secret-test-key", timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,
-                                    max_wait_s=1.0, prices={"m-explain": (1.0, 2.0), "m-sim": (0.5, 0.0)}, budget=budget)
-    return asyncio.run(LabelBatch(db, 1, cfg, client, features, explain, score).run())
-
-
-def q(db: Path, sql: str, params=()):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+    return run_label(db, url, features, explain=explain, score=score, **cfg)
 
 
 def test_explain_and_score_end_to_end(tmp_path, collected_db):

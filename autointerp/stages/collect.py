@@ -5,7 +5,7 @@ its rows in one transaction. The store connection is held only while writing, so
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from autointerp import corpus, store
 from autointerp.collect import run_collection
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError
+from autointerp.types import ProgressEvent, ProgressFn
 
 DEFAULT_HOOK = "blocks.6.mlp.hook_post"
 
@@ -55,7 +56,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def collect_stage(
     db: str | Path,
     cfg: CollectConfig,
-    progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+    on_progress: ProgressFn | None = None,
     model: Any = None,
     checkpoint_every_s: float = 300.0,
 ) -> CollectOutcome:
@@ -102,7 +103,15 @@ def collect_stage(
             config={**cfg.model_dump(mode="json"), "hook": hook, "prepend_bos": bos is not None,
                     "feature_offset": start},
         )
-    progress = progress_factory(cfg.n_tokens) if progress_factory else None
+    progress = None
+    if on_progress is not None:
+        tokens_done = 0
+
+        def progress(n: int) -> None:
+            nonlocal tokens_done
+            tokens_done += n
+            on_progress(ProgressEvent("collect", tokens_done, cfg.n_tokens, "tok"))
+
     # Beside the database: a killed run resumes from here instead of the first token.
     checkpoint = Path(f"{db}.collect-{config_hash}.ckpt")
     try:
@@ -135,96 +144,3 @@ def _ids(table: Any, dictionary_id: int) -> Any:
     import pyarrow as pa
 
     return pa.array([dictionary_id] * table.num_rows, pa.int32())
-
-
-# ---------------------------------------------------------------- behaviour
-
-
-@dataclass
-class BehaviourOutcome:
-    scored: int = 0
-    no_effect: int = 0
-    features: int = 0
-
-
-def behaviour_stage(db: str | Path, dictionary_id: int, features: list[int] | None = None, ablate: str = "mean",
-                    n_boot: int = 1000, model: Any = None,
-                    progress: Callable[[int, int], None] | None = None) -> BehaviourOutcome:
-    """Behaviour scores for every scored explanation of the dictionary that lacks one (resumable: one
-    transaction per feature). The model is the dictionary's own, random-init copy included."""
-    import numpy as np
-    import torch
-
-    from autointerp import behaviour, models, scoring
-
-    with store.open_store(db) as con:
-        d = store.get_dictionary(con, dictionary_id)
-        pending = con.execute("""
-            SELECT DISTINCT s.feature, s.explanation_id, s.simulator FROM simulations s
-            JOIN explanations e USING (explanation_id)
-            WHERE s.dictionary_id = ? AND e.status = 'ok' AND NOT EXISTS (
-                SELECT 1 FROM scores x WHERE x.explanation_id = s.explanation_id AND x.simulator = s.simulator
-                AND x.method = 'behaviour')
-            ORDER BY s.feature, s.explanation_id""", [dictionary_id]).fetchall()
-    if features is not None:
-        wanted = set(features)
-        pending = [p for p in pending if p[0] in wanted]
-    outcome = BehaviourOutcome()
-    if not pending:
-        return outcome
-    if ablate not in ("mean", "zero"):
-        raise AutointerpError(f"--ablate {ablate}: use mean or zero")
-    sae = models.load_sae(d.sae) if d.sae else None
-    if model is None:
-        model = models.load_model(d.model, random_init=d.random_init, seed=d.seed,
-                                  from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None)
-    patcher = behaviour.Patcher(model, d.hook, sae)
-    if not d.config.get("prepend_bos", True):
-        # Replacement starts after the BOS position; without one, nothing is kept clean in front.
-        raise AutointerpError("behaviour scores need the BOS position; this dictionary was collected without it")
-    bos = model.tokenizer.bos_token_id
-    by_feature: dict[int, list[tuple[str, str]]] = {}
-    for feature, eid, simulator in pending:
-        by_feature.setdefault(feature, []).append((eid, simulator))
-    outcome.features = len(by_feature)
-    for i, (feature, items) in enumerate(by_feature.items()):
-        with store.open_store(db, wait_s=600) as con:
-            row = con.execute("SELECT mean_act FROM features WHERE dictionary_id = ? AND feature = ?",
-                              [dictionary_id, feature]).fetchone()
-            assert row is not None, f"feature {feature} has simulations but no statistics"
-            mean_act = row[0]
-            sims = {}
-            for eid, simulator in items:
-                sims[(eid, simulator)] = con.execute("""
-                    SELECT s.purpose, s.seq, s.predicted, e.acts, q.token_ids FROM simulations s
-                    JOIN examples e ON e.dictionary_id = s.dictionary_id AND e.feature = s.feature AND e.seq = s.seq
-                         AND e.split = s.split AND e.kind = s.kind AND e.rank = s.rank
-                    JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq
-                    WHERE s.explanation_id = ? AND s.simulator = ? ORDER BY s.purpose, s.kind, s.rank""",
-                    [eid, simulator]).fetchall()
-        first = next(iter(sims.values()))
-        scoring_rows = [r for r in first if r[0] == "scoring"]
-        if not scoring_rows:
-            continue
-        ids = torch.tensor([r[4] for r in scoring_rows], dtype=torch.long)
-        tokens = torch.cat([torch.full((len(ids), 1), bos), ids], 1)
-        replacements = []
-        for rows in sims.values():
-            cal = [(np.asarray(r[3]), np.asarray(r[2])) for r in rows if r[0] == "calibration"]
-            a, b = scoring.fit_calibration(cal) if cal else (1.0, 0.0)
-            pred = [np.asarray(r[2]) * a + b for r in rows if r[0] == "scoring"]
-            replacements.append(torch.tensor(np.stack(pred), dtype=torch.float32))
-        results = patcher.losses(tokens, feature, float(mean_act) if ablate == "mean" else 0.0, replacements)
-        rows_out = []
-        for (eid, simulator), losses in zip(sims, results, strict=True):
-            for sc, note in behaviour.behaviour_scores(losses, n_boot):
-                rows_out.append(sc.row(explanation_id=eid, dictionary_id=dictionary_id, feature=feature,
-                                       simulator=simulator, note=note))
-                if sc.method == "behaviour":
-                    outcome.scored += note is None
-                    outcome.no_effect += note is not None
-        with store.open_store(db, wait_s=600) as con, store.transaction(con):
-            store.insert_rows(con, "scores", rows_out)
-        if progress is not None:
-            progress(i + 1, len(by_feature))
-    return outcome

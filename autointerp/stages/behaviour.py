@@ -1,0 +1,135 @@
+"""The behaviour stage: how much of each feature's role in the model its label accounts for.
+
+On a simulation run's scored held-out contexts the model runs three ways: clean; with the feature
+ablated; with the feature replaced by the label's simulation, calibrated to the feature's scale on
+the run's calibration contexts. behaviour = (L_ablated - L_simulated) / (L_ablated - L_clean).
+
+The ablation reference decides where zero is. By default (`calibrated`) the feature is replaced by
+the mean of its true activations on the run's calibration contexts: exactly what a constant
+simulation becomes once calibrated, so a label that predicts nothing (a constant, or predictions
+uncorrelated with the truth, whose fitted slope is ~0) scores 0 and the true rule scores 1.
+`mean` (the feature's mean over the whole corpus) and `zero` are kept as options; with them a
+constant prediction can already repair part of the ablation's damage, so their zero is not "explains
+nothing". Each result is a behaviour run keyed by its settings, so `--ablate zero` after `mean` is
+new work and both stay queryable."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autointerp import __version__, behaviour, scoring, store
+from autointerp.config import BehaviourConfig
+from autointerp.errors import AutointerpError
+from autointerp.types import ProgressEvent, ProgressFn, ScoreRow, ScoreRun, SimulatedContext
+
+
+@dataclass
+class BehaviourOutcome:
+    scored: int = 0
+    no_effect: int = 0
+    features: int = 0
+
+
+def _ablation_value(cfg: BehaviourConfig, mean_act: float, contexts: list[SimulatedContext]) -> float:
+    if cfg.ablate == "zero":
+        return 0.0
+    if cfg.ablate == "mean":
+        return mean_act
+    cal = [np.asarray(c.acts) for c in contexts if c.purpose == "calibration"]
+    return float(np.concatenate(cal).mean()) if cal else mean_act
+
+
+def _calibrated(contexts: list[SimulatedContext]) -> np.ndarray:
+    cal = [(np.asarray(c.acts), np.asarray(c.predicted)) for c in contexts if c.purpose == "calibration"]
+    a, b = scoring.fit_calibration(cal) if cal else (1.0, 0.0)
+    return np.stack([np.asarray(c.predicted) * a + b for c in contexts if c.purpose == "scoring"])
+
+
+def _scores(losses: behaviour.ContextLosses, kinds: list[str], run: ScoreRun, n_boot: int) -> list[ScoreRow]:
+    rows = [sc.record(run, note) for sc, note in behaviour.behaviour_scores(losses, n_boot)]
+    # The same on random contexts only: behaviour on ordinary text, not top-heavy.
+    keep = np.array([k == "random" for k in kinds])
+    if keep.sum() >= 1:
+        sub = replace(losses, **{f: getattr(losses, f)[keep] for f in
+                                 ("clean", "ablated", "simulated", "kl_ablated", "kl_simulated")})
+        for sc, note in behaviour.behaviour_scores(sub, n_boot):
+            if sc.method == "behaviour":
+                rows.append(scoring.Score("behaviour_random", sc.value, sc.n_examples, sc.ci_low, sc.ci_high)
+                            .record(run, note))
+    return rows
+
+
+def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | None = None,
+                    features: list[int] | None = None, model: Any = None, retry_failed: bool = False,
+                    on_progress: ProgressFn | None = None) -> BehaviourOutcome:
+    """Behaviour scores for every newest simulation run of the dictionary without a behaviour run of
+    these settings (resumable: one transaction per feature). The model is the dictionary's own,
+    random-init copy included."""
+    import torch
+
+    from autointerp import models
+
+    cfg = cfg or BehaviourConfig()  # type: ignore[call-arg]
+    key = cfg.settings_hash()
+    with store.open_store(db) as con:
+        d = store.get_dictionary(con, dictionary_id)
+        pending = store.behaviour_pending(con, dictionary_id, key, features, retry_failed)
+    outcome = BehaviourOutcome()
+    if not pending:
+        return outcome
+    if not d.config.get("prepend_bos", True):
+        # Replacement starts after the BOS position; without one, nothing is kept clean in front.
+        raise AutointerpError("behaviour scores need the BOS position; this dictionary was collected without it")
+    sae = models.load_sae(d.sae) if d.sae else None
+    if model is None:
+        model = models.load_model(d.model, random_init=d.random_init, seed=d.seed,
+                                  from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None)
+    patcher = behaviour.Patcher(model, d.hook, sae)
+    bos = model.tokenizer.bos_token_id
+    by_feature: dict[int, list[store.SimulationRunRef]] = {}
+    for p in pending:
+        by_feature.setdefault(p.feature, []).append(p)
+    outcome.features = len(by_feature)
+    for i, (feature, refs) in enumerate(by_feature.items()):
+        with store.open_store(db, wait_s=600) as con:
+            mean_act = store.feature_mean(con, dictionary_id, feature)
+            inputs = [(ref, store.simulated_contexts(con, ref.run_id)) for ref in refs]
+        # Runs over the same contexts with the same ablation share the clean and ablated passes.
+        groups: dict[tuple, list[tuple[store.SimulationRunRef, list[SimulatedContext]]]] = {}
+        for ref, ctxs in inputs:
+            scored = tuple(c.seq for c in ctxs if c.purpose == "scoring")
+            if scored:
+                groups.setdefault((scored, _ablation_value(cfg, mean_act, ctxs)), []).append((ref, ctxs))
+        runs: list[ScoreRun] = []
+        rows: list[ScoreRow] = []
+        for (_, ablate_value), members in groups.items():
+            scored_ctxs = [c for c in members[0][1] if c.purpose == "scoring"]
+            ids = torch.tensor([c.token_ids for c in scored_ctxs], dtype=torch.long)
+            tokens = torch.cat([torch.full((len(ids), 1), bos), ids], 1)
+            replacements = [torch.tensor(_calibrated(ctxs), dtype=torch.float32) for _, ctxs in members]
+            results = patcher.losses(tokens, feature, ablate_value, replacements)
+            kinds = [c.kind for c in scored_ctxs]
+            for (ref, _), losses in zip(members, results, strict=True):
+                run = ScoreRun(run_id=str(uuid.uuid4()), explanation_id=ref.explanation_id,
+                               dictionary_id=dictionary_id, feature=feature, stage="behaviour",
+                               simulator=ref.simulator, prompt_hash=ref.prompt_hash, settings_hash=key,
+                               config=json.dumps({**cfg.settings(), "ablate_value": ablate_value,
+                                                  "autointerp_version": __version__}),
+                               source_run_id=ref.run_id)
+                runs.append(run)
+                for r in _scores(losses, kinds, run, cfg.n_boot):
+                    rows.append(r)
+                    if r.method == "behaviour":
+                        outcome.scored += r.note is None
+                        outcome.no_effect += r.note is not None
+        with store.open_store(db, wait_s=600) as con:
+            store.write_bundles(con, [store.Bundle(runs=runs, scores=rows)])
+        if on_progress is not None:
+            on_progress(ProgressEvent("behaviour", i + 1, len(by_feature), "feat"))
+    return outcome
