@@ -268,7 +268,7 @@ def _load_sparsify(path: Path) -> Any:
     weights = {"W_enc": raw["encoder.weight"].T.contiguous(), "b_enc": raw.get("encoder.bias"),
                "W_dec": raw["W_dec"], "b_dec": raw.get("b_dec")}
     d_in = cfg.get("d_in")
-    if d_in is not None and int(d_in) != weights["W_enc"].shape[0]:
+    if d_in is not None and int(d_in) != raw["encoder.weight"].shape[-1]:
         raise AutointerpError(f"{path}: cfg.json says d_in={d_in} but encoder.weight is "
                               f"{tuple(raw['encoder.weight'].shape)}")
     return _build_sae(path, {n: t for n, t in weights.items() if t is not None}, hook, "topk", k=cfg.get("k"),
