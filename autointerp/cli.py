@@ -550,33 +550,84 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
 
 
 @main.command("export")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "neuronpedia"]), required=True)
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="File to write.")
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["parquet", "jsonl", "neuronpedia-dataset", "neuronpedia-upload"]),
+              help="parquet / jsonl: the labels view with every score. neuronpedia-dataset: a directory of "
+                   "explanations/batch-N.jsonl.gz for Neuronpedia's import. neuronpedia-upload: the JSON body of "
+                   "Neuronpedia's /api/feature/upload-batch.")
+@click.option("--out", "out_path", type=click.Path(), required=True,
+              help="File to write (a directory for neuronpedia-dataset).")
 @click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest).")
-@click.option("--np-model-id", default=None, help="Neuronpedia modelId (default: the dictionary's model).")
-@click.option("--np-source", default=None, help="Neuronpedia source/layer id (default: e.g. 6-mlp-neurons).")
+@click.option("--np-model-id", default=None,
+              help="Neuronpedia model id, used as given without checking it (default: the dictionary's model, "
+                   "which must be one of the Neuronpedia models autointerp knows).")
+@click.option("--np-source-set", default=None,
+              help="Neuronpedia source set of an SAE dictionary (e.g. res-jb): the source is LAYER-SET.")
+@click.option("--np-source", default=None,
+              help="Neuronpedia source id as a whole (e.g. 6 or 6-res-jb), instead of the one derived from the hook.")
+@click.option("--np-method-name", default=None,
+              help="Explanation method (Neuronpedia ExplanationType), e.g. oai_token-act-pair; default none.")
+@click.option("--np-model-name", default=None,
+              help="Explainer model (Neuronpedia ExplanationModelType), e.g. gpt-4o-mini; default none.")
+@click.option("--np-author-id", default=None,
+              help="neuronpedia-dataset: authorId of every row (default: the bot user Neuronpedia's seed creates).")
+@click.option("--np-include-baseline", is_flag=True, help="Also send the token-lookup baseline labels.")
+@click.option("--np-batch-rows", type=int, default=1024, show_default=True,
+              help="neuronpedia-dataset: rows per batch-N.jsonl.gz.")
 @db_option
 @friendly_errors
 def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_model_id: str | None,
-               np_source: str | None) -> None:
+               np_source_set: str | None, np_source: str | None, np_method_name: str | None,
+               np_model_name: str | None, np_author_id: str | None, np_include_baseline: bool,
+               np_batch_rows: int) -> None:
     """Write labels with every score (the labels view) to parquet or JSON lines, or as Neuronpedia explanations.
 
     \b
     Example:
       autointerp export --format parquet --out labels.parquet
-      autointerp export --format neuronpedia --out np.json --np-model-id gpt2-small --np-source 6-res-jb
+      autointerp export --format neuronpedia-dataset --out np/ --np-source-set res-jb
+      autointerp export --format neuronpedia-upload --out body.json --np-model-id my-model \\
+          --np-method-name oai_token-act-pair --np-model-name gpt-4o-mini
     """
     from autointerp import export
 
+    out = Path(out_path)
     with store.open_store(db, read_only=True) as con:
         did = _pick_dictionary(con, dictionary_id)
         d = store.get_dictionary(con, did)
-        table = store.labels_table(con, did)
-        rows = [dict(zip(table.columns, r, strict=True)) for r in table.rows]
-    if not rows:
-        raise AutointerpError(f"dictionary {did} has no labels yet; run `autointerp explain` first")
-    n = export.write(rows, fmt, Path(out_path), np_model_id or d.model, np_source or export.neuronpedia_source(d.hook, d.kind))
-    click.echo(f"wrote {n:,} records of dictionary {did} to {out_path}")
+        view = store.labels_table(con, did)
+        rows = [dict(zip(view.columns, r, strict=True)) for r in view.rows]
+        if not rows:
+            raise AutointerpError(f"dictionary {did} has no labels yet; run `autointerp explain` first")
+        if fmt in ("parquet", "jsonl"):
+            n = export.write_table(rows, fmt, out)
+            click.echo(f"wrote {n:,} records of dictionary {did} to {out}")
+            return
+        model_id = export.np_model_id(d.model, np_model_id)
+        source = export.np_source(d.hook, d.kind, np_source_set, np_source)
+        labels = export.np_labels([r for r in rows if r["null_kind"] is None], np_include_baseline)
+        if not labels:
+            raise AutointerpError(f"dictionary {did} has no ok labels to send"
+                                  + ("" if np_include_baseline else " (baseline labels need --np-include-baseline)"))
+        if fmt == "neuronpedia-upload":
+            features = sorted({int(r["feature"]) for r in labels})
+            contexts = store.read_feature_contexts(con, did, features)
+            acts = {f: [(c.tokens, c.acts) for c in sorted((c for c in fc.contexts if c.kind == "top"),
+                                                           key=lambda c: -c.max_act)]
+                    for f, fc in contexts.items()}
+            density = {f: float(s["frac_active"]) for f in features
+                       if (s := store.feature_stats(con, did, f)) is not None and s["frac_active"] is not None}
+    if fmt == "neuronpedia-dataset":
+        table = export.dataset_rows(labels, model_id, source, np_method_name, np_model_name,
+                                    np_author_id or export.NP_DEFAULT_AUTHOR_ID)
+        paths = export.write_dataset(table, out, model_id, source, np_batch_rows)
+        click.echo(f"wrote {len(table):,} explanations of dictionary {did} ({model_id} / {source}) in "
+                   f"{len(paths)} file(s) under {paths[0].parent}")
+        return
+    bodies = export.upload_bodies(labels, model_id, source, acts, density, np_method_name, np_model_name)
+    paths = export.write_upload(bodies, out)
+    click.echo(f"wrote {len(labels):,} explanations of {sum(len(b['features']) for b in bodies):,} features of "
+               f"dictionary {did} ({model_id} / {source}) to {', '.join(map(str, paths))}")
 
 
 @main.command("report")

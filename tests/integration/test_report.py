@@ -3,6 +3,7 @@ errors, plots and tables present; a screenshot is saved. Export formats read bac
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -81,16 +82,15 @@ def test_report_opens_in_headless_chromium(tmp_path, labelled_db):
 
 
 def test_exports_read_back(tmp_path, labelled_db):
-    pq_path, jl_path, np_path = tmp_path / "l.parquet", tmp_path / "l.jsonl", tmp_path / "np.json"
+    pq_path, jl_path, np_path = tmp_path / "l.parquet", tmp_path / "l.jsonl", tmp_path / "np"
     cli(labelled_db, "export", "--format", "parquet", "--out", str(pq_path), "--dictionary", "1")
     cli(labelled_db, "export", "--format", "jsonl", "--out", str(jl_path), "--dictionary", "1")
-    cli(labelled_db, "export", "--format", "neuronpedia", "--out", str(np_path), "--dictionary", "1",
-        "--np-model-id", "tiny", "--np-source", "0-mlp")
+    cli(labelled_db, "export", "--format", "neuronpedia-dataset", "--out", str(np_path), "--dictionary", "1",
+        "--np-model-id", "tiny")
     table = pq.read_table(pq_path).to_pylist()
     lines = [json.loads(x) for x in jl_path.read_text().splitlines()]
     assert len(table) == len(lines) == 24  # 12 features x (LLM + baseline)
     assert {"correlation_top_random", "behaviour", "detection", "label"} <= set(table[0])
-    records = json.loads(np_path.read_text())
-    assert records and all(set(r) == {"modelId", "layer", "index", "description", "explanationModelName", "typeName"}
-                           for r in records)
-    assert {r["modelId"] for r in records} == {"tiny"} and {r["layer"] for r in records} == {"0-mlp"}
+    (batch,) = np_path.glob("tiny/0/explanations/batch-*.jsonl.gz")  # tests/unit/test_export.py checks the rows
+    records = [json.loads(x) for x in gzip.decompress(batch.read_bytes()).splitlines()]
+    assert len(records) == 12 and {r["layer"] for r in records} == {"0"}  # LLM labels only, bare MLP layer
