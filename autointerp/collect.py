@@ -238,7 +238,7 @@ class Collector:
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=False, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -257,8 +257,9 @@ class Collector:
                 arrays = {k: npz[k] for k in npz.files if k != "meta"}
             except (KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path} is not a checkpoint of this version: {exc}") from exc
-        if meta.get("version") != _CHECKPOINT_VERSION or meta.get("n_features") != n_features or not np.array_equal(
-                arrays.get("feature_ids"), collector.feature_ids.numpy()):
+        ids = arrays.get("feature_ids")
+        if meta.get("version") != _CHECKPOINT_VERSION or meta.get("n_features") != n_features or ids is None or \
+                not np.array_equal(ids, collector.feature_ids.numpy()):
             raise ValueError(f"{path} does not belong to this collection")
 
         def take(key: str, like: torch.Tensor) -> torch.Tensor:

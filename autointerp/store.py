@@ -69,7 +69,7 @@ def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConne
                     f"{waited:.0f}s. Close that connection (a notebook, the DuckDB CLI, a long `autointerp sql`) "
                     "and try again", holder,
                 ) from exc
-            if waited >= 2.0 and (not announced or waited - announced >= 60.0):
+            if waited >= 1.0 and (not announced or waited - announced >= 60.0):
                 # Short waits are normal (writers let go between writes); a long one must be visible.
                 _log.warning("waiting for the database lock on %s held by %s (%.0fs so far, up to %.0fs)",
                              path, holder or "another process", waited, wait_s)
@@ -332,6 +332,12 @@ def sandbox(con: duckdb.DuckDBPyConnection, allow_files: bool = False) -> None:
     close it afterwards, never reuse it for writes."""
     if con.execute("SELECT current_setting('access_mode')").fetchone() != ("read_only",):
         raise InternalError("user SQL runs only on a read-only connection")
+    locked, external = con.execute(
+        "SELECT current_setting('lock_configuration'), current_setting('enable_external_access')").fetchone() or (0, 0)
+    if locked:  # sandboxed already (a second query on the same connection)
+        if external and not allow_files:
+            raise InternalError("this connection was sandboxed with file access; open a new one")
+        return
     for statement in _SANDBOX_SETTINGS + (() if allow_files else ("SET enable_external_access = false",)):
         con.execute(statement)
     con.execute(_LOCK)
@@ -425,10 +431,20 @@ def select_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, where: s
         sql += " AND feature >= ? AND feature < ?"
         params += list(feature_range)
     if where:
-        # The condition alone, then spliced in: neither may make a second statement or leave the SELECT.
-        _one_select(con, f"SELECT feature FROM features WHERE {where}", "--where")
         sql += f" AND ({where})"
-        _one_select(con, sql + " ORDER BY feature", "--where")
+        # The condition alone and spliced in must each parse as one SELECT: a condition that only parses
+        # spliced in (unbalanced parentheses) would reach outside its parentheses.
+        problems = []
+        for candidate in (f"SELECT feature FROM features WHERE {where}", sql + " ORDER BY feature"):
+            try:
+                _one_select(con, candidate, "--where")
+            except BadInput as exc:
+                problems.append(str(exc))
+        refused = [p for p in problems if p.startswith("refused")]
+        if refused:
+            raise BadInput(refused[0])
+        if problems:
+            raise BadInput(f"bad --where condition on features: {problems[0].removeprefix('SQL error: ')}")
         sandbox(con)
     try:
         return [r[0] for r in con.execute(sql + " ORDER BY feature", params).fetchall()]
