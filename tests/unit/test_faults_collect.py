@@ -64,12 +64,12 @@ def test_a_finished_collection_waits_for_a_reader_in_another_process_then_comple
     cfg = _cfg(tiny_model_dir, corpus_file)
     holders: list[_Holder] = []
     with caplog.at_level(logging.WARNING, logger="autointerp.store"):
-        out = collect_stage(db, cfg, _hold_during_collection(db, 4.0, holders), model=tiny_model,
+        out = collect_stage(db, cfg, _hold_during_collection(db, 5.0, holders), model=tiny_model,
                             final_write_wait_s=60.0)
     (holder,) = holders
     waited = time.monotonic() - holder.since
     assert holder.proc.wait(10) == 0
-    assert waited >= 4.0, "the write cannot have happened while the other process held the database"
+    assert waited >= 5.0, "the write cannot have happened while the other process held the database"
     assert not out.already_complete and out.n_tokens == 800
     assert _rows(db, "SELECT status, n_tokens FROM dictionaries") == [("complete", 800)]
     assert _rows(db, "SELECT count(*) FROM features")[0][0] == out.n_features > 0
