@@ -5,12 +5,13 @@ mean activation, or zero); with the feature replaced by the label's simulated ac
 calibrated to the feature's scale on the calibration split. The behaviour score is the share of
 the ablation's damage that the simulation repairs, (L_ablated - L_simulated) / (L_ablated - L_clean)
 with L the next-token loss summed over the scored contexts (and the same with KL divergence to the
-clean logits). Neurons are replaced at their hook; SAE latents by adding (new - old) x their decoder
-direction to the hook's activations, so the SAE's error term stays.
+clean logits). Neurons are replaced at their hook; SAE latents through the SAE's encode / decode
+(normalisation and hook_z reshaping honoured), keeping the SAE's error term.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,6 @@ import numpy as np
 import torch
 
 from autointerp import scoring
-from autointerp.models import stop_layer
 
 NO_EFFECT_NATS = 1e-5  # per token: below this the ablation changes nothing measurable
 
@@ -34,55 +34,77 @@ class ContextLosses:
     kl_simulated: np.ndarray
 
 
-def _layer(hook: str) -> int | None:
-    stop = stop_layer(hook, 0)
-    return None if stop is None else stop - 1
+def restart_layer(hook: str) -> int | None:
+    """The block a patched pass can restart at from the clean residual stream (the hook's own block),
+    or None when the whole model must run (embedding hooks, block 0, hooks outside the blocks)."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    return int(m.group(1)) if m and int(m.group(1)) >= 1 else None
 
 
 class Patcher:
-    """Runs a model clean and with one feature's values replaced, sharing the clean prefix of the forward pass."""
+    """Runs a model clean and with one feature's values replaced, sharing the clean prefix of the forward pass.
+
+    Neurons are set at their hook. An SAE latent is set through the SAE's own encode / decode, so its
+    input normalisation and hook_z reshaping apply, and its error term stays: the activation becomes
+    decode(z with the latent replaced) + (act - decode(z))."""
 
     def __init__(self, model: Any, hook: str, sae: Any | None = None):
         self.model = model
         self.hook = hook
         self.sae = sae
-        self.layer = _layer(hook)
+        self.layer = restart_layer(hook)
 
     def _replace_hook(self, feature: int, values: torch.Tensor):  # values: [n, T] for positions 1..T
         sae = self.sae
 
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            act = act.clone()
             if sae is None:
-                flat = act.reshape(act.shape[0], act.shape[1], -1)
-                flat[:, 1:, feature] = values
+                flat = act.clone().reshape(act.shape[0], act.shape[1], -1)
+                flat[:, 1:, feature] = values.to(act.dtype)
                 return flat.reshape(act.shape)
-            with torch.no_grad():
-                current = sae.encode(act)[:, 1:, feature]
-            direction = sae.W_dec[feature].to(act.dtype)
-            act[:, 1:] += (values - current).unsqueeze(-1) * direction
-            return act
+            # Each decode follows its own encode: normalisers keep per-input statistics (layer_norm,
+            # constant_norm_rescale) that encode sets and decode consumes.
+            z = sae.encode(act)
+            error = act - sae.decode(z).to(act.dtype)
+            z_new = z.clone()
+            z_new[:, 1:, feature] = values.to(z.dtype)
+            sae.encode(act)
+            return sae.decode(z_new).to(act.dtype) + error
 
         return fn
+
+    def _clean_resid(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        if self.layer is None:
+            return None
+        name = f"blocks.{self.layer - 1}.hook_resid_post"
+        _, cache = self.model.run_with_cache(tokens, names_filter=[name], stop_at_layer=self.layer)
+        return cache[name]
+
+    def _run(self, tokens: torch.Tensor, resid: torch.Tensor | None) -> torch.Tensor:
+        if resid is None:
+            return self.model(tokens)
+        return self.model(resid, start_at_layer=self.layer, tokens=tokens)
+
+    @torch.no_grad()
+    def patched_logits(self, tokens: torch.Tensor, feature: int, values: torch.Tensor,
+                       resid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits with the feature set to `values` ([n, T]) after BOS; `resid` is the clean residual
+        stream before the hook's block (computed when not given)."""
+        if resid is None:
+            resid = self._clean_resid(tokens)
+        with self.model.hooks(fwd_hooks=[(self.hook, self._replace_hook(feature, values))]):
+            return self._run(tokens, resid)
 
     @torch.no_grad()
     def losses(self, tokens: torch.Tensor, feature: int, ablate_value: float, simulated: list[torch.Tensor]
                ) -> list[ContextLosses]:
         """tokens: [n, T+1] with BOS; each simulated: [n, T] replacement values on the feature's scale.
         The clean and ablated passes are shared by all the simulations of one feature."""
-        model = self.model
-        resid = None
-        if self.layer:  # the patched passes restart at the hook's block from the clean residual stream
-            name = f"blocks.{self.layer - 1}.hook_resid_post"
-            _, cache = model.run_with_cache(tokens, names_filter=[name], stop_at_layer=self.layer)
-            resid = cache[name]
-        clean_logits = model(resid, start_at_layer=self.layer, tokens=tokens) if resid is not None else model(tokens)
+        resid = self._clean_resid(tokens)  # the patched passes restart at the hook's block from here
+        clean_logits = self._run(tokens, resid)
 
         def patched(values: torch.Tensor) -> torch.Tensor:
-            with model.hooks(fwd_hooks=[(self.hook, self._replace_hook(feature, values))]):
-                if resid is not None:
-                    return model(resid, start_at_layer=self.layer, tokens=tokens)
-                return model(tokens)
+            return self.patched_logits(tokens, feature, values, resid)
 
         targets = tokens[:, 1:].unsqueeze(-1)
         clean_lp = clean_logits[:, :-1].log_softmax(-1)

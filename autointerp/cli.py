@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 
 from autointerp import __version__, render, store
 from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, is_bad_input
 from autointerp.types import ProgressEvent
 
 DEFAULT_DB = "autointerp.duckdb"
@@ -40,7 +40,8 @@ def format_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input ends with one clear line on stderr and exit status 2, not a traceback."""
+    """An error of ours ends with one clear line on stderr and exit status 2 (bad input) or 1 (a lock
+    held too long, an LLM failure, a bug of ours), not a traceback."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,7 +49,7 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
             return f(*args, **kwargs)
         except AutointerpError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(2 if is_bad_input(exc) else 1)
         except ValidationError as exc:
             msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
             click.echo(f"error: {msgs}", err=True)
@@ -216,19 +217,23 @@ def collect(db: str, checkpoint_every_s: float, **kwargs: Any) -> None:
 
 @main.command()
 @click.argument("query")
+@click.option("--allow-files", is_flag=True,
+              help="Let the query read files (read_parquet, read_csv, ...) to join outside data. Off by default.")
 @db_option
 @format_option
 @friendly_errors
-def sql(db: str, query: str, fmt: str) -> None:
-    """Run a SQL query on a read-only connection.
+def sql(db: str, query: str, fmt: str, allow_files: bool) -> None:
+    """Run one SELECT on a read-only, sandboxed connection: no file or network access (unless
+    --allow-files, which lets it read files), no extensions, no settings changes, one statement.
 
     \b
     Example:
       autointerp sql "SELECT feature, max_act, frac_active FROM features ORDER BY max_act DESC LIMIT 10"
       autointerp sql "SELECT * FROM contexts WHERE feature = 3 AND kind = 'top'" --format json
+      autointerp sql "SELECT f.*, x.note FROM features f JOIN read_parquet('notes.parquet') x USING (feature)" --allow-files
     """
     with store.open_store(db, read_only=True) as con:
-        columns, rows = store.query(con, query)
+        columns, rows = store.user_query(con, query, allow_files=allow_files)
     click.echo(render.FORMATS[fmt](columns, rows))
 
 

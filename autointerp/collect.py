@@ -11,10 +11,11 @@ on the batch size, and the explain/holdout split of a context is fixed by its in
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import pickle
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,12 @@ class CollectResult:
     resumed_contexts: int = 0  # contexts taken from a checkpoint rather than run again
 
 
+_CHECKPOINT_VERSION = 2
+_RANKED_PARTS = ("key", "slot", "seq", "max", "acts")
+_SPLIT_PARTS = ("rnd_key", "rnd_seq", "rnd_acts")
+_STATS_PARTS = ("total", "n_active", "max_act", "hist", "bin_width")
+
+
 class Collector:
     """Feeds batches of contexts through a feature function and keeps what each feature needs."""
 
@@ -211,22 +218,70 @@ class Collector:
         self._batches = 0
 
     def save(self, path: Path) -> None:
-        """Write the whole state atomically: a kill during the write leaves the previous checkpoint."""
+        """Write the whole state atomically (a kill during the write leaves the previous checkpoint), as
+        a NumPy .npz of plain arrays plus JSON scalars: loading it cannot run code, unlike a pickle."""
+        arrays: dict[str, np.ndarray] = {"feature_ids": self.feature_ids.numpy()}
+        for split, buf in self.buffers.items():
+            for name, ranked in (("top", buf.top), ("res", buf.res)):
+                for part in _RANKED_PARTS:
+                    arrays[f"{split}.{name}.{part}"] = getattr(ranked, part).numpy()
+            for part in _SPLIT_PARTS:
+                arrays[f"{split}.{part}"] = getattr(buf, part).numpy()
+        for part in _STATS_PARTS:
+            arrays[f"stats.{part}"] = getattr(self.stats, part).numpy()
+        seqs = sorted(self.tokens_of)
+        arrays["tokens_of.seq"] = np.asarray(seqs, dtype=np.int64)
+        arrays["tokens_of.ids"] = (np.stack([self.tokens_of[q] for q in seqs]) if seqs
+                                   else np.zeros((0, self.cfg.ctx_len), dtype=np.int64))
+        meta = {"version": _CHECKPOINT_VERSION, "n_features": self.n_features, "n_tokens": self.stats.n_tokens,
+                "n_contexts": self.n_contexts, "batches": self._batches}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"version": 1, "n_features": self.n_features, "feature_ids": self.feature_ids,
-                    "buffers": self.buffers, "stats": self.stats, "tokens_of": self.tokens_of,
-                    "n_contexts": self.n_contexts, "batches": self._batches}, tmp)
+        with open(tmp, "wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path, cfg: CollectConfig, n_features: int, feature_offset: int = 0) -> Collector:
-        state = torch.load(path, weights_only=False)  # our own file, written by save()
+        """The state `save` wrote. Raises ValueError for a file that is not such a checkpoint of this
+        collection (a pickle included: it is never unpickled)."""
         collector = cls(cfg, n_features, feature_offset)
-        if state.get("version") != 1 or state["n_features"] != n_features or not torch.equal(
-                state["feature_ids"], collector.feature_ids):
+        npz = np.load(path, allow_pickle=False)  # a pickle raises ValueError here, unread
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is not a checkpoint archive")
+        with npz:
+            try:
+                meta = json.loads(npz["meta"].tobytes())
+                arrays = {k: npz[k] for k in npz.files if k != "meta"}
+            except (KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path} is not a checkpoint of this version: {exc}") from exc
+        ids = arrays.get("feature_ids")
+        if meta.get("version") != _CHECKPOINT_VERSION or meta.get("n_features") != n_features or ids is None or \
+                not np.array_equal(ids, collector.feature_ids.numpy()):
             raise ValueError(f"{path} does not belong to this collection")
-        collector.buffers, collector.stats, collector.tokens_of = state["buffers"], state["stats"], state["tokens_of"]
-        collector.n_contexts, collector._batches = state["n_contexts"], state["batches"]
+
+        def take(key: str, like: torch.Tensor) -> torch.Tensor:
+            a = arrays.get(key)
+            if a is None or a.shape != tuple(like.shape) or a.dtype != like.numpy().dtype:
+                raise ValueError(f"{path}: {key} does not fit this collection")
+            return torch.from_numpy(a)
+
+        for split, buf in collector.buffers.items():
+            for name, ranked in (("top", buf.top), ("res", buf.res)):
+                for part in _RANKED_PARTS:
+                    setattr(ranked, part, take(f"{split}.{name}.{part}", getattr(ranked, part)))
+            for part in _SPLIT_PARTS:
+                setattr(buf, part, take(f"{split}.{part}", getattr(buf, part)))
+        for part in _STATS_PARTS:
+            setattr(collector.stats, part, take(f"stats.{part}", getattr(collector.stats, part)))
+        seqs, ids = arrays.get("tokens_of.seq"), arrays.get("tokens_of.ids")
+        if seqs is None or ids is None or ids.ndim != 2 or len(seqs) != len(ids):
+            raise ValueError(f"{path}: no token ids")
+        collector.tokens_of = {int(q): row for q, row in zip(seqs, ids, strict=True)}
+        collector.stats.n_tokens = int(meta["n_tokens"])
+        collector.n_contexts, collector._batches = int(meta["n_contexts"]), int(meta["batches"])
         return collector
 
     def add(self, seqs: torch.Tensor, tokens: np.ndarray, acts: torch.Tensor) -> None:
@@ -405,18 +460,18 @@ def run_collection(
     if checkpoint is not None and checkpoint.exists():
         try:
             collector = Collector.load(checkpoint, cfg, n_features, feature_offset)
-        except (ValueError, KeyError, EOFError, RuntimeError, pickle.UnpicklingError):
-            collector = None  # unreadable or foreign: start over
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            collector = None  # unreadable, foreign or not ours (a pickle is refused, never run): start over
     collector = collector or Collector(cfg, n_features, feature_offset)
     skip = collector.n_contexts
     if progress is not None and skip:
         progress(skip * cfg.ctx_len)
     batch: list[np.ndarray] = []
-    next_seq = skip
+    next_seq = saved_at = skip
     last_save = time.monotonic()
 
     def flush() -> None:
-        nonlocal next_seq, last_save
+        nonlocal next_seq, last_save, saved_at
         tokens = np.stack(batch)
         inputs = torch.from_numpy(tokens)
         if bos_id is not None:
@@ -432,7 +487,7 @@ def run_collection(
         batch.clear()
         if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
             collector.save(checkpoint)
-            last_save = time.monotonic()
+            last_save, saved_at = time.monotonic(), next_seq
 
     for i, ctx in enumerate(contexts):
         if i < skip:
@@ -442,6 +497,9 @@ def run_collection(
             flush()
     if batch:
         flush()
+    if checkpoint is not None and next_seq > saved_at:
+        # The finished state too: until the database commits it, a failed or blocked write loses nothing.
+        collector.save(checkpoint)
     result = collector.result(token_strings)
     result.resumed_contexts = skip
     return result

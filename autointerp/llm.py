@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 from tenacity import (
@@ -121,9 +122,34 @@ class MalformedResponse(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
+    """Only what may pass on its own: 429, 408, 5xx, timeouts, dropped connections, malformed bodies.
+    A 400/401/403/404 fails the same way every time, and an exception of ours is a bug: not retried."""
     if isinstance(exc, openai.APIStatusError):
-        return exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408
-    return isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | MalformedResponse | ValueError)
+        return exc.status_code in (408, 429) or exc.status_code >= 500
+    return isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.APIResponseValidationError
+                      | MalformedResponse)
+
+
+def public_url(url: str) -> str:
+    """The endpoint as it may be recorded: no user or password, query or fragment (where keys hide)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The parts of an endpoint URL that may be credentials, to blank out of error messages."""
+    parts = urlsplit(url)
+    found = [parts.password or "", parts.username or "", parts.query, parts.fragment]
+    found += [v for _, v in parse_qsl(parts.query, keep_blank_values=False)]
+    return sorted({x for x in found if len(x) >= 3}, key=len, reverse=True)
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
@@ -159,7 +185,7 @@ def _code(exc: BaseException) -> FailureCode:
     return FailureCode.MALFORMED_RESPONSE
 
 
-def _reason(exc: BaseException, secret: str | None) -> str:
+def _reason(exc: BaseException, secret: str | list[str] | None) -> str:
     if isinstance(exc, openai.APIStatusError):
         text = f"HTTP {exc.status_code}: {exc.message}"
     elif isinstance(exc, openai.APITimeoutError):
@@ -168,8 +194,9 @@ def _reason(exc: BaseException, secret: str | None) -> str:
         text = f"connection error: {exc.__cause__ or exc}"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    if secret:
-        text = text.replace(secret, "***")
+    for hidden in [secret] if isinstance(secret, str) else (secret or []):
+        if hidden:
+            text = text.replace(hidden, "***")
     return text[:500]
 
 
@@ -181,9 +208,11 @@ class OpenAICompatibleClient:
                  budget: Budget | None = None):
         if not base_urls:
             raise AutointerpError("no LLM endpoint: pass --base-url or set OPENAI_BASE_URL")
-        self._secret = api_key
+        # Never recorded or shown: the key, and whatever credentials the endpoint URLs carry.
+        self._secret = [x for x in [api_key or ""] + [x for u in base_urls for x in _url_secrets(u)] if x]
         self._clients = [
-            (url, openai.AsyncOpenAI(base_url=url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0))
+            (public_url(url),
+             openai.AsyncOpenAI(base_url=url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0))
             for url in base_urls
         ]
         self._turn = itertools.count()
@@ -209,7 +238,10 @@ class OpenAICompatibleClient:
             url, client = self._clients[next(self._turn) % len(self._clients)]
             start = time.monotonic()
             try:
-                response = await send(client)
+                try:
+                    response = await send(client)
+                except json.JSONDecodeError as exc:  # the SDK decoding a body that is not JSON
+                    raise MalformedResponse(f"invalid JSON body ({exc})") from None
                 text, logprobs, usage = parse(response)
             except Exception as exc:
                 calls.append(LLMCall(str(uuid.uuid4()), role, model, url, phash, 0, 0, time.monotonic() - start, 0.0,
@@ -271,8 +303,11 @@ class OpenAICompatibleClient:
             if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("text"), str):
                 raise MalformedResponse("no choices[0].text in the response")
             usage = body.get("usage") or {}
-            return choices[0]["text"], choices[0].get("logprobs"), (int(usage.get("prompt_tokens") or 0),
-                                                                      int(usage.get("completion_tokens") or 0))
+            try:
+                tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            except (TypeError, ValueError, AttributeError):
+                raise MalformedResponse(f"unusable usage in the response: {usage!r:.100}") from None
+            return choices[0]["text"], choices[0].get("logprobs"), tokens
 
         return await self._request(role, model, kwargs,
                                    lambda c: c.completions.with_raw_response.create(**kwargs), parse)

@@ -8,6 +8,8 @@ open read-only; both wait a bounded time for a lock held by another process.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from autointerp import __version__
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, BadInput, InternalError, LockTimeout
 from autointerp.resources import data_dir
 from autointerp.types import CallRow, Explanation, ScoreRow, ScoreRun, SimulatedContext, Simulation
 
@@ -38,20 +40,42 @@ def known_migrations() -> list[Migration]:
     return [Migration(f.stem, f.read_text()) for f in files]
 
 
+_HOLDER = re.compile(r"lock is held in (.+?) \(PID (\d+)\)")
+_log = logging.getLogger("autointerp.store")
+
+
+def lock_holder(message: str) -> str | None:
+    """'PROGRAM (PID N)' of the process holding the lock, as DuckDB's lock error names it."""
+    m = _HOLDER.search(message)
+    return f"{m.group(1)} (PID {m.group(2)})" if m else None
+
+
 def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
-    deadline = time.monotonic() + wait_s
+    """Connect, waiting up to `wait_s` for a lock held by another process; says (on the
+    'autointerp.store' logger, stderr by default) who holds it when the wait is long."""
+    start = time.monotonic()
     delay = 0.05
+    announced = 0.0  # when we last said we were waiting
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
-            # Another process holds the write lock; it lets go between writes.
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise AutointerpError(
-                    f"cannot open {path}: {exc}. Another autointerp process may be writing to it; "
-                    "try again when it finishes a write"
+            if "lock" not in str(exc).lower():
+                raise BadInput(f"cannot open {path}: {exc}") from exc
+            holder = lock_holder(str(exc))
+            waited = time.monotonic() - start
+            if waited > wait_s:
+                raise LockTimeout(
+                    f"cannot open {path}: the database stayed locked by {holder or 'another process'} for "
+                    f"{waited:.0f}s. Close that connection (a notebook, the DuckDB CLI, a long `autointerp sql`) "
+                    "and try again", holder,
                 ) from exc
-            time.sleep(delay)
+            if waited >= 1.0 and (not announced or waited - announced >= 60.0):
+                # Short waits are normal (writers let go between writes); a long one must be visible.
+                _log.warning("waiting for the database lock on %s held by %s (%.0fs so far, up to %.0fs)",
+                             path, holder or "another process", waited, wait_s)
+                announced = waited
+            time.sleep(min(delay, max(0.0, wait_s - waited) + 0.01))
             delay = min(delay * 2, 1.0)
 
 
@@ -291,12 +315,80 @@ def feature_stats(con: duckdb.DuckDBPyConnection, dictionary_id: int, feature: i
     return dict(zip([d[0] for d in cur.description], row, strict=True))
 
 
+# ---------------------------------------------------------------- user SQL
+
+# DuckDB settings that keep user SQL inside the database: no file or network access (COPY TO, ATTACH,
+# EXPORT, read_csv of any path), no extension install or load, and no way to SET them back.
+_SANDBOX_SETTINGS = ("SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
+                     "SET python_enable_replacements = false")
+_LOCK = "SET lock_configuration = true"
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, allow_files: bool = False) -> None:
+    """Lock `con` down before it runs user SQL: no file system access (unless `allow_files`, which lets
+    SELECTs read files such as read_parquet), no extensions, and the configuration locked.
+
+    The settings belong to the database instance, so every connection to the same file in this process
+    shares them until all are closed: sandbox only a read-only connection opened for the user's SQL, and
+    close it afterwards, never reuse it for writes."""
+    if con.execute("SELECT current_setting('access_mode')").fetchone() != ("read_only",):
+        raise InternalError("user SQL runs only on a read-only connection")
+    locked, external = con.execute(
+        "SELECT current_setting('lock_configuration'), current_setting('enable_external_access')").fetchone() or (0, 0)
+    if locked:  # sandboxed already (a second query on the same connection)
+        if external and not allow_files:
+            raise InternalError("this connection was sandboxed with file access; open a new one")
+        return
+    for statement in _SANDBOX_SETTINGS + (() if allow_files else ("SET enable_external_access = false",)):
+        con.execute(statement)
+    con.execute(_LOCK)
+
+
+def _one_select(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
+    """Refuse anything but exactly one SELECT, using DuckDB's own parser."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise BadInput(f"SQL error: {exc}") from exc
+    if len(statements) != 1:
+        raise BadInput(f"refused: {what} runs one statement per call; this has {len(statements)}")
+    kind = statements[0].type.name
+    if kind != "SELECT":
+        hint = {"SET": " (settings cannot be changed)", "PRAGMA": " (settings cannot be changed)",
+                "LOAD": " (extensions cannot be installed or loaded)",
+                "ATTACH": " (other databases cannot be attached)",
+                "COPY": " (files cannot be written)", "EXPORT": " (files cannot be written)"}.get(kind, "")
+        raise BadInput(f"refused: {what} is read-only and runs only SELECT queries; this is a {kind} statement{hint}")
+
+
+def _sandbox_error(exc: duckdb.Error, what: str) -> BadInput:
+    if isinstance(exc, duckdb.PermissionException):
+        return BadInput(f"refused: {what} cannot read or write files, attach databases or load extensions "
+                        f"({exc}); `autointerp sql --allow-files` lets a SELECT read files")
+    return BadInput(f"SQL error: {exc}")
+
+
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run user SQL; returns column names and rows."""
+    """Run our own SQL; returns column names and rows. User SQL goes through `user_query`."""
     try:
         cur = con.execute(sql)
     except duckdb.Error as exc:
         raise AutointerpError(f"SQL error: {exc}") from exc
+    if cur.description is None:
+        return [], []
+    return [d[0] for d in cur.description], cur.fetchall()
+
+
+def user_query(con: duckdb.DuckDBPyConnection, sql: str, allow_files: bool = False
+               ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one user SELECT in a sandbox (see `sandbox`: `con` must be read-only, and the caller closes
+    it afterwards); returns column names and rows."""
+    _one_select(con, sql, "`autointerp sql`")
+    sandbox(con, allow_files)
+    try:
+        cur = con.execute(sql)
+    except duckdb.Error as exc:
+        raise _sandbox_error(exc, "`autointerp sql`") from exc
     if cur.description is None:
         return [], []
     return [d[0] for d in cur.description], cur.fetchall()
@@ -332,7 +424,8 @@ def read_feature_contexts(
 
 def select_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, where: str | None = None,
                     feature_range: tuple[int, int] | None = None) -> list[int]:
-    """Features of a dictionary, optionally filtered by a range and a SQL condition on `features`."""
+    """Features of a dictionary, optionally filtered by a range and a SQL condition on `features`.
+    A condition is user SQL: `con` must then be read-only and is sandboxed (see `sandbox`)."""
     sql = "SELECT feature FROM features WHERE dictionary_id = ?"
     params: list[Any] = [dictionary_id]
     if feature_range is not None:
@@ -340,10 +433,26 @@ def select_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, where: s
         params += list(feature_range)
     if where:
         sql += f" AND ({where})"
+        # The condition alone and spliced in must each parse as one SELECT: a condition that only parses
+        # spliced in (unbalanced parentheses) would reach outside its parentheses.
+        problems = []
+        for candidate in (f"SELECT feature FROM features WHERE {where}", sql + " ORDER BY feature"):
+            try:
+                _one_select(con, candidate, "--where")
+            except BadInput as exc:
+                problems.append(str(exc))
+        refused = [p for p in problems if p.startswith("refused")]
+        if refused:
+            raise BadInput(refused[0])
+        if problems:
+            raise BadInput(f"bad --where condition on features: {problems[0].removeprefix('SQL error: ')}")
+        sandbox(con)
     try:
         return [r[0] for r in con.execute(sql + " ORDER BY feature", params).fetchall()]
     except duckdb.Error as exc:
-        raise AutointerpError(f"bad --where condition on features: {exc}") from exc
+        if isinstance(exc, duckdb.PermissionException):
+            raise _sandbox_error(exc, "--where") from exc
+        raise BadInput(f"bad --where condition on features: {exc}") from exc
 
 
 def explained_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, explainer: str, prompt_hash: str,

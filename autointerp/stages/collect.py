@@ -14,10 +14,12 @@ from typing import Any
 from autointerp import corpus, store
 from autointerp.collect import run_collection
 from autointerp.config import CollectConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, BadInput, LockTimeout, is_bad_input
 from autointerp.types import ProgressEvent, ProgressFn
 
 DEFAULT_HOOK = "blocks.6.mlp.hook_post"
+# A finished collection may hold hours of work: wait long for a reader elsewhere to let go of the lock.
+FINAL_WRITE_WAIT_S = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,11 @@ def collect_stage(
     on_progress: ProgressFn | None = None,
     model: Any = None,
     checkpoint_every_s: float = 300.0,
+    final_write_wait_s: float = FINAL_WRITE_WAIT_S,
 ) -> CollectOutcome:
     """Collect one dictionary into `db`. Re-running the same config finishes an incomplete
-    dictionary and does nothing to a complete one. Bad input leaves the database as it was."""
+    dictionary and does nothing to a complete one. Bad input leaves the database as it was; a
+    finished collection is never deleted: its write waits up to `final_write_wait_s` for the lock."""
     from autointerp import models
 
     config_hash = cfg.config_hash()
@@ -114,27 +118,37 @@ def collect_stage(
 
     # Beside the database: a killed run resumes from here instead of the first token.
     checkpoint = Path(f"{db}.collect-{config_hash}.ckpt")
-    try:
-        with sigterm_as_interrupt():
+    with sigterm_as_interrupt():
+        try:
             ctxs = corpus.contexts(corpus.pieces(cfg.dataset, cfg.text_field), tokenizer, cfg.ctx_len,
                                    cfg.n_tokens // cfg.ctx_len)
             result = run_collection(cfg, reader, reader.n_features, ctxs, strings, bos, start, progress,
                                     checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s)
             if result.n_contexts == 0:
-                raise AutointerpError(f"the corpus '{cfg.dataset}' has fewer than ctx_len={cfg.ctx_len} tokens")
+                raise BadInput(f"the corpus '{cfg.dataset}' has fewer than ctx_len={cfg.ctx_len} tokens")
+        except AutointerpError as exc:
+            if not is_bad_input(exc):
+                raise
+            # Bad input found in the corpus stream: undo the registration so the database is as it was.
             with store.open_store(db) as con:
+                store.delete_dictionary(con, dictionary_id)
+            checkpoint.unlink(missing_ok=True)
+            raise
+        # The collection is finished (and checkpointed): from here nothing deletes it. The write waits
+        # a long time for a lock held elsewhere; if even that runs out, the dictionary stays incomplete
+        # and the checkpoint stays, so the same command writes it without running the model again.
+        try:
+            with store.open_store(db, wait_s=final_write_wait_s) as con:
                 store.complete_dictionary(
                     con, dictionary_id, n_tokens=result.n_tokens, n_contexts=result.n_contexts,
                     sequences=result.sequences.append_column("dictionary_id", _ids(result.sequences, dictionary_id)),
                     features=result.features.append_column("dictionary_id", _ids(result.features, dictionary_id)),
                     examples=result.examples.append_column("dictionary_id", _ids(result.examples, dictionary_id)),
                 )
-    except AutointerpError:
-        # Bad input found mid-stream: undo the registration so the database is as it was.
-        with store.open_store(db) as con:
-            store.delete_dictionary(con, dictionary_id)
-        checkpoint.unlink(missing_ok=True)
-        raise
+        except LockTimeout as exc:
+            raise LockTimeout(f"the collection finished but could not be written: {exc}. Nothing is lost: run "
+                              f"the same command again to write it from the checkpoint {checkpoint.name} "
+                              "without running the model", exc.holder) from exc
     checkpoint.unlink(missing_ok=True)
     return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, reader.n_features, False,
                           result.resumed_contexts * cfg.ctx_len)

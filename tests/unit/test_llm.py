@@ -170,3 +170,43 @@ def test_concurrent_requests_overlap():
         start = time.monotonic()
         asyncio.run(many())
         assert time.monotonic() - start < 0.5 * 16 / 4  # at least 4x overlap, with room for a loaded machine
+
+
+def test_endpoint_credentials_are_never_recorded():
+    with LoopbackLLM(scripted(server_error(), Reply(content="fine"))) as server:
+        host = server.base_url.removeprefix("http://")
+        url = f"http://alice:pa55word-XYZ@{host}?api-key=QUERYKEY-789&x=1"
+        reply = chat(client(url))
+    assert reply.text == "fine" and [c.status for c in reply.calls] == ["error", "ok"]
+    for call in reply.calls:
+        assert call.endpoint == server.base_url
+        text = f"{call.endpoint} {call.error}"
+        assert not any(s in text for s in ("alice", "pa55word-XYZ", "QUERYKEY-789", "api-key"))
+    assert llm.public_url("https://u:p@[::1]:8443/v1/?api-key=k#frag") == "https://[::1]:8443/v1/"
+
+
+def _status(code: int) -> Reply:
+    return Reply(status=code, raw_body=b'{"error": {"message": "nope"}}')
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404])
+def test_a_request_the_server_refuses_is_not_retried(code):
+    with LoopbackLLM(scripted(_status(code), Reply(content="fine"))) as server:
+        with pytest.raises(llm.LLMFailure, match=f"after 1 attempt.*HTTP {code}") as err:
+            chat(client(server.base_url))
+        assert len(server.requests) == 1
+    assert [c.status for c in err.value.calls] == ["error"]
+
+
+@pytest.mark.parametrize("code", [408, 429, 502, 503])
+def test_a_transient_status_is_retried(code):
+    with LoopbackLLM(scripted(_status(code), Reply(content="fine"))) as server:
+        reply = chat(client(server.base_url))
+        assert len(server.requests) == 2
+    assert reply.text == "fine"
+
+
+def test_only_transient_failures_are_retryable_and_a_local_bug_is_not():
+    assert llm._retryable(llm.MalformedResponse("truncated body"))
+    for bug in (ValueError("a bug of ours"), TypeError("another"), KeyError("k"), AssertionError()):
+        assert not llm._retryable(bug)
