@@ -13,11 +13,11 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from autointerp.pipeline import collect_stage
 
 from autointerp.collect import Collector
 from autointerp.config import CollectConfig
 from autointerp.errors import LockTimeout
+from autointerp.stages.collect import collect_stage
 
 HOOK = "blocks.0.mlp.hook_post"
 

@@ -12,11 +12,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from autointerp.pipeline import collect_stage
 
 from autointerp import store
 from autointerp.config import CollectConfig
 from autointerp.errors import BadInput, InternalError
+from autointerp.stages.collect import collect_stage
 
 HOOK = "blocks.0.mlp.hook_post"
 
