@@ -75,7 +75,10 @@ def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConne
                 _log.warning("waiting for the database lock on %s held by %s (%.0fs so far, up to %.0fs)",
                              path, holder or "another process", waited, wait_s)
                 announced = waited
-            time.sleep(min(delay, max(0.0, wait_s - waited) + 0.01))
+            pause = min(delay, max(0.0, wait_s - waited) + 0.01)
+            if not announced and waited < 1.0:
+                pause = min(pause, 1.0 - waited + 0.01)  # wake to announce at one second
+            time.sleep(pause)
             delay = min(delay * 2, 1.0)
 
 

@@ -33,15 +33,22 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 
 
 class _Holder:
-    """A second process holding a read-only DuckDB connection to `db` for `hold_s` seconds."""
+    """A second process holding a read-only DuckDB connection to `db` for `hold_s` seconds, or until
+    `release()` when hold_s is 0."""
 
     def __init__(self, db: Path, hold_s: float):
         code = ("import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-                "print('held', flush=True); time.sleep(float(sys.argv[2])); c.close()")
+                "print('held', flush=True); h = float(sys.argv[2]); time.sleep(h) if h else sys.stdin.read(); "
+                "c.close()")
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(hold_s)], stdout=subprocess.PIPE,
-                                     text=True)
+                                     stdin=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "held"
         self.since = time.monotonic()
+
+    def release(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(20)
 
 
 def _hold_during_collection(db: Path, hold_s: float, holders: list[_Holder]):
@@ -64,12 +71,14 @@ def test_a_finished_collection_waits_for_a_reader_in_another_process_then_comple
     cfg = _cfg(tiny_model_dir, corpus_file)
     holders: list[_Holder] = []
     with caplog.at_level(logging.WARNING, logger="autointerp.store"):
-        out = collect_stage(db, cfg, _hold_during_collection(db, 5.0, holders), model=tiny_model,
+        out = collect_stage(db, cfg, _hold_during_collection(db, 8.0, holders), model=tiny_model,
                             final_write_wait_s=60.0)
     (holder,) = holders
     waited = time.monotonic() - holder.since
     assert holder.proc.wait(10) == 0
-    assert waited >= 5.0, "the write cannot have happened while the other process held the database"
+    assert holder.proc.stdin is not None
+    holder.proc.stdin.close()
+    assert waited >= 8.0, "the write cannot have happened while the other process held the database"
     assert not out.already_complete and out.n_tokens == 800
     assert _rows(db, "SELECT status, n_tokens FROM dictionaries") == [("complete", 800)]
     assert _rows(db, "SELECT count(*) FROM features")[0][0] == out.n_features > 0
@@ -85,10 +94,10 @@ def test_a_lock_held_past_the_wait_deletes_nothing_and_a_rerun_writes_it_from_th
     cfg = _cfg(tiny_model_dir, corpus_file)
     holders: list[_Holder] = []
     with pytest.raises(LockTimeout, match=r"could not be written.*Nothing is lost") as err:
-        collect_stage(db, cfg, _hold_during_collection(db, 6.0, holders), model=tiny_model, final_write_wait_s=1.0)
+        collect_stage(db, cfg, _hold_during_collection(db, 0, holders), model=tiny_model, final_write_wait_s=1.0)
     (holder,) = holders
     assert err.value.holder is not None and f"PID {holder.proc.pid}" in err.value.holder
-    assert holder.proc.wait(20) == 0
+    assert holder.release() == 0
     # Nothing deleted: the dictionary is registered (incomplete) and the finished state is checkpointed.
     assert _rows(db, "SELECT status FROM dictionaries") == [("incomplete",)]
     (ckpt,) = tmp_path.glob("*.ckpt")
