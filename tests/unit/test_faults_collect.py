@@ -52,17 +52,14 @@ class _Holder:
 
 
 def _hold_during_collection(db: Path, hold_s: float, holders: list[_Holder]):
-    """A progress factory that, at the first batch (after the dictionary is registered, while the
+    """A progress callback that, at the first batch (after the dictionary is registered, while the
     collector holds no connection), starts a process that holds the database."""
 
-    def factory(total: int):
-        def update(n: int) -> None:
-            if not holders:
-                holders.append(_Holder(db, hold_s))
+    def update(event: object) -> None:
+        if not holders:
+            holders.append(_Holder(db, hold_s))
 
-        return update
-
-    return factory
+    return update
 
 
 def test_a_finished_collection_waits_for_a_reader_in_another_process_then_completes(
