@@ -83,7 +83,7 @@ def collect_stage(
         hook = DEFAULT_HOOK
     if model is None:
         model = models.load_model(
-            cfg.model, random_init=cfg.random_init, seed=cfg.seed,
+            cfg.model, random_init=cfg.random_init, seed=cfg.seed, init_scheme=cfg.init_scheme,
             from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None,
         )
     start, stop = cfg.features if cfg.features else (0, None)
@@ -177,6 +177,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, features: list[int] | No
     sae = models.load_sae(d.sae) if d.sae else None
     if model is None:
         model = models.load_model(d.model, random_init=d.random_init, seed=d.seed,
+                                  init_scheme=d.config.get("init_scheme", "init"),
                                   from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None)
     patcher = behaviour.Patcher(model, d.hook, sae)
     if not d.config.get("prepend_bos", True):
