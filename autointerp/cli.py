@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from autointerp import __version__, render, store
-from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
+from autointerp.config import RANDOM_INIT_SCHEMES, BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
 from autointerp.errors import AutointerpError, is_bad_input
 from autointerp.types import ProgressEvent
 
@@ -495,7 +495,7 @@ def behaviour_cmd(db: str, dictionary_id: int | None, feature_range: tuple[int, 
 @main.command()
 @click.option("--like", "like_id", type=int, required=True, help="The trained dictionary to copy.")
 @click.option("--seed", "init_seed", type=int, default=None, help="Seed of the random initialisation (default: the dictionary's).")
-@click.option("--scheme", default="init", show_default=True,
+@click.option("--scheme", type=click.Choice(list(RANDOM_INIT_SCHEMES)), default="init", show_default=True,
               help="How the weights are randomised: init (the architecture's initialisation), or a "
                    "re-randomisation that keeps each trained tensor's scale (see the README).")
 @click.option("--sae", "control_sae", default=None,

@@ -8,6 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The random-init control's schemes (models.INIT_SCHEMES builds them; Heap et al. 2025, arXiv 2501.17727).
+RANDOM_INIT_SCHEMES: dict[str, str] = {
+    "init": "the architecture's initialisation (TransformerLens's), like the paper's untrained Step-0 model",
+    "rerandomised": "every parameter tensor replaced by Gaussian noise with that tensor's trained mean and std",
+    "rerandomised-keep-embeddings": "as rerandomised, but the trained embeddings, positions and unembedding are kept",
+}
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -34,6 +41,8 @@ class CollectConfig(Frozen):
     threshold: float = Field(0.0, description="a token is 'active' when its activation exceeds this")
     features: tuple[int, int] | None = Field(None, description="collect only features [start, stop) of the hook or SAE")
     random_init: bool = Field(False, description="collect on a freshly initialised copy of the model (seeded by `seed`)")
+    init_scheme: str = Field("init", description="how random_init makes the copy: "
+                             + "; ".join(f"{k}: {v}" for k, v in RANDOM_INIT_SCHEMES.items()))
 
     @model_validator(mode="after")
     def _check(self) -> CollectConfig:
@@ -44,6 +53,10 @@ class CollectConfig(Frozen):
             )
         if self.features is not None and not (0 <= self.features[0] < self.features[1]):
             raise ValueError(f"features range {self.features} is empty or negative; use START:STOP with START < STOP")
+        if self.init_scheme not in RANDOM_INIT_SCHEMES:
+            raise ValueError(f"unknown init_scheme '{self.init_scheme}'; use one of: {', '.join(RANDOM_INIT_SCHEMES)}")
+        if self.init_scheme != "init" and not self.random_init:
+            raise ValueError(f"init_scheme '{self.init_scheme}' needs random_init: it says how to randomise the model")
         return self
 
     @property
@@ -52,8 +65,10 @@ class CollectConfig(Frozen):
         return 2 * self.n_quantiles * self.per_quantile
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the result (batch size does not)."""
-        return self.model_dump(exclude={"batch_size"})
+        """The fields that decide the result (batch size does not). The default init_scheme is left out,
+        so configs written before the field existed keep their hash."""
+        exclude = {"batch_size"} | ({"init_scheme"} if self.init_scheme == "init" else set())
+        return self.model_dump(exclude=exclude)
 
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)

@@ -3,7 +3,9 @@ the hooks that read features out of them. The only module that imports torch, tr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import importlib.util
 import os
 import re
@@ -118,9 +120,10 @@ def _from_hub(name: str, from_pretrained_kwargs: dict[str, Any]) -> HookedTransf
 
 
 def load_model(
-    name: str, *, random_init: bool = False, seed: int = 0, from_pretrained_kwargs: dict[str, Any] | None = None
+    name: str, *, random_init: bool = False, seed: int = 0, init_scheme: str = "init",
+    from_pretrained_kwargs: dict[str, Any] | None = None,
 ) -> HookedTransformer:
-    """A HookedTransformer for `name`; with random_init, the same architecture freshly initialised (seeded)."""
+    """A HookedTransformer for `name`; with random_init, a random copy made by `init_scheme` (seeded)."""
     if name == OFFLINE_MODEL:
         model = _from_local_hf_dir(offline_hf_dir())
     elif Path(name).is_dir():
@@ -130,16 +133,70 @@ def load_model(
     else:
         model = _from_hub(name, from_pretrained_kwargs or {})
     if random_init:
-        model = random_init_copy(model, seed)
+        model = random_init_copy(model, seed, init_scheme)
     model.eval()
     return model
 
 
-def random_init_copy(model: HookedTransformer, seed: int) -> HookedTransformer:
-    """Same config and tokenizer, weights drawn afresh from TransformerLens's initialisation with `seed`."""
+def _architecture_init(model: HookedTransformer, seed: int) -> HookedTransformer:
     cfg = dataclasses.replace(model.cfg, seed=seed, init_weights=True)
     torch.manual_seed(seed)
-    fresh = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)
+    return HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)
+
+
+# Heap et al.'s code treats every parameter whose name contains "embed" as an embedding; in
+# TransformerLens those are the token embedding, the learned positions and the unembedding.
+EMBEDDING_MODULES = ("embed", "pos_embed", "unembed")
+
+
+def _rerandomised(model: HookedTransformer, seed: int, keep_embeddings: bool) -> HookedTransformer:
+    fresh = copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})  # share the tokenizer
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in fresh.named_parameters():  # a fixed order: the same seed gives the same weights
+            if keep_embeddings and name.split(".")[0] in EMBEDDING_MODULES:
+                continue
+            trained = p.detach().double()
+            mean = trained.mean()
+            std = trained.std() if trained.numel() > 1 else torch.zeros((), dtype=torch.float64)
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.copy_((noise * std + mean).to(p.dtype))
+    return fresh
+
+
+INIT_SCHEMES: dict[str, Callable[[HookedTransformer, int], HookedTransformer]] = {
+    "init": _architecture_init,
+    "rerandomised": functools.partial(_rerandomised, keep_embeddings=False),
+    "rerandomised-keep-embeddings": functools.partial(_rerandomised, keep_embeddings=True),
+}
+
+
+def random_init_copy(model: HookedTransformer, seed: int, scheme: str = "init") -> HookedTransformer:
+    """Same config and tokenizer, random weights made by `scheme` with `seed` (the model is not changed).
+
+    The schemes (config.RANDOM_INIT_SCHEMES; Heap et al. 2025, arXiv 2501.17727, "Sparse
+    Autoencoders Can Interpret Randomly Initialized Transformers"):
+
+    - ``init``: the architecture's initialisation as TransformerLens implements it (the role of the
+      paper's "Step-0" model, Pythia's checkpoint before training, for models without such a checkpoint).
+    - ``rerandomised`` (the paper's re-randomised model, embeddings included): every parameter tensor
+      replaced by i.i.d. Gaussian noise with that tensor's trained mean and standard deviation, so each
+      tensor keeps its scale and offset but none of its structure.
+    - ``rerandomised-keep-embeddings`` (re-randomised, embeddings excluded): the same, except the token
+      embedding W_E, learned positions W_pos (if any) and the unembedding W_U, b_U stay the trained ones,
+      as in the paper's code, which skips every parameter named "embed" (Pythia's embed_in and embed_out).
+
+    Norm layers: LayerNorm / RMSNorm gains and biases are re-randomised like every other tensor, with
+    their own trained mean and std (the paper's code re-randomises layer norms by default and its
+    training script keeps that default); a gain of trained mean 1.1 and std 0.05 stays near 1.1.
+    A one-element tensor has no std and gets its trained value. Buffers (masks, rotary tables) are
+    not parameters and are kept.
+    """
+    try:
+        build = INIT_SCHEMES[scheme]
+    except KeyError:
+        raise AutointerpError(f"unknown random-init scheme '{scheme}'; known: {', '.join(INIT_SCHEMES)}") from None
+    fresh = build(model, seed)
     fresh.eval()
     return fresh
 

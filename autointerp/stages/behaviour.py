@@ -89,6 +89,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
     sae = models.load_sae(d.sae) if d.sae else None
     if model is None:
         model = models.load_model(d.model, random_init=d.random_init, seed=d.seed,
+                                  init_scheme=d.config.get("init_scheme", "init"),
                                   from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None)
     patcher = behaviour.Patcher(model, d.hook, sae)
     bos = model.tokenizer.bos_token_id

@@ -88,7 +88,7 @@ def collect_stage(
         hook = DEFAULT_HOOK
     if model is None:
         model = models.load_model(
-            cfg.model, random_init=cfg.random_init, seed=cfg.seed,
+            cfg.model, random_init=cfg.random_init, seed=cfg.seed, init_scheme=cfg.init_scheme,
             from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None,
         )
     start, stop = cfg.features if cfg.features else (0, None)

@@ -77,10 +77,7 @@ def control_config(db: str | Path, like_id: int, seed: int | None = None, scheme
     fields = set(CollectConfig.model_fields)
     settings = {k: v for k, v in d.config.items() if k in fields}
     settings.update(random_init=True, seed=d.seed if seed is None else seed, sae=sae if d.kind == "sae" else None)
-    if "init_scheme" in fields:
-        settings["init_scheme"] = scheme
-    elif scheme != "init":
-        raise AutointerpError(f"unknown initialisation scheme {scheme!r}")
+    settings["init_scheme"] = scheme
     if settings.get("features") is not None:
         settings["features"] = tuple(settings["features"])
     return CollectConfig(**settings)
