@@ -1,78 +1,150 @@
-"""A static HTML report: one file, plots embedded as PNG, no server, no network."""
+"""A static HTML report: one file, plots embedded as PNG, no server, no network.
+
+The data come from named reads in `autointerp.store`; the page is the jinja2 template
+templates/report.html.j2, rendered with autoescape on (labels and tokens are text, never markup).
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
+from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
+
+from autointerp import store
+from autointerp.compare import describe
+from autointerp.stages.label import CONSTANT, SHUFFLED
+from autointerp.store import DictionaryRow, LabelScores
 
 SCORE_METHODS = ("correlation_top_random", "correlation_random", "explained_variance", "detection", "fuzzing",
                  "behaviour", "behaviour_kl")
+SUMMARY_COLUMNS = ["dictionary_id", "init_scheme", "explainer", "simulator", "labels", "failed", "failed_scores",
+                   "mean_correlation_top_random", "mean_correlation_top_random_margin", "mean_explained_variance",
+                   "mean_detection", "mean_fuzzing", "mean_behaviour", "mean_behaviour_margin",
+                   "behaviour_captured"]
+N_CONTEXTS = 3
 
 
-def _png(fig: Any) -> str:
+@dataclass(frozen=True)
+class Plot:
+    """A PNG as a data URI (marked safe: made here, never from stored text), or why there is none."""
+
+    uri: Markup | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Span:
+    token: str
+    alpha: float
+    act: float
+
+
+@dataclass(frozen=True)
+class Example:
+    tag: str
+    feature: int
+    correlation: float
+    label: str
+    contexts: list[list[Span]]
+
+
+@dataclass(frozen=True)
+class TableView:
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    did: int
+    model: str
+    hook: str
+    kind: str
+    n_features: int
+    n_tokens: int | None
+    compared: list[str]
+    summary: TableView
+    histograms: Plot
+    behaviour_scatter: Plot
+    baseline_scatter: Plot
+    examples: list[Example] = field(default_factory=list)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if not np.isfinite(v) else f"{v:.3f}"
+    return "" if v is None else str(v)
+
+
+def _view(columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any]]) -> TableView:
+    return TableView(list(columns), [[_cell(v) for v in r] for r in rows])
+
+
+def _label_kind(explainer: str) -> tuple[int, str, int, str]:
+    """Sort key and kind of a summary row: each LLM explainer, then the null labels made from its labels
+    (shuffled), then the constant null label, then the token-lookup baseline."""
+    if explainer.startswith(SHUFFLED):
+        return 0, explainer.removeprefix(SHUFFLED), 1, f"null: shuffled labels of {explainer.removeprefix(SHUFFLED)}"
+    if explainer == CONSTANT:
+        return 1, "", 0, "null: constant label"
+    if explainer.startswith("baseline:"):
+        return 2, explainer, 0, "baseline"
+    return 0, explainer, 0, "LLM labels"
+
+
+def _summary(table: store.Table) -> TableView:
+    i = table.columns.index("explainer")
+    rows = sorted(table.rows, key=lambda r: (r[0], _label_kind(r[i])[:3], tuple(map(str, r))))
+    cols = [*table.columns[: i + 1], "labels_are", *table.columns[i + 1:]]
+    return _view(cols, [[*r[: i + 1], _label_kind(r[i])[3], *r[i + 1:]] for r in rows])
+
+
+def _png(fig: Any) -> Plot:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="plot" class="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return Plot(uri=Markup("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")))
 
 
-def _table(columns: list[str], rows: list[tuple], cls: str = "") -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if not np.isfinite(v) else f"{v:.3f}"
-        return html.escape("" if v is None else str(v))
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _highlight(tokens: list[str], acts: list[float], scale: float) -> str:
-    spans = []
-    for t, a in zip(tokens, acts, strict=True):
-        alpha = max(0.0, min(1.0, a / scale)) if scale > 0 else 0.0
-        spans.append(f'<span style="background: rgba(34,139,34,{alpha:.2f})" title="{a:.3f}">'
-                     f"{html.escape(t).replace(chr(10), '↵')}</span>")
-    return '<div class="ctx">' + "".join(spans) + "</div>"
-
-
-def _histograms(scores: dict[int, dict[str, list[float]]], names: dict[int, str]) -> str:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in SCORE_METHODS if any(scores[d].get(m) for d in scores)]
+    return plt
+
+
+def _histograms(series: dict[str, dict[str, list[float | None]]]) -> Plot:
+    methods = [m for m in SCORE_METHODS if any(per.get(m) for per in series.values())]
     if not methods:
-        return "<p>No scores yet.</p>"
+        return Plot(note="No scores yet.")
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 2.6), squeeze=False)
     for ax, m in zip(axes[0], methods, strict=True):
-        for d, per in scores.items():
+        for name, per in series.items():
             values = [v for v in per.get(m, []) if v is not None and np.isfinite(v)]
             if values:
-                ax.hist(values, bins=20, alpha=0.55, label=names[d])
+                ax.hist(values, bins=20, alpha=0.5, label=name)
         ax.set_title(m, fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
     return _png(fig)
 
 
-def _scatter(x: list[float | None], y: list[float | None], xlabel: str, ylabel: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _scatter(x: list[float | None], y: list[float | None], xlabel: str, ylabel: str) -> Plot:
     pts = [(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None
            and np.isfinite(a) and np.isfinite(b)]
     if len(pts) < 2:
-        return f"<p>Not enough features with both {html.escape(xlabel)} and {html.escape(ylabel)}.</p>"
+        return Plot(note=f"Not enough features with both {xlabel} and {ylabel}.")
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(3.6, 3.0))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, alpha=0.7)
     ax.set_xlabel(xlabel, fontsize=8)
@@ -81,79 +153,80 @@ def _scatter(x: list[float | None], y: list[float | None], xlabel: str, ylabel: 
     return _png(fig)
 
 
+def _spans(tokens: list[str], acts: list[float], scale: float) -> list[Span]:
+    return [Span(t.replace("\n", "↵"), max(0.0, min(1.0, a / scale)) if scale > 0 else 0.0, a)
+            for t, a in zip(tokens, acts, strict=True)]
+
+
+def _examples(con: Any, did: int, llm: dict[int, LabelScores], n_best: int) -> list[Example]:
+    ranked = sorted((f for f in llm if llm[f].values["correlation_top_random"] is not None),
+                    key=lambda f: -(llm[f].values["correlation_top_random"] or 0.0))
+    picks = [("best", f) for f in ranked[:n_best]] + [("worst", f) for f in ranked[-n_best:][::-1]
+                                                       if f not in ranked[:n_best]]
+    out = []
+    for tag, f in picks:
+        stats = store.feature_stats(con, did, f)
+        max_act = float(stats["max_act"]) if stats else 0.0
+        tops = [c for c in store.feature_contexts(con, did, f) if c.split == "explain" and c.kind == "top"]
+        out.append(Example(tag, f, llm[f].values["correlation_top_random"] or 0.0, llm[f].label or "",
+                           [_spans(c.tokens, c.acts, max_act) for c in sorted(tops, key=lambda c: c.rank)[:N_CONTEXTS]]))
+    return out
+
+
+def _section(con: Any, d: DictionaryRow, controls: list[DictionaryRow], n_best: int) -> Section:
+    group = [d, *controls]
+    names = {g.dictionary_id: f"dictionary {g.dictionary_id} ({describe(g)})" for g in group}
+    labels = store.label_scores(con, SCORE_METHODS, [g.dictionary_id for g in group])
+    series: dict[str, dict[str, list[float | None]]] = {}
+    llm: dict[int, LabelScores] = {}
+    base: dict[int, LabelScores] = {}
+    for rec in labels:
+        if rec.explainer.startswith("baseline:"):
+            if rec.dictionary_id == d.dictionary_id:
+                base[rec.feature] = rec
+            continue
+        if rec.null_kind is None:
+            name = names[rec.dictionary_id]
+            if rec.dictionary_id == d.dictionary_id:
+                llm[rec.feature] = rec
+        elif rec.null_kind == "shuffled":
+            name = f"{names[rec.dictionary_id]}, shuffled-label null"
+        else:
+            continue  # one constant label per feature: its scores are the null's floor, shown in the table
+        per = series.setdefault(name, {})
+        for m in SCORE_METHODS:
+            per.setdefault(m, []).append(rec.values[m])
+    feats = sorted(llm)
+    return Section(
+        did=d.dictionary_id, model=d.model, hook=d.hook, kind=d.kind, n_features=d.n_features, n_tokens=d.n_tokens,
+        compared=[names[c.dictionary_id] for c in controls],
+        summary=_summary(store.summary_table(con, [g.dictionary_id for g in group], SUMMARY_COLUMNS)),
+        histograms=_histograms(series),
+        behaviour_scatter=_scatter([llm[f].values["correlation_top_random"] for f in feats],
+                                   [llm[f].values["behaviour"] for f in feats], "correlation_top_random", "behaviour"),
+        baseline_scatter=_scatter([base[f].values["correlation_top_random"] if f in base else None for f in feats],
+                                  [llm[f].values["correlation_top_random"] for f in feats],
+                                  "token-lookup baseline correlation", "LLM label correlation"),
+        examples=_examples(con, d.dictionary_id, llm, n_best))
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("autointerp", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
 def build(con: Any, dictionary_ids: list[int] | None = None, n_best: int = 5) -> str:
     """The report as one HTML string, read from an open (read-only) store connection."""
-    dicts = con.execute("SELECT dictionary_id, model, hook, kind, random_init, seed, n_tokens, n_features "
-                        "FROM dictionaries WHERE status = 'complete' ORDER BY dictionary_id").fetchall()
+    dicts = [d for d in store.list_dictionaries(con) if d.status == "complete"]
     if dictionary_ids:
-        dicts = [d for d in dicts if d[0] in dictionary_ids]
+        dicts = [d for d in dicts if d.dictionary_id in dictionary_ids]
     sections = []
-    for did, model, hook, kind, random_init, _seed, n_tokens, n_features in dicts:
-        if random_init and any(not d[4] and d[1] == model and d[2] == hook for d in dicts):
+    for d in dicts:
+        same_site = [c for c in dicts if c.model == d.model and c.hook == d.hook and c.dictionary_id != d.dictionary_id]
+        if d.random_init and any(not c.random_init for c in same_site):
             continue  # shown beside its trained dictionary
-        group = [did] + [d[0] for d in dicts if d[4] and d[1] == model and d[2] == hook and d[0] != did]
-        names = {g: f"dictionary {g}" + (" (random init)" if g != did or random_init else " (trained)") for g in group}
-        rows = con.execute(
-            f"SELECT dictionary_id, explainer, feature, {', '.join(SCORE_METHODS)}, label FROM labels "
-            f"WHERE dictionary_id IN ({', '.join('?' * len(group))}) AND status = 'ok'", group).fetchall()
-        scores: dict[int, dict[str, list[float]]] = {g: {} for g in group}
-        llm: dict[int, dict[str, Any]] = {}
-        base: dict[int, dict[str, Any]] = {}
-        for r in rows:
-            rec = dict(zip(("dictionary_id", "explainer", "feature", *SCORE_METHODS, "label"), r, strict=True))
-            if not rec["explainer"].startswith("baseline:"):
-                for m in SCORE_METHODS:
-                    scores[rec["dictionary_id"]].setdefault(m, []).append(rec[m])
-                if rec["dictionary_id"] == did:
-                    llm[rec["feature"]] = rec
-            elif rec["dictionary_id"] == did:
-                base[rec["feature"]] = rec
-        summary_cols = ["dictionary_id", "explainer", "labels", "failed", "mean_correlation_top_random",
-                        "mean_explained_variance", "mean_detection", "mean_fuzzing", "mean_behaviour",
-                        "behaviour_captured"]
-        summary = con.execute(f"SELECT {', '.join(summary_cols)} FROM dictionary_summary "
-                              f"WHERE dictionary_id IN ({', '.join('?' * len(group))}) ORDER BY 1, 2", group).fetchall()
-        ranked = sorted((f for f in llm if llm[f]["correlation_top_random"] is not None),
-                        key=lambda f: -llm[f]["correlation_top_random"])
-        picks = [("best", f) for f in ranked[:n_best]] + [("worst", f) for f in ranked[-n_best:][::-1]
-                                                           if f not in ranked[:n_best]]
-        examples = []
-        for tag, f in picks:
-            max_act = con.execute("SELECT max_act FROM features WHERE dictionary_id = ? AND feature = ?",
-                                  [did, f]).fetchone()[0]
-            ctxs = con.execute("SELECT tokens, acts FROM contexts WHERE dictionary_id = ? AND feature = ? "
-                               "AND split = 'explain' AND kind = 'top' ORDER BY rank LIMIT 3", [did, f]).fetchall()
-            examples.append(
-                f'<div class="feature"><h4>{tag}: feature {f}, correlation '
-                f'{llm[f]["correlation_top_random"]:.3f}: {html.escape(llm[f]["label"] or "")}</h4>'
-                + "".join(_highlight(t, a, max_act) for t, a in ctxs) + "</div>")
-        feats = sorted(llm)
-        sections.append(
-            f"<section><h2>{html.escape(model)} · {html.escape(hook)} · {kind} · dictionary {did}</h2>"
-            f"<p>{n_features:,} features over {n_tokens:,} tokens; compared with: "
-            f"{', '.join(names[g] for g in group[1:]) or 'no random-init control yet'}.</p>"
-            + _table(summary_cols, summary, "summary")
-            + "<h3>Score distributions, LLM labels (trained beside control)</h3>" + _histograms(scores, names)
-            + '<div class="row">'
-            + "<div><h3>Correlation against behaviour</h3>"
-            + _scatter([llm[f]["correlation_top_random"] for f in feats], [llm[f]["behaviour"] for f in feats],
-                       "correlation_top_random", "behaviour") + "</div>"
-            + "<div><h3>Baseline against LLM labels</h3>"
-            + _scatter([base[f]["correlation_top_random"] if f in base else None for f in feats],
-                       [llm[f]["correlation_top_random"] for f in feats],
-                       "token-lookup baseline correlation", "LLM label correlation") + "</div></div>"
-            + "<h3>Best and worst features</h3>" + ("".join(examples) or "<p>No scored LLM labels yet.</p>")
-            + "</section>")
-    cost = con.execute("SELECT role, model, count(*) AS calls, count(*) FILTER (status = 'error') AS errors, "
-                       "sum(prompt_tokens), sum(completion_tokens), sum(cost_usd) FROM llm_calls "
-                       "GROUP BY ALL ORDER BY ALL").fetchall()
-    cost_html = _table(["role", "model", "calls", "errors", "prompt_tokens", "completion_tokens", "cost_usd"], cost,
-                       "cost")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}.ctx{font-family:monospace;font-size:12px;"
-             "white-space:pre-wrap;margin:4px 0;padding:4px;border:1px solid #eee}.row{display:flex;gap:2em}"
-             ".plot{max-width:100%}")
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>autointerp report</title>"
-            f"<style>{style}</style></head><body><h1>autointerp report</h1>"
-            + ("".join(sections) or "<p>No complete dictionary.</p>")
-            + "<h2>LLM cost and tokens</h2>" + cost_html + "</body></html>")
+        controls = [c for c in same_site if c.random_init]
+        sections.append(_section(con, d, controls, n_best))
+    usage = store.llm_usage(con)
+    return _environment().get_template("report.html.j2").render(
+        sections=sections, usage=_view(usage.columns, usage.rows))

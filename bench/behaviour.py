@@ -12,7 +12,6 @@ forward pass of those contexts. Labels here are the baseline's (no LLM needed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -24,23 +23,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autointerp import models, store  # noqa: E402
-from autointerp.config import CollectConfig, LabelConfig  # noqa: E402
-from autointerp.stages.behaviour import behaviour_stage
+from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig  # noqa: E402
+from autointerp.stages.behaviour import behaviour_stage  # noqa: E402
 from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.label import LabelBatch  # noqa: E402
+from autointerp.stages.label import label_stage  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", type=int, default=16)
     ap.add_argument("--hook", default="blocks.6.mlp.hook_post")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--n-tokens", type=int, default=16_000)
     ap.add_argument("--out", default="bench/results/behaviour.json")
     args = ap.parse_args()
     model = models.load_model(models.OFFLINE_MODEL)
     db = Path(tempfile.mkdtemp()) / "b.duckdb"
-    collect_stage(db, CollectConfig(hook=args.hook, n_tokens=16_000, ctx_len=64), model=model)
-    cfg = LabelConfig(judge=False)
-    asyncio.run(LabelBatch(db, 1, cfg, None, list(range(args.features)), True, True).run())
+    collect_stage(db, CollectConfig(hook=args.hook, n_tokens=args.n_tokens, ctx_len=64), model=model)
+    # No LLM session: only the token-lookup baseline labels and scores the features.
+    label_stage(db, 1, list(range(args.features)), LabelConfig(judge=False, null_samples=0), None)
     with store.open_store(db, read_only=True) as con:
         seqs = con.execute("SELECT DISTINCT s.feature, q.token_ids FROM simulations s JOIN sequences q "
                            "ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq WHERE s.purpose = 'scoring'"
@@ -55,7 +56,7 @@ def main() -> None:
             model(torch.tensor(batch))
     bare = (time.perf_counter() - start) / len(per_feature)
     start = time.perf_counter()
-    out = behaviour_stage(db, 1, model=model)
+    out = behaviour_stage(db, 1, BehaviourConfig(n_boot=args.n_boot), model=model)
     elapsed = (time.perf_counter() - start) / max(out.features, 1)
     n_ctx = sum(len(v) for v in per_feature.values()) / len(per_feature)
     rows = {"features": out.features, "contexts_per_feature": n_ctx, "explanations_per_feature": 1,

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import subprocess
@@ -27,11 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from autointerp import explain, prompts, simulate  # noqa: E402
-from autointerp.config import CollectConfig, LabelConfig  # noqa: E402
-from autointerp.llm import Budget, OpenAICompatibleClient  # noqa: E402
+from autointerp.config import CollectConfig, LabelConfig, LLMConfig  # noqa: E402
 from autointerp.models import load_model  # noqa: E402
 from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.label import LabelBatch, scoring_contexts  # noqa: E402
+from autointerp.stages.label import label_stage, open_llm, scoring_contexts  # noqa: E402
 from autointerp.store import open_store, read_feature_contexts  # noqa: E402
 from tests.helpers import make_model_dir, write_corpus  # noqa: E402
 
@@ -50,10 +48,12 @@ def server_process(latency: float):
 
 def run_batch(db: Path, url: str, features: list[int], concurrency: int) -> tuple[float, float, float]:
     """(features/s, our process's CPU seconds per feature, requests per feature)."""
-    cfg = LabelConfig(explainer_model="e", simulator_model="s", concurrency=concurrency, baseline=False)
-    client = OpenAICompatibleClient([url], None, timeout_s=30, budget=Budget())
+    llm_cfg = LLMConfig(base_urls=(url,), explainer_model="e", simulator_model="s", concurrency=concurrency,
+                        timeout_s=30)
+    cfg = LabelConfig(baseline=False, null_samples=0)
     start, cpu = time.perf_counter(), time.process_time()
-    progress = asyncio.run(LabelBatch(db, 1, cfg, client, features, True, True).run())
+    with open_llm(llm_cfg) as session:
+        progress = label_stage(db, 1, features, cfg, session, concurrency=concurrency)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert progress.scored == len(features), progress
     with open_store(db, read_only=True) as con:

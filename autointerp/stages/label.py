@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -157,6 +158,9 @@ class LabelBatch:
         self.on_progress = on_progress
         self.progress = Progress()
         self._pending: list[store.Bundle] = []
+        # Cancelling the writer task does not stop a flush already running in its thread: the final
+        # flush waits for it, else both write the same bundles (a duplicate explanation_id).
+        self._flush_lock = threading.Lock()
         self.explain_hash = prompts.templates_hash(*explain.EXPLAIN_TEMPLATES)
         templates = simulate.SIM_TEMPLATES if cfg.simulator_mode == "echo" else simulate.CHAT_TEMPLATES
         if cfg.judge:
@@ -304,12 +308,13 @@ class LabelBatch:
 
     def _flush(self) -> None:
         # Bundles leave the pending list only once written: a failed write loses nothing.
-        n = len(self._pending)
-        if n == 0:
-            return
-        with store.open_store(self.db, wait_s=600) as con:
-            store.write_bundles(con, self._pending[:n])
-        del self._pending[:n]
+        with self._flush_lock:
+            n = len(self._pending)
+            if n == 0:
+                return
+            with store.open_store(self.db, wait_s=600) as con:
+                store.write_bundles(con, self._pending[:n])
+            del self._pending[:n]
 
     async def run(self) -> Progress:
         jobs = await asyncio.to_thread(self._jobs)

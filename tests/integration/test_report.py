@@ -17,11 +17,18 @@ from autointerp.config import BehaviourConfig, CollectConfig
 from autointerp.stages.behaviour import behaviour_stage
 from autointerp.stages.collect import collect_stage
 from tests.helpers import TINY_COLLECT, copy_db, run_label
-from tests.llm_server import LoopbackLLM
-from tests.unit.test_labelling import good_script
+from tests.llm_server import LoopbackLLM, Reply
+from tests.unit.test_labelling import LABEL, good_script
 
 pytestmark = pytest.mark.integration
 SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "bench" / "results"
+# An explainer's label is text, never markup: the report must show it escaped, not run it.
+HOSTILE_LABEL = 'digits <script>alert("x")</script> and numbers'
+
+
+def hostile_script(path: str, request: dict) -> Reply:
+    reply = good_script(path, request)
+    return Reply(content=HOSTILE_LABEL) if reply.content == LABEL else reply
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,7 @@ def labelled_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file, colle
     db = copy_db(collected_db, tmp_path_factory.mktemp("report") / "r.duckdb")
     collect_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), random_init=True,
                                     **TINY_COLLECT), model=random_init_copy(tiny_model, 0))
-    with LoopbackLLM(good_script) as llm:
+    with LoopbackLLM(hostile_script) as llm:
         for did in (1, 2):
             run_label(db, llm.base_url, list(range(12)), dictionary_id=did, n_boot=100, null_samples=6)
     behaviour_stage(db, 1, BehaviourConfig(n_boot=100), model=tiny_model)
@@ -74,11 +81,29 @@ def test_report_opens_in_headless_chromium(tmp_path, labelled_db):
         assert driver.find_elements("css selector", "table.summary tbody tr")
         assert driver.find_elements("css selector", "table.cost tbody tr")
         assert driver.find_elements("css selector", "div.ctx span")
-        assert "dictionary 2 (random init)" in driver.page_source
+        assert "dictionary 2 (random init: init, seed 0)" in driver.page_source
+        # Null labels sit beside the real ones in the summary.
+        kinds = {td.text for td in driver.find_elements("css selector", "table.summary tbody td")}
+        assert {"LLM labels", "null: shuffled labels of m-explain", "null: constant label", "baseline"} <= kinds
+        # The label with a <script> in it is shown as text: no script element, the literal text on the page.
+        assert driver.find_elements("css selector", "script") == []
+        shown = [e.text for e in driver.find_elements("css selector", "h4 span.label")]
+        assert shown and all(t == HOSTILE_LABEL for t in shown)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(SCREENSHOTS / "report.png"))
     finally:
         driver.quit()
+
+
+def test_report_escapes_stored_text(labelled_db):
+    from autointerp import report
+    from autointerp.store import open_store
+
+    with open_store(labelled_db, read_only=True) as con:
+        page = report.build(con)
+    assert "<script" not in page
+    assert 'digits &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; and numbers' in page
+    assert page.count('src="data:image/png;base64,') >= 3  # the plots, marked safe, are not escaped
 
 
 def test_exports_read_back(tmp_path, labelled_db):
