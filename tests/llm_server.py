@@ -77,11 +77,15 @@ Script = Callable[[str, dict[str, Any]], Reply]  # (path, request json) -> reply
 
 
 class LoopbackLLM:
-    """Start with `with LoopbackLLM(script) as llm:`; `llm.base_url` is the endpoint; `llm.requests` the log."""
+    """Start with `with LoopbackLLM(script) as llm:`; `llm.base_url` is the endpoint; `llm.requests` the log,
+    `llm.headers` each request's headers, lower-cased names (same order). With `api_key`, a request whose Authorization is not
+    `Bearer <api_key>` gets 401, as OpenAI answers it, and never reaches the script."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, api_key: str | None = None):
         self.script = script
+        self.api_key = api_key
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         outer = self
 
@@ -100,6 +104,11 @@ class LoopbackLLM:
                 request = json.loads(self.rfile.read(length) or b"{}")
                 with outer._lock:
                     outer.requests.append((self.path, request))
+                    outer.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if outer.api_key is not None and self.headers.get("Authorization") != f"Bearer {outer.api_key}":
+                    self._send(401, b'{"error": {"message": "Incorrect API key provided", "type": '
+                               b'"invalid_request_error", "code": "invalid_api_key"}}', {})
+                    return
                 reply = outer.script(self.path, request)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)

@@ -379,7 +379,11 @@ class LabelBatch:
 
     def _load(self, features: list[int]) -> dict[int, FeatureContexts]:
         with store.open_store(self.db, wait_s=600) as con:
-            return store.read_feature_contexts(con, self.dictionary_id, features)
+            try:
+                return store.read_feature_contexts(con, self.dictionary_id, features)
+            except Exception as exc:
+                raise AutointerpError(f"could not read the contexts of features {features[0]}..{features[-1]} "
+                                      f"of dictionary {self.dictionary_id} from {self.db}: {exc}") from exc
 
     def _report(self) -> None:
         budget = getattr(self.session.client, "budget", None) if self.session else None
