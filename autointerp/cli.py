@@ -302,7 +302,7 @@ def llm_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--explainer-model", default=None, help="Explainer model name at the endpoint."),
         click.option("--simulator-model", default=None, help="Simulator model name at the endpoint."),
         click.option("--simulator-mode", type=click.Choice(["echo", "chat"]), default="echo", show_default=True,
-                     help="echo: prompt logprobs, one request per feature; chat: JSON answers (no echo needed)."),
+                     help="echo: prompt logprobs, one request per context; chat: JSON answers (no echo needed)."),
         click.option("--concurrency", type=int, default=8, show_default=True, help="Requests in flight."),
         click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Per-request timeout, s."),
         click.option("--max-attempts", type=int, default=6, show_default=True, help="Tries per request."),

@@ -66,7 +66,7 @@ class LabelConfig(Frozen):
     explainer_model: str = Field("smollm2-135m-instruct", description="model name sent to the explainer endpoint")
     simulator_model: str = Field("smollm2-135m-instruct", description="model name sent to the simulator endpoint")
     simulator_mode: str = Field("echo", pattern="^(echo|chat)$",
-                                description="echo: one completions request per feature with prompt logprobs; "
+                                description="echo: one completions request per context with prompt logprobs; "
                                             "chat: JSON answers, for endpoints without echo")
     concurrency: int = Field(8, gt=0, le=1024, description="requests in flight at once")
     timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
