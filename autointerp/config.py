@@ -79,7 +79,8 @@ class LabelConfig(Frozen):
     """What `autointerp explain`, `score` and `run` do after collection."""
 
     simulator_mode: Literal["echo", "chat"] = Field(
-        "echo", description="echo: completions with prompt logprobs; chat: JSON answers, for endpoints without echo")
+        "echo", description="echo: completions with prompt logprobs, one request per context; chat: JSON answers, "
+        "for endpoints without echo")
     n_explain_top: int = Field(10, ge=0, description="explain-split top contexts shown to the explainer", json_schema_extra={"flag": "explain-top"})
     n_explain_quantile: int = Field(10, ge=0, description="explain-split quantile contexts shown to the explainer", json_schema_extra={"flag": "explain-quantile"})
     max_reasks: int = Field(2, ge=0, le=10, description="re-asks after an unusable explainer reply")

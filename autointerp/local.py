@@ -4,14 +4,13 @@ Chat (the explainer) goes over real HTTP to `llama_cpp.server`, started on 127.0
 exit, also on Ctrl-C and errors. Prompt logprobs (the all-at-once simulator) are computed in-process
 with `llama_cpp.Llama(logits_all=True)`: the server's echo path sorts the whole 49k vocabulary in
 Python for every prompt token (~17 tokens/s), while reading the digit columns of the logits directly
-does ~200 tokens/s. Both sit behind the same `LLMClient` protocol as a remote endpoint.
+is limited by the forward pass. Both sit behind the same `LLMClient` protocol as a remote endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import codecs
 import contextlib
 import socket
 import subprocess
@@ -97,49 +96,87 @@ class EmbeddedLLM:
         return EmbeddedClient(http_client, InProcessLogprobs(str(smollm2_gguf_path())))
 
 
+def char_offsets(data: bytes, token_bytes: list[bytes]) -> list[int]:
+    """The character offset (in `data` decoded as UTF-8) at which each token starts; a token that
+    starts inside a multi-byte character gets that character's offset (as llama-cpp-python's server
+    reports). Raises ValueError if the tokens do not spell `data`."""
+    if b"".join(token_bytes) != data:
+        raise ValueError("the tokenizer's tokens do not spell the prompt back")
+    lead = np.frombuffer(data, dtype=np.uint8) & 0xC0 != 0x80  # first byte of each character
+    chars_before = np.concatenate([[0], np.cumsum(lead)])  # characters started before each byte
+    starts = np.cumsum([0] + [len(b) for b in token_bytes[:-1]]).astype(np.int64)
+    # a token starting on a continuation byte belongs to the character started before it
+    inside = np.array([s < len(data) and not lead[s] for s in starts], dtype=bool)
+    return (chars_before[starts] - inside).astype(int).tolist()  # type: ignore[no-any-return]
+
+
+def echo_logprobs(prompt: str, token_bytes: list[bytes], digit_logprobs: np.ndarray) -> dict[str, Any]:
+    """A completions-style logprobs object for an echoed prompt, in OpenAI's convention: tokens (each
+    the prompt text from its offset to the next, so they spell the prompt), text_offset (characters),
+    and top_logprobs[i] = the digits' logprobs for token i given the tokens before it (null for the
+    first); "aligned" says so, for `simulate.read_echo`. digit_logprobs: [n_tokens, 10], row i the distribution after token i."""
+    data = prompt.encode("utf-8", "replace")
+    offsets = char_offsets(data, token_bytes)
+    text = data.decode("utf-8", "replace")
+    tokens = [text[a:b] for a, b in zip(offsets, [*offsets[1:], len(text)], strict=True)]
+    digits = [str(d) for d in range(10)]
+    tops: list[dict[str, float] | None] = [None]
+    tops += [dict(zip(digits, row.tolist(), strict=True)) for row in digit_logprobs[:-1]]
+    return {"tokens": tokens, "text_offset": offsets, "top_logprobs": tops, "aligned": True}
+
+
 class InProcessLogprobs:
-    """Prompt logprobs of the digit tokens 0-9 at every prompt position, from llama.cpp's logits."""
+    """Prompt logprobs of the digit tokens 0-9 at every prompt position, from llama.cpp's logits.
+
+    Consecutive prompts that share a beginning (the instructions and the label, for the contexts of
+    one label) reuse its evaluation: only the tokens after the common prefix are run."""
 
     def __init__(self, model_path: str, n_ctx: int = 8192):
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=model_path, n_ctx=n_ctx, logits_all=True, verbose=False)
         self.lock = threading.Lock()
-        self.digit_ids: dict[str, int] = {}
+        self.digit_ids: list[int] = []
         for d in "0123456789":
             ids = self.llm.tokenize(d.encode(), add_bos=False, special=False)
             if len(ids) != 1:
                 raise AutointerpError(f"digit {d} is {len(ids)} tokens in this tokenizer; echo simulation needs one")
-            self.digit_ids[d] = ids[0]
+            self.digit_ids.append(ids[0])
 
     def close(self) -> None:
         with self.lock:
             self.llm.close()
 
+    def _eval(self, ids: list[int]) -> np.ndarray:
+        """Logits [len(ids), n_vocab] for the prompt ids, evaluating only what follows the common
+        prefix with the previous prompt (at least the last token)."""
+        llm = self.llm
+        common = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens].tolist(), ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        # eval() drops the KV cache from n_tokens on, so the prefix's cache and logits rows stay valid
+        # (a plain transformer: SmolLM2).
+        llm.n_tokens = min(common, len(ids) - 1)
+        llm.eval(ids[llm.n_tokens:])
+        return np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+
     def echo(self, prompt: str) -> tuple[dict[str, Any], int]:
-        """A completions-style logprobs object for the prompt, and its token count."""
+        """A completions-style logprobs object for the prompt (see `echo_logprobs`), and its token count."""
+        data = prompt.encode("utf-8", "replace")
         with self.lock:
-            ids = self.llm.tokenize(prompt.encode(), add_bos=False, special=False)
+            ids = self.llm.tokenize(data, add_bos=False, special=False)
+            if not ids:
+                raise ValueError("empty prompt")
             if len(ids) > self.llm.n_ctx():
                 raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.llm.n_ctx()}")
-            self.llm.reset()
-            self.llm.eval(ids)
-            logits = np.asarray(self.llm.scores[: len(ids)], dtype=np.float64)
-        cols = np.array(list(self.digit_ids.values()))
+            logits = self._eval(ids)
+            token_bytes = [self.llm.detokenize([t]) for t in ids]
         top = logits.max(axis=1, keepdims=True)
         log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-        digit_lp = logits[:, cols] - log_z[:, None]  # row i: the distribution of token i + 1
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        tokens, offsets, pos = [], [], 0
-        for t in ids:
-            text = decoder.decode(self.llm.detokenize([t]))
-            tokens.append(text)
-            offsets.append(pos)
-            pos += len(text)
-        digits = list(self.digit_ids)
-        tops: list[dict[str, float] | None] = [None]
-        tops += [dict(zip(digits, row.tolist(), strict=True)) for row in digit_lp[:-1]]
-        return {"tokens": tokens, "text_offset": offsets, "top_logprobs": tops}, len(ids)
+        digit_lp = logits[:, self.digit_ids].astype(np.float64) - log_z[:, None]
+        return echo_logprobs(prompt, token_bytes, digit_lp), len(ids)
 
 
 class EmbeddedClient:

@@ -1,10 +1,13 @@
 """Simulators: a label + held-out contexts + client -> predicted activations per token (0-9 scale).
 
-All at once (completions with echo and logprobs, as OpenAI's simulator): every context of a feature
-goes into one prompt with a placeholder digit after each token; the prediction at a token is the
-expected value over the digit tokens' probabilities at its placeholder. The scale is 0-9, so each
-value is a single character ("10" can be two tokens). Placeholders are found by character offset,
-so it works whatever the tokenizer does with the tab before the digit.
+Echo (completions with echo and logprobs, as OpenAI's all-at-once simulator): one request per
+context. The prompt lists the context's tokens one per line as `token<TAB>unknown`; the prediction at
+a token is the expected value over the digits 0-9 of the simulator's distribution for the text right
+after its tab, read from the echoed prompt's top_logprobs. The placeholder is a word, not a digit, so
+there is no run of values to copy, and each context sits at the same place in its own prompt, so a
+prediction cannot depend on where a context was put. Optional few-shot examples (another feature's
+tokens with their real 0-9 values) go before the scored block. The scale is 0-9 so each value is one
+character ("10" can be two tokens).
 
 Chat fallback for endpoints without echo: JSON {"activations": [...]} per context; where the
 endpoint returns top_logprobs, each generated digit is replaced by its expected value.
@@ -12,54 +15,117 @@ endpoint returns top_logprobs, each generated digit is replaced by its expected 
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from string import Template
 from typing import Any
 
 from autointerp import prompts
 from autointerp.llm import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
 from autointerp.types import Context, FailureCode
 
-SIM_TEMPLATES = ("simulate",)
-CHAT_TEMPLATES = ("simulate_chat.system", "simulate_chat.user", "reask_json")
+SIM_TEMPLATES: tuple[str, ...] = ("simulate", "simulate.block")
+CHAT_TEMPLATES: tuple[str, ...] = ("simulate_chat.system", "simulate_chat.user", "reask_json")
 DIGITS = {str(d): d for d in range(10)}
+PLACEHOLDER = "unknown"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def echo_prompt(label: str, contexts: list[list[str]]) -> tuple[str, list[list[int]]]:
-    """The prompt, and for each context the character offset of each token's placeholder digit."""
-    head, _, tail = prompts.template("simulate").partition("$rows")
-    head = head.replace("$label", prompts.escape_data(label)).lstrip("\n")
-    parts: list[str] = [head]
-    offsets: list[list[int]] = []
-    pos = len(head)
-    end = tail.strip("\n")
-    block_sep = end + "\n" + head[head.rindex("<start>"):]
-    for ci, tokens in enumerate(contexts):
-        if ci:
-            parts.append(block_sep)
-            pos += len(block_sep)
-        ctx_offsets = []
-        for t in tokens:
-            row = f"{prompts.escape_data(t)}\t"
-            ctx_offsets.append(pos + len(row))
-            row += "0\n"
-            parts.append(row)
-            pos += len(row)
-        offsets.append(ctx_offsets)
-    parts.append(end)
+@dataclass(frozen=True)
+class FewShot:
+    """A worked example shown before the scored context: another feature's tokens with their real 0-9
+    values (and its label, if known). The caller picks it from a different feature, so it cannot leak
+    the scored one."""
+
+    tokens: list[str]
+    values: list[int]
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.values):
+            raise ValueError(f"few-shot example: {len(self.tokens)} tokens, {len(self.values)} values")
+        if any(not isinstance(v, int) or not 0 <= v <= 9 for v in self.values):
+            raise ValueError("few-shot values must be integers 0-9")
+
+
+FEWSHOT_NO_LABEL = "another feature (its explanation is not shown)"
+
+
+def show(text: str) -> str:
+    """Text as it appears in a simulation prompt: escaped like every prompt's data, other control
+    characters as \\xNN, and unpaired surrogates (not encodable as UTF-8) as '?'."""
+    text = prompts.escape_data(text)
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _block(label: str) -> tuple[str, str]:
+    head, _, tail = prompts.template("simulate.block").partition("$rows")
+    return Template(head).substitute(label=show(label)), Template(tail.rstrip("\n")).substitute(label=show(label))
+
+
+def _few_shot_text(fewshot: Sequence[FewShot | tuple[list[str], list[int]]] | None) -> str:
+    parts = []
+    for ex in fewshot or ():
+        ex = ex if isinstance(ex, FewShot) else FewShot(list(ex[0]), list(ex[1]))
+        head, tail = _block(ex.label if ex.label is not None else FEWSHOT_NO_LABEL)
+        rows = "\n".join(f"{show(t)}\t{v}" for t, v in zip(ex.tokens, ex.values, strict=True))
+        parts.append(f"{head}{rows}{tail}\n\n")
+    return "".join(parts)
+
+
+def echo_prompt(label: str, tokens: list[str],
+                fewshot: Sequence[FewShot | tuple[list[str], list[int]]] | None = None) -> tuple[str, list[int]]:
+    """The prompt for one context, and for each token the character offset of its placeholder (the
+    first character after its tab)."""
+    head_t, _, tail_t = prompts.template("simulate").partition("$block")
+    head = Template(head_t).substitute(examples=_few_shot_text(fewshot))
+    block_head, block_tail = _block(label)
+    parts = [head, block_head]
+    pos = len(head) + len(block_head)
+    offsets = []
+    for i, t in enumerate(tokens):
+        row = ("\n" if i else "") + show(t) + "\t"
+        offsets.append(pos + len(row))
+        row += PLACEHOLDER
+        parts.append(row)
+        pos += len(row)
+    parts.append(block_tail + tail_t.rstrip("\n"))
     return "".join(parts), offsets
 
 
-def expected_digit(top: dict[str, float] | None) -> float:
-    """Expected value over the digit entries of a top_logprobs dict; nan if it has none."""
-    if not top:
-        return math.nan
+def _digit_sums(top: dict[str, float] | None, fragment: str = "") -> tuple[float, float]:
+    """(total probability of the digit entries, probability-weighted sum of their values)."""
     total = weighted = 0.0
-    for tok, lp in top.items():
-        d = DIGITS.get(tok.strip())
-        if d is not None and lp is not None:
+    for tok, lp in (top or {}).items():
+        if not isinstance(tok, str) or lp is None or not math.isfinite(lp):
+            continue
+        rest: str | None = tok
+        if fragment:
+            if tok.startswith(fragment):
+                rest = tok[len(fragment):]
+            elif fragment.strip():
+                rest = None
+        d = DIGITS.get(rest.strip()) if rest is not None else None
+        if d is not None:
             p = math.exp(lp)
             total += p
             weighted += p * d
+    return total, weighted
+
+
+def expected_digit(top: dict[str, float] | None, fragment: str = "") -> float:
+    """Expected value over the digit entries of a top_logprobs dict (nan if it has none).
+
+    `fragment` is the prompt text from the start of the token these logprobs are for up to the
+    placeholder, when the tokenizer merged the tab (or more) into that token: an entry then counts
+    as digit d if it is the fragment followed by d (a whitespace-only fragment also admits a bare d).
+    Entries differing from a digit only by surrounding whitespace count as that digit."""
+    total, weighted = _digit_sums(top, fragment)
     return weighted / total if total > 0 else math.nan
 
 
@@ -76,40 +142,96 @@ def _top_dicts(logprobs: dict[str, Any]) -> list[dict[str, float] | None]:
     return out
 
 
-def read_echo(logprobs: dict[str, Any] | None, offsets: list[list[int]]) -> list[list[float]]:
-    """Predictions at the placeholder offsets from an echoed prompt's logprobs."""
+def _read(prompt: str, starts: list[int], tops: list[dict[str, float] | None],
+          offsets: list[int]) -> tuple[list[float], float]:
+    """Expected values at the placeholders (nan where no digit is listed), and the digit probability
+    found over all of them."""
+    values, mass = [], 0.0
+    for off in offsets:
+        i = bisect.bisect_left(starts, off)  # the first token starting at or after the placeholder
+        if i < len(starts) and starts[i] == off:
+            total, weighted = _digit_sums(tops[i])
+        elif i > 0:  # the placeholder's first character is inside token i - 1
+            total, weighted = _digit_sums(tops[i - 1], prompt[starts[i - 1]:off])
+        else:
+            total = weighted = 0.0
+        values.append(weighted / total if total > 0 else math.nan)
+        mass += total
+    return values, mass
+
+
+def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) -> tuple[list[float], int]:
+    """Predictions at the placeholder offsets of an echoed prompt, and how many placeholders had no
+    digit among their top logprobs (those predict 0, as OpenAI's simulator does).
+
+    top_logprobs[i] should be the distribution of token i given the tokens before it (OpenAI's
+    convention), but some servers give each token the distribution of the next one (llama-cpp-python
+    does for models without a BOS token, SmolLM2 among them). So both readings are made and the one
+    that gives the digits more probability at the placeholders is kept: after the tab a digit (or the
+    placeholder) is expected, where a tab is expected the digits are unlikely. An object marked
+    {"aligned": true} (the in-process path) is read as OpenAI's convention without the check.
+    Raises ValueError only for a reply that is not an echo with logprobs, never for its content."""
     if not logprobs or not logprobs.get("tokens") or logprobs.get("text_offset") is None:
         raise ValueError("the endpoint returned no prompt logprobs (echo unsupported?)")
     tokens, starts, tops = logprobs["tokens"], logprobs["text_offset"], _top_dicts(logprobs)
     if not (len(tokens) == len(starts) == len(tops)):
         raise ValueError("logprobs arrays differ in length")
+    if not all(isinstance(s, int) for s in starts) or any(b < a for a, b in zip(starts, starts[1:], strict=False)):
+        raise ValueError("text_offset is not a non-decreasing list of character offsets")
+    if all(t is None for t in tops):
+        raise ValueError("the endpoint returned no top_logprobs (echo unsupported?)")
+    values, mass = _read(prompt, starts, tops, offsets)
+    if not logprobs.get("aligned"):
+        shifted, shifted_mass = _read(prompt, starts, [None, *tops[:-1]], offsets)
+        if shifted_mass > mass:
+            values = shifted
+    missing = sum(math.isnan(v) for v in values)
+    return [0.0 if math.isnan(v) else v for v in values], missing
+
+
+async def simulate_echo(client: LLMClient, model: str, label: str, contexts: list[Context], top_logprobs: int = 10,
+                        fewshot: Sequence[FewShot | tuple[list[str], list[int]]] | None = None,
+                        parallel: int = 4) -> tuple[list[list[float]], list[LLMCall]]:
+    """One request per context (at most `parallel` in flight), predictions in the given order.
+
+    Fails only when the endpoint does not answer or returns no usable logprobs, or when not one
+    placeholder of the feature had a digit among its top logprobs (an endpoint that cannot echo)."""
+    gate = asyncio.Semaphore(max(1, parallel))
+    built = [echo_prompt(label, c.tokens, fewshot) for c in contexts]
+
+    async def one(prompt: str) -> LLMReply | LLMFailure:
+        async with gate:
+            try:
+                return await client.complete(role="simulator", model=model, prompt=prompt, max_tokens=1, echo=True,
+                                             logprobs=top_logprobs)
+            except LLMFailure as exc:
+                return exc
+
+    replies = await asyncio.gather(*(one(p) for p, offs in built if offs))
+    calls = [c for r in replies for c in r.calls]
+    failure = next((r for r in replies if isinstance(r, LLMFailure)), None)
+    if failure is not None:
+        raise LLMFailure(str(failure), calls, failure.code)
     out: list[list[float]] = []
-    i = 0
-    for ctx in offsets:
-        preds = []
-        for off in ctx:
-            while i + 1 < len(starts) and starts[i + 1] <= off:
-                i += 1
-            if not (starts[i] <= off < starts[i] + max(len(tokens[i]), 1)):
-                raise ValueError(f"no token covers the placeholder at character {off}")
-            value = expected_digit(tops[i])
-            if math.isnan(value):
-                raise ValueError(f"no digit among the top logprobs at character {off} (token {tokens[i]!r})")
-            preds.append(value)
-        out.append(preds)
-    return out
-
-
-async def simulate_echo(client: LLMClient, model: str, label: str, contexts: list[Context],
-                        top_logprobs: int = 10) -> tuple[list[list[float]], list[LLMCall]]:
-    """One request for all of a feature's contexts."""
-    prompt, offsets = echo_prompt(label, [c.tokens for c in contexts])
-    reply = await client.complete(role="simulator", model=model, prompt=prompt, max_tokens=1, echo=True,
-                                  logprobs=top_logprobs)
-    try:
-        return read_echo(reply.logprobs, offsets), reply.calls
-    except ValueError as exc:
-        raise LLMFailure(f"unusable simulation: {exc}", reply.calls, FailureCode.UNUSABLE_SIMULATION) from None
+    missing = total = 0
+    it = iter(replies)
+    for prompt, offsets in built:
+        if not offsets:
+            out.append([])
+            continue
+        reply = next(it)
+        assert isinstance(reply, LLMReply)
+        try:
+            values, n_missing = read_echo(reply.logprobs, prompt, offsets)
+        except ValueError as exc:
+            raise LLMFailure(f"unusable simulation: {exc}", calls, FailureCode.UNUSABLE_SIMULATION) from None
+        out.append(values)
+        missing += n_missing
+        total += len(offsets)
+    if total and missing == total:
+        raise LLMFailure("unusable simulation: no digit among the top logprobs at any placeholder "
+                              "(echo unsupported?)", calls, FailureCode.UNUSABLE_SIMULATION)
+    return out, calls
 
 
 def parse_chat_activations(text: str, n: int) -> list[int]:

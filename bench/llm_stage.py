@@ -125,8 +125,9 @@ def main() -> None:
         sizes["openai_explain"].append(len(tok(openai_style_explain(ctxs, fc.max_act)).input_ids))
         sizes["delphi_explain"].append(len(tok(delphi_style_explain(ctxs, fc.max_act)).input_ids))
         sim_ctxs = [c for c, _ in scoring_contexts(fc, cfg)]
-        sim_prompt, _ = simulate.echo_prompt("numbers and dates", [c.tokens for c in sim_ctxs])
-        sizes["ours_simulate"].append(len(tok(sim_prompt).input_ids))
+        # one echo prompt per context
+        sizes["ours_simulate"].append(sum(len(tok(simulate.echo_prompt("numbers and dates", c.tokens)[0]).input_ids)
+                                          for c in sim_ctxs))
         sizes["openai_simulate"].append(len(tok(openai_style_explain(sim_ctxs, 1.0)).input_ids))
     means = {k: sum(v) / len(v) for k, v in sizes.items()}
     results["prompt_tokens_per_feature"] = means

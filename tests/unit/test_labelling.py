@@ -20,7 +20,7 @@ LABEL = "digits and numbers"
 
 def digit_rule(i: int, tok: str, tokens: list[str]) -> dict[str, float]:
     """The scripted simulator: 9 on rows whose token contains a digit, 0 elsewhere (read at each placeholder)."""
-    if not re.fullmatch(r"[^\S\n]*\t0", tok):
+    if not re.fullmatch(r"[^\S\n]*\tunknown", tok):
         return {"x": -1.0}
     j = i
     while j > 0 and tokens[j - 1] != "\n":
@@ -80,7 +80,9 @@ def test_explain_and_score_end_to_end(tmp_path, collected_db):
     # A judge without both classes of examples sends no request and says why.
     reasons = [r[0] for r in q(db, "SELECT error FROM score_runs WHERE simulator = 'm-sim' AND error IS NOT NULL")]
     skipped = sum(part.count("not scored: too few") for part in reasons)
-    assert [c[:2] for c in calls] == [("explainer", 8), ("judge", 16 - skipped), ("simulator", 8)]
+    # the echo simulator sends one request per simulated context
+    (n_simulated,) = q(db, "SELECT count(*) FROM simulations WHERE simulator = 'm-sim'")[0]
+    assert [c[:2] for c in calls] == [("explainer", 8), ("judge", 16 - skipped), ("simulator", n_simulated)]
     assert len(judged) == 16 - skipped
     explainer = calls[0]
     assert explainer[4] == pytest.approx((explainer[2] * 1.0 + explainer[3] * 2.0) / 1e6)
