@@ -114,7 +114,10 @@ def test_exports_read_back(tmp_path, labelled_db):
         "--np-model-id", "tiny")
     table = pq.read_table(pq_path).to_pylist()
     lines = [json.loads(x) for x in jl_path.read_text().splitlines()]
-    assert len(table) == len(lines) == 24  # 12 features x (LLM + baseline)
+    assert len(table) == len(lines) == 36
+    # 12 features x (LLM + baseline), and the 6 shuffled + 6 constant null labels, marked as such.
+    assert sum(r["null_kind"] is None for r in table) == 24
+    assert sorted(r["null_kind"] for r in table if r["null_kind"]) == ["constant"] * 6 + ["shuffled"] * 6
     assert {"correlation_top_random", "behaviour", "detection", "label"} <= set(table[0])
     (batch,) = np_path.glob("tiny/0/explanations/batch-*.jsonl.gz")  # tests/unit/test_export.py checks the rows
     records = [json.loads(x) for x in gzip.decompress(batch.read_bytes()).splitlines()]
