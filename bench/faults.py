@@ -140,7 +140,9 @@ def main() -> None:
     clean.write_bytes(base.read_bytes())
     with server_process(0.0, args.seed, tmp / "clean.count") as url:
         t = time.perf_counter()
-        subprocess.run(label_cmd(clean, url, n), env=env(), check=True, capture_output=True, cwd=ROOT)
+        ref = subprocess.run(label_cmd(clean, url, n), env=env(), capture_output=True, text=True, cwd=ROOT)
+        if ref.returncode != 0:
+            raise SystemExit(f"fault-free label failed ({ref.returncode}): {ref.stderr[-2000:]}")
         clean_wall = time.perf_counter() - t
     clean_requests = int((tmp / "clean.count").read_text())
 
