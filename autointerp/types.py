@@ -51,6 +51,7 @@ class Context(Record):
     rank: int
     tokens: list[str]
     acts: list[float]
+    quantile: int | None = None  # the quantile bin of a 'quantile' context
 
     @property
     def max_act(self) -> float:

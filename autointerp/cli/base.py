@@ -1,0 +1,188 @@
+"""The command line's shared parts: the group, options generated from the configs, one-line errors,
+progress bars. Commands live in `data` (query and export) and `work` (collect, label, behaviour)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from autointerp import __version__, render, store
+from autointerp.errors import AutointerpError, is_bad_input
+from autointerp.types import ProgressEvent
+
+DEFAULT_DB = "autointerp.duckdb"
+
+
+def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--db", default=lambda: os.environ.get("AUTOINTERP_DB", DEFAULT_DB), show_default="$AUTOINTERP_DB or ./autointerp.duckdb",
+        type=click.Path(dir_okay=False), help="DuckDB database file.",
+    )(f)
+
+
+def format_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--format", "fmt", type=click.Choice(sorted(render.FORMATS)), default="table", show_default=True,
+        help="Output format.",
+    )(f)
+
+
+def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """An error of ours ends with one clear line on stderr and exit status 2 (bad input) or 1 (a lock
+    held too long, an LLM failure, a bug of ours), not a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except AutointerpError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2 if is_bad_input(exc) else 1)
+        except ValidationError as exc:
+            msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            click.echo(f"error: {msgs}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__)
+def main() -> None:
+    """Label, score and query every feature of a language model.
+
+    \b
+    Example:
+      autointerp collect --tokens 100000
+      autointerp sql "SELECT feature, max_act FROM features ORDER BY max_act DESC LIMIT 5"
+      autointerp show 42
+    """
+
+
+def parse_range(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        a, b = value.split(":")
+        return int(a), int(b)
+    except ValueError:
+        raise click.BadParameter(f"'{value}': use START:STOP, e.g. 0:1000") from None
+
+
+class RangeType(click.ParamType):
+    name = "START:STOP"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return value if value is None or isinstance(value, tuple) else parse_range(value)
+
+
+def field_option(name: str, field: FieldInfo) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option for one config field: flag from the field (or its json_schema_extra 'flag'),
+    help from its description, default from its default, type from its annotation."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    flag = "--" + str(extra.get("flag") or name.replace("_", "-"))
+    ann = field.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    base = args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
+    kw: dict[str, Any] = {"help": field.description, "default": field.default, "show_default": True}
+    if base is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, **kw)
+    if typing.get_origin(base) is typing.Literal:
+        kw["type"] = click.Choice([str(c) for c in typing.get_args(base)])
+    elif typing.get_origin(base) is tuple and typing.get_args(base)[-1] is Ellipsis:
+        kw.update(multiple=True, default=(), show_default=False)
+    elif typing.get_origin(base) is tuple:
+        kw["type"] = RangeType()
+    elif base in (int, float, str):
+        kw["type"] = base
+    if field.default is None:
+        kw["show_default"] = False
+    return click.option(flag, name, **kw)
+
+
+def config_options(*models: type[BaseModel], exclude: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """Click options generated from config models: each field once (the first model that has it wins)."""
+
+    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        seen = set(exclude)
+        opts = []
+        for model in models:
+            for name, field in model.model_fields.items():
+                if name not in seen:
+                    seen.add(name)
+                    opts.append(field_option(name, field))
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def build(model: type[M], kwargs: dict[str, Any], **overrides: Any) -> M:
+    """The config `model` from the command's options (each field of the model that is among them)."""
+    return model(**{k: v for k, v in kwargs.items() if k in model.model_fields}, **overrides)
+
+
+class Bars:
+    """The one progress display: a bar per stage, fed ProgressEvents."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, e: ProgressEvent) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(e.stage)
+        if bar is None:
+            bar = self.bars[e.stage] = tqdm(total=e.total, unit=e.unit, unit_scale=e.unit == "tok",
+                                            dynamic_ncols=True, desc=e.stage, file=sys.stderr)
+        bar.total = e.total
+        bar.n = e.done
+        if e.detail:
+            bar.set_postfix_str(e.detail, refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+@contextmanager
+def interruptible(message: str) -> Iterator[Bars]:
+    from autointerp.stages.collect import sigterm_as_interrupt
+
+    bars = Bars()
+    try:
+        with sigterm_as_interrupt():
+            yield bars
+    except KeyboardInterrupt:
+        bars.close()
+        click.echo(f"\ninterrupted: {message}", err=True)
+        sys.exit(130)
+    finally:
+        bars.close()
+
+
+def pick_dictionary(con: Any, dictionary_id: int | None) -> int:
+    if dictionary_id is not None:
+        store.get_dictionary(con, dictionary_id)
+        return dictionary_id
+    complete = [d for d in store.list_dictionaries(con) if d.status == "complete"]
+    if not complete:
+        raise AutointerpError("no complete dictionary in this database; run `autointerp collect` first")
+    return complete[-1].dictionary_id
+

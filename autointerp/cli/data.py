@@ -1,0 +1,231 @@
+"""Commands that read the store: sql, show, status, compare, export, report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from autointerp import render, store
+from autointerp.cli.base import db_option, format_option, friendly_errors, main, pick_dictionary
+from autointerp.errors import AutointerpError
+
+
+@main.command()
+@click.argument("query")
+@click.option("--allow-files", is_flag=True,
+              help="Let the query read files (read_parquet, read_csv, ...) to join outside data. Off by default.")
+@db_option
+@format_option
+@friendly_errors
+def sql(db: str, query: str, fmt: str, allow_files: bool) -> None:
+    """Run one SELECT on a read-only, sandboxed connection: no file or network access (unless
+    --allow-files, which lets it read files), no extensions, no settings changes, one statement.
+
+    \b
+    Example:
+      autointerp sql "SELECT feature, max_act, frac_active FROM features ORDER BY max_act DESC LIMIT 10"
+      autointerp sql "SELECT * FROM contexts WHERE feature = 3 AND kind = 'top'" --format json
+      autointerp sql "SELECT f.*, x.note FROM features f JOIN read_parquet('notes.parquet') x USING (feature)" --allow-files
+    """
+    with store.open_store(db, read_only=True) as con:
+        columns, rows = store.user_query(con, query, allow_files=allow_files)
+    click.echo(render.FORMATS[fmt](columns, rows))
+
+
+@main.command()
+@click.argument("feature", type=int)
+@click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest).")
+@click.option("--split", type=click.Choice(["explain", "holdout", "all"]), default="explain", show_default=True)
+@click.option("--kind", type=click.Choice(["top", "quantile", "random", "all"]), default="all", show_default=True)
+@click.option("--limit", type=int, default=10, show_default=True, help="Contexts per kind.")
+@click.option("--color/--no-color", default=None, help="Highlight with colours (default: when printing to a terminal).")
+@db_option
+@friendly_errors
+def show(db: str, feature: int, dictionary_id: int | None, split: str, kind: str, limit: int,
+         color: bool | None) -> None:
+    """Print a feature's statistics and contexts, activations highlighted.
+
+    \b
+    Example:
+      autointerp show 42 --dictionary 1 --kind top --limit 5
+    """
+    with store.open_store(db, read_only=True) as con:
+        did = pick_dictionary(con, dictionary_id)
+        stats = store.feature_stats(con, did, feature)
+        if stats is None:
+            d = store.get_dictionary(con, did)
+            raise AutointerpError(f"dictionary {did} has no feature {feature} ({d.n_features} features)")
+        rows = store.feature_contexts(con, did, feature)
+    color = sys.stdout.isatty() if color is None else color
+    click.echo(f"dictionary {did} feature {feature}: max {stats['max_act']:.4g}, mean {stats['mean_act']:.4g}, "
+               f"active on {100 * stats['frac_active']:.3g}% of tokens")
+    scale = stats["max_act"] if stats["max_act"] > 0 else 1.0
+    shown: dict[tuple[str, str], int] = {}
+    for r in rows:
+        if (split != "all" and r.split != split) or (kind != "all" and r.kind != kind):
+            continue
+        key = (r.split, r.kind)
+        if shown.get(key, 0) >= limit:
+            continue
+        if key not in shown:
+            click.echo(f"\n== {r.split} / {r.kind} ==")
+        shown[key] = shown.get(key, 0) + 1
+        tag = f"q{r.quantile} " if r.quantile is not None else ""
+        click.echo(f"{tag}max {r.max_act:7.3f} | {render.highlight(r.tokens, r.acts, scale, color)}")
+
+
+@main.command()
+@db_option
+@format_option
+@friendly_errors
+def status(db: str, fmt: str) -> None:
+    """Say what each dictionary holds.
+
+    \b
+    Example:
+      autointerp status --db runs.duckdb
+    """
+    from autointerp import compare as cmp
+
+    with store.open_store(db, read_only=True) as con:
+        table = store.dictionary_status(con)
+        labels = store.label_scores(con, cmp.SUMMARY_METHODS)
+    click.echo(render.FORMATS[fmt](table.columns, table.rows))
+    if labels and fmt == "table":
+        click.echo("\nlabels per dictionary, explainer and simulator, beside the null labels (null:shuffled:X is X's "
+                   "labels given to other features, null:constant one label for all); means with bootstrap 95% "
+                   "CIs; captured = behaviour weighted by each feature's ablation effect:")
+        click.echo(render.table(*cmp.label_summary(labels)))
+
+
+@main.command("compare")
+@click.argument("dict_a", type=int)
+@click.argument("dict_b", type=int)
+@click.option("--explainer", default=None, help="Only this explainer's labels (default: each explainer).")
+@db_option
+@format_option
+@friendly_errors
+def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: str) -> None:
+    """Score distributions of two dictionaries side by side, and their paired difference with a 95% CI.
+
+    \b
+    Example (a trained model against its random-init control):
+      autointerp compare 1 2
+    """
+    from autointerp import compare as cmp
+
+    with store.open_store(db, read_only=True) as con:
+        a, b = store.get_dictionary(con, dict_a), store.get_dictionary(con, dict_b)
+        values = store.score_values(con, [dict_a, dict_b])
+    if explainer:
+        values = [v for v in values if v.explainer == explainer]
+    if not values:
+        raise AutointerpError(f"no scores for dictionaries {dict_a} and {dict_b}; label and score them first")
+    columns, rows = cmp.compare_table(values, dict_a, dict_b)
+    click.echo(f"A = dictionary {dict_a} ({cmp.describe(a)}), B = dictionary {dict_b} ({cmp.describe(b)}); "
+               "scores paired by feature, from the same simulator and run settings")
+    click.echo(render.FORMATS[fmt](columns, rows))
+
+
+@main.command("export")
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["parquet", "jsonl", "neuronpedia-dataset", "neuronpedia-upload"]),
+              help="parquet / jsonl: the labels view with every score. neuronpedia-dataset: a directory of "
+                   "explanations/batch-N.jsonl.gz for Neuronpedia's import. neuronpedia-upload: the JSON body of "
+                   "Neuronpedia's /api/feature/upload-batch.")
+@click.option("--out", "out_path", type=click.Path(), required=True,
+              help="File to write (a directory for neuronpedia-dataset).")
+@click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest).")
+@click.option("--np-model-id", default=None,
+              help="Neuronpedia model id, used as given without checking it (default: the dictionary's model, "
+                   "which must be one of the Neuronpedia models autointerp knows).")
+@click.option("--np-source-set", default=None,
+              help="Neuronpedia source set of an SAE dictionary (e.g. res-jb): the source is LAYER-SET.")
+@click.option("--np-source", default=None,
+              help="Neuronpedia source id as a whole (e.g. 6 or 6-res-jb), instead of the one derived from the hook.")
+@click.option("--np-method-name", default=None,
+              help="Explanation method (Neuronpedia ExplanationType), e.g. oai_token-act-pair; default none.")
+@click.option("--np-model-name", default=None,
+              help="Explainer model (Neuronpedia ExplanationModelType), e.g. gpt-4o-mini; default none.")
+@click.option("--np-author-id", default=None,
+              help="neuronpedia-dataset: authorId of every row (default: the bot user Neuronpedia's seed creates).")
+@click.option("--np-include-baseline", is_flag=True, help="Also send the token-lookup baseline labels.")
+@click.option("--np-batch-rows", type=int, default=1024, show_default=True,
+              help="neuronpedia-dataset: rows per batch-N.jsonl.gz.")
+@db_option
+@friendly_errors
+def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_model_id: str | None,
+               np_source_set: str | None, np_source: str | None, np_method_name: str | None,
+               np_model_name: str | None, np_author_id: str | None, np_include_baseline: bool,
+               np_batch_rows: int) -> None:
+    """Write labels with every score (the labels view) to parquet or JSON lines, or as Neuronpedia explanations.
+
+    \b
+    Example:
+      autointerp export --format parquet --out labels.parquet
+      autointerp export --format neuronpedia-dataset --out np/ --np-source-set res-jb
+      autointerp export --format neuronpedia-upload --out body.json --np-model-id my-model \\
+          --np-method-name oai_token-act-pair --np-model-name gpt-4o-mini
+    """
+    from autointerp import export
+
+    out = Path(out_path)
+    with store.open_store(db, read_only=True) as con:
+        did = pick_dictionary(con, dictionary_id)
+        d = store.get_dictionary(con, did)
+        view = store.labels_table(con, did)
+        rows = [dict(zip(view.columns, r, strict=True)) for r in view.rows]
+        if not rows:
+            raise AutointerpError(f"dictionary {did} has no labels yet; run `autointerp explain` first")
+        if fmt in ("parquet", "jsonl"):
+            n = export.write_table(rows, fmt, out)
+            click.echo(f"wrote {n:,} records of dictionary {did} to {out}")
+            return
+        model_id = export.np_model_id(d.model, np_model_id)
+        source = export.np_source(d.hook, d.kind, np_source_set, np_source)
+        labels = export.np_labels([r for r in rows if r["null_kind"] is None], np_include_baseline)
+        if not labels:
+            raise AutointerpError(f"dictionary {did} has no ok labels to send"
+                                  + ("" if np_include_baseline else " (baseline labels need --np-include-baseline)"))
+        if fmt == "neuronpedia-upload":
+            features = sorted({int(r["feature"]) for r in labels})
+            contexts = store.read_feature_contexts(con, did, features)
+            acts = {f: [(c.tokens, c.acts) for c in sorted((c for c in fc.contexts if c.kind == "top"),
+                                                           key=lambda c: -c.max_act)]
+                    for f, fc in contexts.items()}
+            density = {f: float(s["frac_active"]) for f in features
+                       if (s := store.feature_stats(con, did, f)) is not None and s["frac_active"] is not None}
+    if fmt == "neuronpedia-dataset":
+        table = export.dataset_rows(labels, model_id, source, np_method_name, np_model_name,
+                                    np_author_id or export.NP_DEFAULT_AUTHOR_ID)
+        paths = export.write_dataset(table, out, model_id, source, np_batch_rows)
+        click.echo(f"wrote {len(table):,} explanations of dictionary {did} ({model_id} / {source}) in "
+                   f"{len(paths)} file(s) under {paths[0].parent}")
+        return
+    bodies = export.upload_bodies(labels, model_id, source, acts, density, np_method_name, np_model_name)
+    paths = export.write_upload(bodies, out)
+    click.echo(f"wrote {len(labels):,} explanations of {sum(len(b['features']) for b in bodies):,} features of "
+               f"dictionary {did} ({model_id} / {source}) to {', '.join(map(str, paths))}")
+
+
+@main.command("report")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+@click.option("--dictionary", "dictionary_ids", type=int, multiple=True, help="Only these dictionaries.")
+@db_option
+@friendly_errors
+def report_cmd(db: str, out_path: str, dictionary_ids: tuple[int, ...]) -> None:
+    """Write one static HTML file (plots embedded): scores trained beside control, correlation against
+    behaviour, baseline against LLM labels, cost, and the best and worst features with their contexts.
+
+    \b
+    Example:
+      autointerp report --out report.html
+    """
+    from autointerp import report
+
+    with store.open_store(db, read_only=True) as con:
+        page = report.build(con, list(dictionary_ids) or None)
+    Path(out_path).write_text(page)
+    click.echo(f"wrote {out_path} ({len(page) / 1024:.0f} KiB)")

@@ -1,0 +1,74 @@
+"""The store: the only package with SQL, and (in `db`) the only importer of duckdb. Other modules call
+these named functions with typed records; none builds SQL.
+
+- `db`: connections, migrations, transactions, the sandbox for user SQL, Arrow inserts
+- `collection`: dictionaries, features and contexts (what collect writes)
+- `work`: the label and behaviour queues and their typed writes
+- `reads`: status, compare, export and report reads
+"""
+
+from autointerp.store.collection import (
+    DictionaryRow,
+    begin_dictionary,
+    complete_dictionary,
+    delete_dictionary,
+    feature_contexts,
+    feature_stats,
+    find_dictionary,
+    get_dictionary,
+    list_dictionaries,
+    read_feature_contexts,
+)
+from autointerp.store.db import (
+    LOCK_WAIT_S,
+    Connection,
+    DBError,
+    Migration,
+    applied_migrations,
+    check_schema,
+    insert_rows,
+    known_migrations,
+    lock_holder,
+    migrate,
+    open_store,
+    query,
+    sandbox,
+    select_features,
+    transaction,
+    user_query,
+)
+from autointerp.store.reads import (
+    LabelScores,
+    ScoreValue,
+    Table,
+    dictionary_status,
+    label_scores,
+    labels_table,
+    llm_usage,
+    score_values,
+    summary_table,
+)
+from autointerp.store.work import (
+    Bundle,
+    PendingScore,
+    SimulationRunRef,
+    behaviour_pending,
+    explained_features,
+    feature_mean,
+    null_explanations,
+    ok_labels,
+    simulated_contexts,
+    unscored_explanations,
+    write_bundles,
+)
+
+__all__ = [
+    "LOCK_WAIT_S", "Bundle", "Connection", "DBError", "DictionaryRow", "LabelScores", "Migration", "PendingScore",
+    "ScoreValue", "SimulationRunRef", "Table", "applied_migrations", "begin_dictionary", "behaviour_pending",
+    "check_schema", "complete_dictionary", "delete_dictionary", "dictionary_status", "explained_features",
+    "feature_contexts", "feature_mean", "feature_stats", "find_dictionary", "get_dictionary", "insert_rows",
+    "known_migrations", "label_scores", "labels_table", "list_dictionaries", "llm_usage", "lock_holder", "migrate",
+    "null_explanations", "ok_labels", "open_store", "query", "read_feature_contexts", "sandbox", "score_values",
+    "select_features", "simulated_contexts", "summary_table", "transaction", "unscored_explanations", "user_query",
+    "write_bundles",
+]

@@ -1,0 +1,166 @@
+"""The label and behaviour stages' queues (work whose rows do not exist yet), their typed writes, and
+behaviour's inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autointerp import __version__
+from autointerp.errors import AutointerpError
+from autointerp.store.db import Connection, insert_rows, transaction
+from autointerp.types import CallRow, Explanation, ScoreRow, ScoreRun, SimulatedContext, Simulation
+
+
+def explained_features(con: Connection, dictionary_id: int, explainer: str, prompt_hash: str,
+                       retry_failed: bool = False) -> set[int]:
+    """Features whose explanation by `explainer` with these prompts is done: an ok row exists, or a failed
+    one and failures are not being retried."""
+    return {r[0] for r in con.execute(
+        "SELECT feature FROM explanations WHERE dictionary_id = ? AND explainer = ? AND prompt_hash = ? "
+        "GROUP BY feature HAVING bool_or(status = 'ok') OR NOT ?",
+        [dictionary_id, explainer, prompt_hash, retry_failed]).fetchall()}
+
+
+@dataclass(frozen=True)
+class PendingScore:
+    explanation_id: str
+    feature: int
+    label: str
+    explainer: str
+
+
+def unscored_explanations(con: Connection, dictionary_id: int, simulator: str, settings_hash: str,
+                          explainers: list[str], retry_failed: bool = False) -> list[PendingScore]:
+    """Ok explanations by these explainers with no simulation run of these settings (ok, or failed when
+    failures are not being retried)."""
+    if not explainers:
+        return []
+    rows = con.execute(f"""
+        SELECT e.explanation_id, e.feature, e.label, e.explainer FROM explanations e
+        WHERE e.dictionary_id = ? AND e.status = 'ok' AND e.explainer IN ({', '.join('?' * len(explainers))})
+          AND NOT EXISTS (SELECT 1 FROM score_runs r WHERE r.explanation_id = e.explanation_id AND r.stage = 'simulation'
+                          AND r.simulator = ? AND r.settings_hash = ? AND (r.status = 'ok' OR NOT ?))
+        ORDER BY e.feature, e.explainer""", [dictionary_id, *explainers, simulator, settings_hash, retry_failed])
+    return [PendingScore(*r) for r in rows.fetchall()]
+
+
+def null_explanations(con: Connection, dictionary_id: int, explainer: str) -> list[Explanation]:
+    """The null labels made for `explainer`'s labels in this dictionary (shuffled and constant)."""
+    cur = con.execute(
+        "SELECT * EXCLUDE (autointerp_version, created_at) FROM explanations WHERE dictionary_id = ? "
+        "AND ((null_kind = 'shuffled' AND null_of = ?) OR null_kind = 'constant') ORDER BY feature",
+        [dictionary_id, explainer])
+    cols = [d[0] for d in cur.description]
+    return [Explanation(**dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
+
+
+def ok_labels(con: Connection, dictionary_id: int, explainer: str) -> dict[int, str]:
+    """feature -> label of the newest ok explanation by `explainer` (real labels, not nulls)."""
+    return dict(con.execute(
+        "SELECT feature, label FROM explanations WHERE dictionary_id = ? AND explainer = ? AND status = 'ok' "
+        "AND null_kind IS NULL QUALIFY row_number() OVER (PARTITION BY feature ORDER BY created_at DESC) = 1",
+        [dictionary_id, explainer]).fetchall())
+
+
+@dataclass
+class Bundle:
+    """One finished unit of work (a feature explained and/or scored) and the rows it adds, as records.
+    Written whole or not at all; a bundle whose ok work is already recorded (another process did it) is
+    dropped whole, so nothing is stored twice."""
+
+    explanations: list[Explanation] = field(default_factory=list)
+    runs: list[ScoreRun] = field(default_factory=list)
+    simulations: list[Simulation] = field(default_factory=list)
+    scores: list[ScoreRow] = field(default_factory=list)
+    calls: list[CallRow] = field(default_factory=list)
+
+    def extend(self, other: Bundle) -> None:
+        for name in ("explanations", "runs", "simulations", "scores", "calls"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+def _already_done(con: Connection, b: Bundle) -> bool:
+    for e in b.explanations:
+        if e.status == "ok" and con.execute(
+                "SELECT 1 FROM explanations WHERE dictionary_id = ? AND feature = ? AND explainer = ? "
+                "AND prompt_hash = ? AND status = 'ok'",
+                [e.dictionary_id, e.feature, e.explainer, e.prompt_hash]).fetchone():
+            return True
+    return any(r.status == "ok" and con.execute(
+        "SELECT 1 FROM score_runs WHERE explanation_id = ? AND simulator = ? AND stage = ? AND settings_hash = ? "
+        "AND status = 'ok'", [r.explanation_id, r.simulator, r.stage, r.settings_hash]).fetchone() for r in b.runs)
+
+
+def write_bundles(con: Connection, bundles: list[Bundle]) -> int:
+    """Insert finished work in one transaction: each bundle's rows become visible together or not at all.
+    Returns the bundles written."""
+    with transaction(con):
+        merged = Bundle()
+        written = 0
+        for b in bundles:
+            if _already_done(con, b):
+                continue
+            merged.extend(b)
+            written += 1
+        version = {"autointerp_version": __version__}
+        insert_rows(con, "explanations", [{**e.model_dump(), **version} for e in merged.explanations])
+        insert_rows(con, "score_runs", [{**r.model_dump(), **version} for r in merged.runs])
+        insert_rows(con, "simulations", [s.model_dump() for s in merged.simulations])
+        insert_rows(con, "scores", [s.model_dump() for s in merged.scores])
+        insert_rows(con, "llm_calls", [c.model_dump() for c in merged.calls])
+    return written
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+@dataclass(frozen=True)
+class SimulationRunRef:
+    run_id: str
+    explanation_id: str
+    feature: int
+    simulator: str
+    prompt_hash: str
+
+
+def behaviour_pending(con: Connection, dictionary_id: int, settings_hash: str,
+                      features: list[int] | None = None, retry_failed: bool = False) -> list[SimulationRunRef]:
+    """The newest ok simulation run of each explanation and simulator that has no behaviour run with these
+    settings (ok, or failed when failures are not being retried)."""
+    rows = con.execute("""
+        WITH newest AS (
+            SELECT * FROM score_runs WHERE dictionary_id = ? AND stage = 'simulation'
+            QUALIFY row_number() OVER (PARTITION BY explanation_id, simulator ORDER BY created_at DESC, run_id) = 1)
+        SELECT n.run_id, n.explanation_id, n.feature, n.simulator, n.prompt_hash FROM newest n
+        WHERE n.status = 'ok' AND NOT EXISTS (
+            SELECT 1 FROM score_runs b WHERE b.source_run_id = n.run_id AND b.stage = 'behaviour'
+            AND b.settings_hash = ? AND (b.status = 'ok' OR NOT ?))
+        ORDER BY n.feature, n.explanation_id, n.simulator""", [dictionary_id, settings_hash, retry_failed]).fetchall()
+    refs = [SimulationRunRef(*r) for r in rows]
+    if features is not None:
+        wanted = set(features)
+        refs = [r for r in refs if r.feature in wanted]
+    return refs
+
+
+def feature_mean(con: Connection, dictionary_id: int, feature: int) -> float:
+    row = con.execute("SELECT mean_act FROM features WHERE dictionary_id = ? AND feature = ?",
+                      [dictionary_id, feature]).fetchone()
+    if row is None:
+        raise AutointerpError(f"dictionary {dictionary_id} has no feature {feature}")
+    return float(row[0])
+
+
+def simulated_contexts(con: Connection, run_id: str) -> list[SimulatedContext]:
+    """One simulation run's contexts, each with its tokens, true and predicted activations: all from
+    that run, so tokens and predictions always belong together."""
+    rows = con.execute("""
+        SELECT s.seq, s.kind, s.purpose, q.token_ids, e.acts, s.predicted FROM simulations s
+        JOIN examples e ON e.dictionary_id = s.dictionary_id AND e.feature = s.feature AND e.seq = s.seq
+             AND e.split = s.split AND e.kind = s.kind AND e.rank = s.rank
+        JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq
+        WHERE s.run_id = ? ORDER BY s.purpose, s.kind DESC, s.rank""", [run_id]).fetchall()
+    return [SimulatedContext(seq=r[0], kind=r[1], purpose=r[2], token_ids=r[3], acts=r[4], predicted=r[5])
+            for r in rows]
+
+
