@@ -102,9 +102,10 @@ null_stats AS (
     SELECT dictionary_id, explainer, simulator, method, avg(value) AS null_mean, count(*) AS null_n
     FROM nulls GROUP BY ALL)
 SELECT r.*, n.null_mean, n.null_n, r.value - n.null_mean AS margin,
+       CASE WHEN r.value IS NOT NULL THEN
        (1 + (SELECT count(*) FROM nulls x WHERE x.dictionary_id = r.dictionary_id AND x.explainer = r.explainer
              AND x.simulator = r.simulator AND x.method = r.method AND x.value >= r.value))
-         / (1 + n.null_n) AS p_null
+         / (1 + n.null_n) END AS p_null
 FROM latest_scores r
 LEFT JOIN null_stats n USING (dictionary_id, explainer, simulator, method)
 WHERE r.null_kind IS NULL;
