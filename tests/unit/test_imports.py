@@ -326,3 +326,16 @@ def test_exports_carry_runs_settings_and_margins(tmp_path, ours):
     polars = pytest.importorskip("polars")  # not in the shared venv (a 54 MB runtime wheel)
     assert rows_of(polars.read_parquet(tmp_path / "l.parquet").to_dicts()) == want
     assert rows_of(polars.read_ndjson(tmp_path / "l.jsonl").to_dicts()) == want
+
+
+def test_our_neuronpedia_dataset_export_imports_back(tmp_path, ours):
+    db = copy_db(ours, tmp_path / "x.duckdb")
+    res = CliRunner().invoke(main, ["export", "--format", "neuronpedia-dataset", "--out", str(tmp_path / "np"),
+                                    "--np-model-id", "tiny-llama", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    out = import_labels(db, 1, tmp_path / "np", "roundtrip")
+    assert out.fmt == "neuronpedia" and out.imported == len(FEATURES) and not out.skipped
+    # the model id was given by hand (the tiny model is no Neuronpedia model): said, not refused
+    assert out.warnings and "tiny-llama" in out.warnings[0]
+    assert q(db, "SELECT feature, label FROM explanations WHERE explainer = 'roundtrip' ORDER BY feature") == [
+        (f, LABEL) for f in FEATURES]
