@@ -94,6 +94,8 @@ class LabelConfig(Frozen):
                               "and a constant label) are scored like real ones, so every score has a visible zero")
     retry_failed: bool = Field(False, description="make failed explanations and score runs pending again "
                                "(the failures stay as history)")
+    explainers: tuple[str, ...] = Field((), description="score the labels of these explainers (repeat the option; "
+                                        "e.g. the NAME of imported labels); default: the explainer model's")
 
     def simulation_settings(self, prompt_hash: str) -> dict[str, Any]:
         """What decides a simulation run's result: a run with other settings is other, pending work."""

@@ -210,6 +210,48 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
                f"dictionary {did} ({model_id} / {source}) to {', '.join(map(str, paths))}")
 
 
+@main.command("import-labels")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--explainer", required=True,
+              help="Name the labels are stored under (the explainer column); score them with --explainers NAME.")
+@click.option("--dictionary", "dictionary_id", type=int, default=None, help="Dictionary id (default: the newest).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "neuronpedia", "openai", "delphi", "table"]),
+              default="auto", show_default=True,
+              help="neuronpedia: a dataset's explanations/batch-N.jsonl.gz; openai: neuron-explainer "
+                   "<layer>/<neuron>.jsonl; delphi: an explanations directory of <module>_latent<N>.txt; "
+                   "table: CSV or Parquet with columns feature, label.")
+@db_option
+@friendly_errors
+def import_labels_cmd(db: str, path: str, explainer: str, dictionary_id: int | None, fmt: str) -> None:
+    """Store labels made by another tool as explanations of a dictionary's features, to be scored like ours.
+    PATH is a file or a directory (Neuronpedia, OpenAI and Delphi write one file per batch, neuron or latent).
+    Rows that cannot be labels are skipped and counted by reason; importing the same file again adds nothing.
+
+    \b
+    Example:
+      autointerp import-labels np/gpt2-small/6/explanations --explainer neuronpedia --dictionary 1
+      autointerp score --explainers neuronpedia --dictionary 1
+    """
+    from autointerp.stages.imports import import_labels
+
+    with store.open_store(db, read_only=True) as con:
+        did = pick_dictionary(con, dictionary_id)
+    out = import_labels(db, did, path, explainer, fmt)
+    for w in out.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"dictionary {did}: {out.imported:,} labels imported as '{out.explainer}' from {out.rows:,} rows in "
+               f"{out.files:,} {out.fmt} file(s) (prompt_hash {out.prompt_hash})"
+               + (f"; {out.already:,} imported from this file before" if out.already else ""))
+    for reason, n in out.skipped.most_common():
+        click.echo(f"  skipped: {n:,} x {reason}")
+    for example in out.examples:
+        click.echo(f"    e.g. {example}")
+    if out.imported + out.already == 0:
+        raise AutointerpError(f"no usable labels in {path} for dictionary {did}")
+    if out.imported:
+        click.echo(f"score them: autointerp score --dictionary {did} --explainers '{out.explainer}'")
+
+
 @main.command("report")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="report.html", show_default=True)
 @click.option("--dictionary", "dictionary_ids", type=int, multiple=True, help="Only these dictionaries.")

@@ -133,6 +133,13 @@ def call_rows(calls: list[LLMCall], dictionary_id: int, feature: int, explanatio
             for c in calls]
 
 
+def llm_explainers(cfg: LabelConfig, session: LLMSession | None) -> list[str]:
+    """Whose labels the simulator scores: `cfg.explainers` (imported labels, say), else the explainer model's."""
+    if cfg.explainers:
+        return list(cfg.explainers)
+    return [session.explainer_model] if session is not None else []
+
+
 @dataclass
 class _Job:
     feature: int
@@ -171,8 +178,7 @@ class LabelBatch:
         self.base_settings = {"prompt_hash": explain.BASELINE_HASH,
                               **cfg.model_dump(include={"n_sim_top", "n_sim_random", "n_boot"})}
         self.base_settings_hash = settings_hash(self.base_settings)
-        default = [session.explainer_model] if session is not None else []
-        self.score_explainers = default if score_explainers is None else score_explainers
+        self.score_explainers = llm_explainers(cfg, session) if score_explainers is None else score_explainers
 
     # ------------------------------------------------------------ the queue
 
@@ -442,13 +448,15 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
                        score_stage=score_stage, concurrency=concurrency, on_progress=on_progress)
     progress = asyncio.run(batch.run())
     if score_stage and session is not None and cfg.null_samples and progress.stopped is None:
-        explainer = session.explainer_model
-        make_null_labels(db, dictionary_id, explainer, cfg.null_samples)
-        with store.open_store(db, wait_s=600) as con:
-            null_features = sorted({e.feature for e in store.null_explanations(con, dictionary_id, explainer)})
-        nulls = LabelBatch(db, dictionary_id, cfg.model_copy(update={"baseline": False}), session, null_features,
-                           explain_stage=False, score_stage=True, concurrency=concurrency,
-                           score_explainers=[SHUFFLED + explainer, CONSTANT], on_progress=on_progress)
+        explainers = llm_explainers(cfg, session)
+        null_features: set[int] = set()
+        for explainer in explainers:
+            make_null_labels(db, dictionary_id, explainer, cfg.null_samples)
+            with store.open_store(db, wait_s=600) as con:
+                null_features |= {e.feature for e in store.null_explanations(con, dictionary_id, explainer)}
+        nulls = LabelBatch(db, dictionary_id, cfg.model_copy(update={"baseline": False}), session,
+                           sorted(null_features), explain_stage=False, score_stage=True, concurrency=concurrency,
+                           score_explainers=[*(SHUFFLED + e for e in explainers), CONSTANT], on_progress=on_progress)
         progress.nulls = asyncio.run(nulls.run())
         progress.stopped = progress.nulls.stopped
     return progress

@@ -93,8 +93,18 @@ def score_values(con: Connection, dictionary_ids: list[int]) -> list[ScoreValue]
 
 
 def labels_table(con: Connection, dictionary_id: int) -> Table:
-    """The `labels` view of one dictionary: every column, for export."""
-    return _table(con, "SELECT * FROM labels WHERE dictionary_id = ? ORDER BY feature, explainer, simulator",
+    """The `labels` view of one dictionary, for export: every column (scores, `run_id`, `*_margin`, `*_p`), plus
+    the settings of the simulation run the scores come from and the id and settings of the behaviour run made
+    from it (the newest, as the view picks it), so every exported score names the run and settings behind it."""
+    return _table(con, """
+        WITH beh AS (
+            SELECT * FROM score_runs WHERE stage = 'behaviour'
+            QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1)
+        SELECT l.*, r.settings_hash AS score_settings_hash, r.config AS score_settings,
+               b.run_id AS behaviour_run_id, b.settings_hash AS behaviour_settings_hash,
+               b.config AS behaviour_settings
+        FROM labels l LEFT JOIN score_runs r ON r.run_id = l.run_id LEFT JOIN beh b ON b.source_run_id = l.run_id
+        WHERE l.dictionary_id = ? ORDER BY l.feature, l.explainer, l.simulator NULLS FIRST, l.explanation_id""",
                   [dictionary_id])
 
 
