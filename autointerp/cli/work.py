@@ -266,6 +266,7 @@ def control(db: str, like_id: int, init_seed: int | None, scheme: str, control_s
         out = control_stage(db, like_id, Selection(label_features, label_where), build(LabelConfig, kwargs),
                             build(LLMConfig, kwargs), build(BehaviourConfig, kwargs), seed=init_seed, scheme=scheme,
                             sae=control_sae, on_progress=bars)
-    click.echo(f"control of dictionary {like_id} ({scheme}):")
+    click.echo(f"control dictionary {out.collect.dictionary_id} (random init: {scheme}, seed "
+               f"{out.collect_seed}) of dictionary {like_id}")
     _finish_run(out, db)
 

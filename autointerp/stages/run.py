@@ -28,6 +28,7 @@ class RunOutcome:
     collect: CollectOutcome
     label: Progress | None
     behaviour: BehaviourOutcome | None
+    collect_seed: int = 0
 
 
 def select(db: str | Path, dictionary_id: int, selection: Selection) -> list[int]:
@@ -58,7 +59,7 @@ def run_stage(db: str | Path, collect_cfg: CollectConfig, selection: Selection, 
     collected = collect_stage(db, collect_cfg, on_progress)
     progress, outcome = label_and_behaviour(db, collected.dictionary_id, selection, label_cfg, llm_cfg,
                                             behaviour_cfg, on_progress=on_progress)
-    return RunOutcome(collected, progress, outcome)
+    return RunOutcome(collected, progress, outcome, collect_cfg.seed)
 
 
 def control_config(db: str | Path, like_id: int, seed: int | None = None, scheme: str = "init",

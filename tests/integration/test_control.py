@@ -32,7 +32,7 @@ def test_control_then_compare_on_smollm2(tmp_path):
         out = cli(db, "behaviour", "--dictionary", "1")
         assert "behaviour scored for 8 features" in out
         out = cli(db, "control", "--like", "1", "--label-features", "0:8", "--base-url", server.base_url, *llm_args)
-        assert "control dictionary 2 (random init, seed 0) of dictionary 1" in out
+        assert "control dictionary 2 (random init: init, seed 0) of dictionary 1" in out
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT dictionary_id, random_init, seed, n_tokens FROM dictionaries ORDER BY 1").fetchall() == [
         (1, False, 0, 6400), (2, True, 0, 6400)]
@@ -45,8 +45,9 @@ def test_control_then_compare_on_smollm2(tmp_path):
     assert [d for d, _ in behaviour] == [1, 2]
     summary = con.execute("SELECT dictionary_id, explainer, labels, mean_behaviour, behaviour_captured "
                           "FROM dictionary_summary ORDER BY 1, 2").fetchall()
-    assert {(d, e) for d, e, *_ in summary} == {(1, "baseline:token-lookup"), (1, "e"), (2, "baseline:token-lookup"),
-                                                (2, "e")}
+    # Each dictionary's labels beside their nulls (other features' labels, and a constant label).
+    assert {(d, e) for d, e, *_ in summary} == {
+        (d, e) for d in (1, 2) for e in ("baseline:token-lookup", "e", "null:shuffled:e", "null:constant")}
     con.close()
     rows = json.loads(cli(db, "compare", "1", "2", "--format", "json").split("\n", 1)[1])
     methods = {(r["explainer"], r["method"]) for r in rows}

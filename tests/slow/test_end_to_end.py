@@ -20,7 +20,8 @@ def test_run_on_the_embedded_default(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3/3 features done" in proc.stdout
     con = duckdb.connect(str(db), read_only=True)
-    rows = con.execute("SELECT feature, explainer, status, label, error FROM explanations ORDER BY ALL").fetchall()
+    rows = con.execute("SELECT feature, explainer, status, label, error FROM explanations WHERE null_kind IS NULL "
+                       "ORDER BY ALL").fetchall()
     llm_rows = [r for r in rows if r[1] == "smollm2-135m-instruct"]
     assert len(llm_rows) == 3 and len(rows) == 6
     # Weak labels are fine; a failure must be a failure with a reason, never a placeholder label.
@@ -29,10 +30,21 @@ def test_run_on_the_embedded_default(tmp_path):
     calls = con.execute("SELECT role, endpoint, status, prompt_tokens FROM llm_calls").fetchall()
     assert any(r[0] == "explainer" and r[1].startswith("http://127.0.0.1:") for r in calls)
     ok_labels = sum(r[2] == "ok" for r in llm_rows)
+    assert ok_labels >= 1, llm_rows
+    # The LLM's simulations ran in-process, one request per simulated context, and every one succeeded.
     sims = [r for r in calls if r[0] == "simulator"]
-    assert len(sims) == ok_labels and all(r[1] == "in-process:llama.cpp" and r[3] > 100 for r in sims)
-    scores = con.execute("SELECT count(*) FROM labels WHERE correlation_top_random IS NOT NULL").fetchone()[0]
-    assert scores >= 3  # at least every baseline label is scored
+    assert sims and all(r[1] == "in-process:llama.cpp" and r[2] == "ok" and r[3] > 50 for r in sims)
+    n_simulated = con.execute("SELECT count(*) FROM simulations WHERE simulator = 'smollm2-135m-instruct'").fetchone()[0]
+    assert n_simulated == len(sims)
+    llm_runs = con.execute("SELECT r.status, count(*) FROM score_runs r JOIN explanations e USING (explanation_id) "
+                           "WHERE e.explainer = 'smollm2-135m-instruct' GROUP BY 1").fetchall()
+    assert llm_runs == [("ok", ok_labels)], llm_runs
+    scored = con.execute("SELECT count(*) FROM labels WHERE explainer = 'smollm2-135m-instruct' "
+                         "AND correlation_top_random IS NOT NULL").fetchone()[0]
+    assert scored >= 1  # a label whose held-out contexts show variance gets a correlation
+    scores = con.execute("SELECT count(*) FROM labels WHERE explainer = 'baseline:token-lookup' "
+                         "AND correlation_top_random IS NOT NULL").fetchone()[0]
+    assert scores >= 3  # every baseline label is scored
     con.close()
     leftover = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "the local llama.cpp server outlived the command"
