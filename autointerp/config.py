@@ -89,6 +89,9 @@ class LabelConfig(Frozen):
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
     judge: bool = Field(True, description="also score detection and fuzzing (Delphi), one chat request each")
     n_judge: int = Field(5, ge=1, description="positive and negative examples each for detection and fuzzing")
+    judge_quiet: float = Field(0.0, ge=0.0, lt=1.0, description="for the judges, a token is inactive at or below "
+                               "this fraction of the feature's max (and the collect threshold); 0 is Delphi's rule. "
+                               "MLP neurons are rarely exactly 0: e.g. 0.1 lets detection find quiet contexts")
     baseline: bool = Field(True, description="also label and score every feature with the token-lookup baseline")
     null_samples: int = Field(50, ge=0, description="features whose null labels (another feature's label, shuffled; "
                               "and a constant label) are scored like real ones, so every score has a visible zero")
@@ -100,7 +103,7 @@ class LabelConfig(Frozen):
     def simulation_settings(self, prompt_hash: str) -> dict[str, Any]:
         """What decides a simulation run's result: a run with other settings is other, pending work."""
         return {"prompt_hash": prompt_hash, **self.model_dump(include={
-            "simulator_mode", "n_sim_top", "n_sim_random", "n_boot", "judge", "n_judge"})}
+            "simulator_mode", "n_sim_top", "n_sim_random", "n_boot", "judge", "n_judge", "judge_quiet"})}
 
 
 class LLMConfig(Frozen):

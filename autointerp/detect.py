@@ -1,9 +1,18 @@
-"""Detection and fuzzing, as Delphi defines them: an LLM reads the label and judges held-out excerpts.
+"""Detection and fuzzing as Delphi defines them (EleutherAI/delphi, scorers/classifier): an LLM reads
+the label and judges held-out excerpts. "Active" is the dictionary's own definition, the collect
+threshold τ (default 0): a token is active when its activation is above τ, as for frac_active,
+the top contexts and the quantile reservoir.
 
-Detection: is the feature active anywhere in this excerpt? Positives are the holdout's top
-contexts, negatives its random contexts where the feature stays below 20% of its max.
-Fuzzing: are the marked tokens the ones the label describes? Positives are top contexts with the
-truly active tokens marked; negatives are other top contexts with as many marks on random tokens.
+Detection: is the feature active anywhere in this excerpt? Positives are holdout contexts where
+it is active, spread evenly over the quantile bins (Delphi's test set is stratified over 10
+activation quantiles); the holdout top contexts stand in when a rare feature has no quantile
+sample. Negatives are holdout random contexts where it is never active (Delphi's random
+non-activating windows: no activation above τ).
+Fuzzing: are the marked tokens the ones the label describes? Drawn from the same active contexts
+(Delphi's "active" fuzzing, with disjoint contexts since all excerpts go in one request):
+positives mark the tokens at or above 30% of that excerpt's max (Delphi's per-example
+threshold); negatives mark as many tokens, drawn at random from those below it. A context with
+fewer such tokens than marks cannot be a negative and is skipped.
 Each is one chat request per feature (JSON answers, one re-ask); scored by balanced accuracy,
 and by AUC where the endpoint returns top_logprobs for the answer digits.
 """
@@ -15,12 +24,13 @@ import random
 from typing import Any
 
 from autointerp import prompts
+from autointerp.explain import spread_over_bins
 from autointerp.llm import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
 from autointerp.types import Context, FailureCode, FeatureContexts
 
 DETECT_TEMPLATES = ("detect.system", "detect.user", "reask_json")
 FUZZ_TEMPLATES = ("fuzz.system", "fuzz.user", "reask_json")
-ACTIVE_FRACTION = 0.2
+MARK_FRACTION = 0.3  # Delphi's per-example threshold: marked tokens reach 30% of their excerpt's max
 
 
 def _excerpt(i: int, tokens: list[str], marked: set[int]) -> str:
@@ -29,27 +39,46 @@ def _excerpt(i: int, tokens: list[str], marked: set[int]) -> str:
     return f"<excerpt {i}>\n{text}\n</excerpt {i}>"
 
 
+def active_contexts(fc: FeatureContexts) -> list[Context]:
+    """Holdout contexts where the feature is active: its quantile samples, else (rare features) its top contexts."""
+    for kind in ("quantile", "top"):
+        found = [c for c in fc.select("holdout", kind) if c.max_act > fc.threshold]
+        if found:
+            return found
+    return []
+
+
+def true_marks(c: Context, threshold: float) -> set[int]:
+    """Tokens at or above MARK_FRACTION of the context's max (and active)."""
+    cut = MARK_FRACTION * c.max_act
+    return {j for j, a in enumerate(c.acts) if a >= cut and a > threshold}
+
+
 def detection_examples(fc: FeatureContexts, n: int, seed: int) -> list[tuple[Context, bool]]:
-    top = sorted(fc.select("holdout", "top"), key=lambda c: c.rank)[:n]
-    quiet = [c for c in sorted(fc.select("holdout", "random"), key=lambda c: c.rank)
-             if c.max_act < ACTIVE_FRACTION * fc.max_act][:n]
-    examples = [(c, True) for c in top] + [(c, False) for c in quiet]
+    positives = spread_over_bins(active_contexts(fc), n)
+    negatives = [c for c in sorted(fc.select("holdout", "random"), key=lambda c: c.rank)
+                 if c.max_act <= fc.threshold][:n]
+    examples = [(c, True) for c in positives] + [(c, False) for c in negatives]
     random.Random(seed * 7919 + fc.feature).shuffle(examples)
     return examples
 
 
 def fuzzing_examples(fc: FeatureContexts, n: int, seed: int) -> list[tuple[Context, set[int], bool]]:
-    top = sorted(fc.select("holdout", "top"), key=lambda c: c.rank)
     rng = random.Random(seed * 104729 + fc.feature)
+    pool = active_contexts(fc)
     out: list[tuple[Context, set[int], bool]] = []
-    for k, c in enumerate(top[: 2 * n]):
-        true_marks = {j for j, a in enumerate(c.acts) if a >= ACTIVE_FRACTION * fc.max_act and a > 0}
-        if not true_marks:
-            continue
-        if k % 2 == 0:
-            out.append((c, true_marks, True))
-        else:
-            out.append((c, set(rng.sample(range(len(c.tokens)), len(true_marks))), False))
+    n_pos = n_neg = 0
+    for k, c in enumerate(spread_over_bins(pool, len(pool))):  # alternate, so both classes span the bins
+        marks = true_marks(c, fc.threshold)
+        if k % 2 == 0 and n_pos < n:
+            out.append((c, marks, True))
+            n_pos += 1
+        elif k % 2 == 1 and n_neg < n:
+            quiet = [j for j, a in enumerate(c.acts) if a < MARK_FRACTION * c.max_act]
+            if len(quiet) < len(marks):
+                continue  # as many wrong marks as true ones would have to mark active tokens: not a negative
+            out.append((c, set(rng.sample(quiet, len(marks))), False))
+            n_neg += 1
     rng.shuffle(out)
     return out
 
@@ -94,16 +123,20 @@ async def judge(client: LLMClient, model: str, templates: tuple[str, ...], label
     return answers, probs, calls
 
 
-def _need_both(examples: list[Any], name: str, what: str) -> None:
+def _need_both(examples: list[Any], missing: dict[bool, str]) -> None:
     classes = {e[-1] for e in examples}
-    if classes != {True, False}:
-        raise LLMFailure(f"not scored: too few {what} for both classes", [], FailureCode.ONE_CLASS)
+    for cls in (True, False):
+        if cls not in classes:
+            raise LLMFailure(f"not scored: {missing[cls]}", [], FailureCode.ONE_CLASS)
 
 
 async def detection(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
                     ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
     examples = detection_examples(fc, n, seed)
-    _need_both(examples, "detection", "holdout contexts where the feature stays quiet")
+    _need_both(examples, {
+        True: f"too few holdout contexts where the feature is active (above {fc.threshold:g})",
+        False: f"too few holdout random contexts where the feature is inactive (never above {fc.threshold:g}; "
+               "a dense feature is active in all of them: collect with a higher --threshold)"})
     excerpts = [_excerpt(i, c.tokens, set()) for i, (c, _) in enumerate(examples, 1)]
     answers, probs, calls = await judge(client, model, DETECT_TEMPLATES, label, excerpts)
     return [y for _, y in examples], answers, probs, calls
@@ -112,7 +145,9 @@ async def detection(client: LLMClient, model: str, fc: FeatureContexts, label: s
 async def fuzzing(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
                   ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
     examples = fuzzing_examples(fc, n, seed)
-    _need_both(examples, "fuzzing", "holdout top contexts with active tokens")
+    _need_both(examples, {
+        True: f"too few holdout contexts where the feature is active (above {fc.threshold:g})",
+        False: "too few active holdout contexts with enough tokens below 30% of their max to mark wrongly"})
     excerpts = [_excerpt(i, c.tokens, marks) for i, (c, marks, _) in enumerate(examples, 1)]
     answers, probs, calls = await judge(client, model, FUZZ_TEMPLATES, label, excerpts)
     return [y for *_, y in examples], answers, probs, calls

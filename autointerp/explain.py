@@ -35,11 +35,32 @@ def format_excerpts(contexts: list[Context], max_act: float) -> str:
     return "\n\n".join(blocks)
 
 
+def spread_over_bins(contexts: list[Context], n: int) -> list[Context]:
+    """n contexts spread evenly over their quantile bins, deterministically.
+
+    Round-robin over the bins from the highest down, each bin's contexts in rank order; when a round
+    has fewer picks left than bins with contexts, the picks go to evenly spaced bins (5 of 10 bins:
+    9, 7, 5, 3, 1) rather than to the highest ones. Contexts without a bin count as one bin.
+    """
+    bins: dict[int, list[Context]] = {}
+    for c in contexts:
+        bins.setdefault(-1 if c.quantile is None else c.quantile, []).append(c)
+    queues = [sorted(bins[q], key=lambda c: c.rank) for q in sorted(bins, reverse=True)]
+    picked: list[Context] = []
+    while len(picked) < n:
+        live = [i for i, q in enumerate(queues) if q]
+        if not live:
+            break
+        k = min(n - len(picked), len(live))
+        picked += [queues[live[j * len(live) // k]].pop(0) for j in range(k)]
+    return picked
+
+
 def explain_contexts(fc: FeatureContexts, n_top: int, n_quantile: int) -> list[Context]:
-    """What the explainer sees: the explain split's top contexts, then quantile samples from high to low bins."""
+    """What the explainer sees: the explain split's top contexts, then quantile samples spread evenly over
+    the bins (round-robin from the highest bin down; see spread_over_bins)."""
     top = sorted(fc.select("explain", "top"), key=lambda c: c.rank)[:n_top]
-    quant = sorted(fc.select("explain", "quantile"), key=lambda c: -c.max_act)[:n_quantile]
-    return top + quant
+    return top + spread_over_bins(fc.select("explain", "quantile"), n_quantile)
 
 
 _PREFIX = re.compile(r"^\s*(label|answer|explanation|phrase|feature)\s*[:\-]\s*", re.IGNORECASE)

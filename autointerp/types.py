@@ -51,7 +51,7 @@ class Context(Record):
     rank: int
     tokens: list[str]
     acts: list[float]
-    quantile: int | None = None  # the quantile bin of a 'quantile' context
+    quantile: int | None = None  # the quantile bin (0 = lowest) of a 'quantile' context, else None
 
     @property
     def max_act(self) -> float:
@@ -63,6 +63,7 @@ class FeatureContexts(Record):
     feature: int
     max_act: float
     contexts: list[Context]
+    threshold: float = 0.0  # the dictionary's activation threshold: a token is active when above it
 
     def select(self, split: str, *kinds: str) -> list[Context]:
         return [c for c in self.contexts if c.split == split and c.kind in kinds]

@@ -10,7 +10,7 @@ LABEL=${LABEL:-0:4}
 A=.venv/bin/autointerp
 
 # Small prompts for the 135M model on 2 cores (~1 minute per labelled feature).
-$A run --tokens "$TOKENS" --label-features "$LABEL" --explain-top 6 --explain-quantile 4 --sim-top 6 --sim-random 6 \
+$A run --tokens "$TOKENS" --label-features "$LABEL" --explain-top 6 --explain-quantile 4 --sim-top 6 --sim-random 6 --judge-quiet 0.1 \
   --db "$DB"
 echo; echo "\$ autointerp status"
 $A status --db "$DB"

@@ -250,6 +250,8 @@ class LabelBatch:
         rows: list[ScoreRow] = []
         calls: list[LLMCall] = []
         errors: list[str] = []
+        if self.cfg.judge_quiet > 0:
+            fc = fc.model_copy(update={"threshold": max(fc.threshold, self.cfg.judge_quiet * fc.max_act)})
         for name, fn in (("detection", detect.detection), ("fuzzing", detect.fuzzing)):
             try:
                 labels, answers, probs, c = await fn(self.session.client, self.session.simulator_model, fc, label,

@@ -182,13 +182,17 @@ def read_feature_contexts(
             "SELECT c.feature, c.seq, c.split, c.kind, c.rank, c.tokens, c.acts, c.quantile FROM contexts c "
             "JOIN _wanted USING (feature) "
             "WHERE c.dictionary_id = ? ORDER BY c.feature, c.split, c.kind, c.quantile, c.rank", [dictionary_id]).fetchall()
+        found = con.execute("SELECT CAST(config->>'threshold' AS DOUBLE) FROM dictionaries WHERE dictionary_id = ?",
+                            [dictionary_id]).fetchall()
     finally:
         con.unregister("_wanted")
+    threshold = float(found[0][0]) if found and found[0][0] is not None else 0.0
     grouped: dict[int, list[Context]] = {f: [] for f in stats}
     for feature, seq, split, kind, rank, tokens, acts, quantile in rows:
         grouped[feature].append(Context(seq=seq, split=split, kind=kind, rank=rank, tokens=tokens, acts=acts,
                                         quantile=quantile))
-    return {f: FeatureContexts(dictionary_id=dictionary_id, feature=f, max_act=float(stats[f]), contexts=ctxs)
+    return {f: FeatureContexts(dictionary_id=dictionary_id, feature=f, max_act=float(stats[f]), contexts=ctxs,
+                               threshold=threshold)
             for f, ctxs in grouped.items()}
 
 
