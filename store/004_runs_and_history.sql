@@ -69,17 +69,23 @@ UPDATE score_runs SET source_run_id = (SELECT r.run_id FROM score_runs r WHERE r
     AND r.simulator = score_runs.simulator AND r.stage = 'simulation' ORDER BY r.created_at DESC LIMIT 1)
 WHERE stage = 'behaviour';
 
+-- The newest explanation per unit of work (dictionary, feature, explainer, prompt), and the newest
+-- simulation run per explanation and simulator: what the views below show.
+CREATE VIEW latest_explanations AS
+SELECT * FROM explanations
+QUALIFY row_number() OVER (PARTITION BY dictionary_id, feature, explainer, prompt_hash
+                           ORDER BY created_at DESC, explanation_id) = 1;
+
+CREATE VIEW latest_simulation_runs AS
+SELECT * FROM score_runs WHERE stage = 'simulation'
+QUALIFY row_number() OVER (PARTITION BY explanation_id, simulator ORDER BY created_at DESC, run_id) = 1;
+
 -- One row per explanation, simulator and score method, from the newest runs: the newest explanation
 -- per unit of work (dictionary, feature, explainer, prompt), its newest simulation run per simulator,
 -- and the newest behaviour run made from that simulation run. Older runs stay in `scores`.
 CREATE VIEW latest_scores AS
-WITH expl AS (
-    SELECT * FROM explanations
-    QUALIFY row_number() OVER (PARTITION BY dictionary_id, feature, explainer, prompt_hash
-                               ORDER BY created_at DESC, explanation_id) = 1),
-sim AS (
-    SELECT * FROM score_runs WHERE stage = 'simulation'
-    QUALIFY row_number() OVER (PARTITION BY explanation_id, simulator ORDER BY created_at DESC, run_id) = 1),
+WITH expl AS (SELECT * FROM latest_explanations),
+sim AS (SELECT * FROM latest_simulation_runs),
 beh AS (
     SELECT * FROM score_runs WHERE stage = 'behaviour'
     QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1)
@@ -113,13 +119,8 @@ WHERE r.null_kind IS NULL;
 -- One row per explanation (the newest per unit of work) and simulator (its newest run): every score a
 -- column, with its margin over the shuffled-label null and p against it (real labels only).
 CREATE OR REPLACE VIEW labels AS
-WITH expl AS (
-    SELECT * FROM explanations
-    QUALIFY row_number() OVER (PARTITION BY dictionary_id, feature, explainer, prompt_hash
-                               ORDER BY created_at DESC, explanation_id) = 1),
-sim AS (
-    SELECT * FROM score_runs WHERE stage = 'simulation'
-    QUALIFY row_number() OVER (PARTITION BY explanation_id, simulator ORDER BY created_at DESC, run_id) = 1),
+WITH expl AS (SELECT * FROM latest_explanations),
+sim AS (SELECT * FROM latest_simulation_runs),
 wide AS (
     SELECT ls.explanation_id, ls.simulator,
            max(ls.value) FILTER (ls.method = 'correlation_top_random') AS correlation_top_random,

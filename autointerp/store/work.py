@@ -128,11 +128,8 @@ def behaviour_pending(con: Connection, dictionary_id: int, settings_hash: str,
     """The newest ok simulation run of each explanation and simulator that has no behaviour run with these
     settings (ok, or failed when failures are not being retried)."""
     rows = con.execute("""
-        WITH newest AS (
-            SELECT * FROM score_runs WHERE dictionary_id = ? AND stage = 'simulation'
-            QUALIFY row_number() OVER (PARTITION BY explanation_id, simulator ORDER BY created_at DESC, run_id) = 1)
-        SELECT n.run_id, n.explanation_id, n.feature, n.simulator, n.prompt_hash FROM newest n
-        WHERE n.status = 'ok' AND NOT EXISTS (
+        SELECT n.run_id, n.explanation_id, n.feature, n.simulator, n.prompt_hash FROM latest_simulation_runs n
+        WHERE n.dictionary_id = ? AND n.status = 'ok' AND NOT EXISTS (
             SELECT 1 FROM score_runs b WHERE b.source_run_id = n.run_id AND b.stage = 'behaviour'
             AND b.settings_hash = ? AND (b.status = 'ok' OR NOT ?))
         ORDER BY n.feature, n.explanation_id, n.simulator""", [dictionary_id, settings_hash, retry_failed]).fetchall()
