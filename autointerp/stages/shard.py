@@ -24,7 +24,6 @@ from autointerp.stages.collect import FINAL_WRITE_WAIT_S, CollectOutcome, _ids, 
 from autointerp.types import ProgressEvent, ProgressFn
 
 
-
 @dataclass(frozen=True)
 class ShardOutcome:
     index: int
@@ -117,12 +116,12 @@ def merge_stage(db: str | Path, cfg: CollectConfig, n_shards: int | None = None,
     """Merge every shard of this collection into one dictionary in `db` (the only step that opens it), then
     remove the shard directory. Equal, row for row, to the dictionary one process writes."""
     config_hash = cfg.config_hash()
+    directory = shard_dir(db, cfg)
+    found = check_dir(directory, cfg, n_shards)  # refused before the database is touched
     with store.open_store(db) as con:
         done = store.find_dictionary(con, config_hash)
     if done is not None and done.status == "complete":
         return CollectOutcome(done.dictionary_id, done.n_tokens or 0, done.n_contexts or 0, done.n_features, True)
-    directory = shard_dir(db, cfg)
-    found = check_dir(directory, cfg, n_shards)
     if not found:
         raise BadInput(f"no shards of this collection in {directory}: run `autointerp collect --shards N "
                        "--shard-index I` with the same settings first")
