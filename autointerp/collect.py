@@ -20,18 +20,18 @@ import os
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from autointerp.collect_stats import Stats, limb_total
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureFn
 
 SPLITS = ("explain", "holdout")
-HIST_BINS = 64
 _MASK62 = (1 << 62) - 1
 _SALT_SPLIT, _SALT_RANDOM, _SALT_RESERVOIR = 0x5EED_0001, 0x5EED_0002, 0x5EED_0003
 
@@ -144,88 +144,6 @@ class _SplitBuffers:
         return torch.cat([self.top.seq.flatten(), self.res.seq.flatten(), self.rnd_seq])
 
 
-# Sums are exact: each float32 activation is an integer multiple of 2^(E-24) (E its binary exponent), so it is
-# added as an int64 to the accumulator ("limb") of its exponent band; limb b counts units of 2^(8b - SUM_BASE).
-# Integer addition does not depend on the order, so any batching or sharding gives the same sum, bit for bit.
-SUM_LIMBS = 35  # exponent bands of 8 from float32's smallest subnormal (2^-149) up to 2^128
-SUM_BASE = 148 + 24
-
-
-def limb_total(limbs: np.ndarray) -> np.ndarray:
-    """[F, SUM_LIMBS] int64 -> [F] float64: the exact sum, rounded once."""
-    out = np.zeros(len(limbs))
-    for f in np.flatnonzero(limbs.any(1)):
-        parts = []
-        for b in np.flatnonzero(limbs[f]):
-            v = int(limbs[f, b])
-            hi, lo = v >> 32, v - ((v >> 32) << 32)  # each exactly a float64
-            parts += [math.ldexp(float(hi), 8 * int(b) - SUM_BASE + 32), math.ldexp(float(lo), 8 * int(b) - SUM_BASE)]
-        out[f] = math.fsum(parts)  # correctly rounded
-    return out
-
-
-def hist_width(max_act: torch.Tensor) -> torch.Tensor:
-    """The histogram bin width of a feature: the power of two with 64 bins just covering its maximum (0 until a
-    positive activation is seen). A function of the maximum alone, so it does not depend on the order of batches."""
-    _, exp = torch.frexp(max_act.float())
-    width = torch.ldexp(torch.ones_like(max_act, dtype=torch.float64), (exp - int(math.log2(HIST_BINS))).double())
-    return torch.where(max_act > 0, width, 0.0)
-
-
-@dataclass
-class _Stats:
-    n_features: int
-    device: torch.device
-    n_tokens: int = 0
-    limbs: torch.Tensor = field(init=False)
-    n_active: torch.Tensor = field(init=False)
-    max_act: torch.Tensor = field(init=False)
-    hist: torch.Tensor = field(init=False)
-    bin_width: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        f, dev = self.n_features, self.device
-        self.limbs = torch.zeros((f, SUM_LIMBS), dtype=torch.int64, device=dev)
-        self.n_active = torch.zeros(f, dtype=torch.int64, device=dev)
-        self.max_act = torch.full((f,), -math.inf, device=dev)
-        self.hist = torch.zeros((f, HIST_BINS), dtype=torch.int64, device=dev)
-        self.bin_width = torch.zeros(f, dtype=torch.float64, device=dev)  # 0 until a positive activation is seen
-
-    def update(self, flat: torch.Tensor, threshold: float) -> None:
-        """flat: [tokens, F] float32."""
-        self.n_tokens += flat.shape[0]
-        mant, exp = torch.frexp(flat)
-        exp = exp.long() + 148  # 0 .. 276 (zeros have mantissa 0: they add nothing)
-        ints = (mant * float(1 << 24)).long() * (1 << (exp % 8))  # the value in units of its band: exact, |.| < 2^31
-        band = exp // 8 + torch.arange(self.n_features, device=flat.device) * SUM_LIMBS
-        self.limbs.view(-1).index_add_(0, band.view(-1), ints.view(-1))
-        self.n_active += (flat > threshold).sum(0)
-        self.max_act = torch.maximum(self.max_act, flat.amax(0))
-        self._hist_update(flat)
-
-    def _hist_update(self, flat: torch.Tensor) -> None:
-        # Exact histogram of positive activations over [0, HIST_BINS * width), width doubling as the max
-        # grows (adjacent bins merge), so no pass over the data is needed to know the range.
-        width = hist_width(self.max_act)
-        grow = (self.bin_width > 0) & (width > self.bin_width)
-        if grow.any():
-            feats = grow.nonzero().squeeze(1)
-            factor = (width[feats] / self.bin_width[feats]).round().long()
-            for m in factor.unique().tolist():
-                sel = feats[factor == m]
-                mm = int(min(m, HIST_BINS))
-                merged = self.hist[sel].view(len(sel), HIST_BINS // mm, mm).sum(-1)
-                self.hist[sel] = torch.nn.functional.pad(merged, (0, HIST_BINS - merged.shape[1]))
-        self.bin_width = width
-        # Bin every entry at once; non-positive ones go to an extra column that is dropped.
-        w = torch.where(width > 0, width, 1.0).float()
-        bins = (flat / w).floor_().clamp_(0, HIST_BINS - 1).long()
-        bins = torch.where(flat > 0, bins, HIST_BINS)
-        bins += torch.arange(self.n_features, device=flat.device) * (HIST_BINS + 1)
-        counts = torch.bincount(bins.view(-1), minlength=self.n_features * (HIST_BINS + 1))
-        self.hist += counts.view(self.n_features, HIST_BINS + 1)[:, :HIST_BINS]
-
-
 @dataclass
 class CollectResult:
     n_tokens: int
@@ -252,7 +170,7 @@ class Collector:
         self.device = torch.device(device)
         self.feature_ids = torch.arange(feature_offset, feature_offset + n_features, device=self.device)
         self.buffers = {s: _SplitBuffers.empty(n_features, cfg, self.device) for s in SPLITS}
-        self.stats = _Stats(n_features, self.device)
+        self.stats = Stats(n_features, self.device)
         self.tokens_of: dict[int, np.ndarray] = {}
         self.n_contexts = 0
         self._batches = 0

@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
-from autointerp.collect import HIST_BINS, SPLITS
+from autointerp.collect import SPLITS
+from autointerp.collect_stats import HIST_BINS
 
 State = tuple[dict[str, np.ndarray], dict[str, Any]]
 FORMAT_VERSION = 1
