@@ -13,24 +13,17 @@ import torch
 HIST_BINS = 64
 
 
-# Sums are exact: each float32 activation is an integer multiple of 2^(E-24) (E its binary exponent), so it is
-# added as an int64 to the accumulator ("limb") of its exponent band; limb b counts units of 2^(8b - SUM_BASE).
-# Integer addition does not depend on the order, so any batching or sharding gives the same sum, bit for bit.
-SUM_LIMBS = 35  # exponent bands of 8 from float32's smallest subnormal (2^-149) up to 2^128
-SUM_BASE = 148 + 24
+# Sums are order-free: each activation is cut on a fixed grid, its whole part and its fraction in units of
+# 2^-FRAC_BITS (what lies below 2^-40 is dropped: at most 1e-12 per token), both added as int64. Integer
+# addition does not depend on the order, so any batching or sharding gives the same sum, bit for bit.
+SUM_LIMBS = 2  # [whole units, units of 2^-FRAC_BITS]
+FRAC_BITS = 40
+MAX_ABS = float(2**40)  # activations are clamped to +-2^40 for the sum only (an overflow guard)
 
 
 def limb_total(limbs: np.ndarray) -> np.ndarray:
-    """[F, SUM_LIMBS] int64 -> [F] float64: the exact sum, rounded once."""
-    out = np.zeros(len(limbs))
-    for f in np.flatnonzero(limbs.any(1)):
-        parts = []
-        for b in np.flatnonzero(limbs[f]):
-            v = int(limbs[f, b])
-            hi, lo = v >> 32, v - ((v >> 32) << 32)  # each exactly a float64
-            parts += [math.ldexp(float(hi), 8 * int(b) - SUM_BASE + 32), math.ldexp(float(lo), 8 * int(b) - SUM_BASE)]
-        out[f] = math.fsum(parts)  # correctly rounded
-    return out
+    """[F, 2] int64 -> [F] float64: the sum, rounded once from its exact integer value."""
+    return np.asarray([float((int(w) << FRAC_BITS) + int(f)) / 2.0**FRAC_BITS for w, f in limbs.tolist()])
 
 
 def hist_width(max_act: torch.Tensor) -> torch.Tensor:
@@ -63,11 +56,23 @@ class Stats:
     def update(self, flat: torch.Tensor, threshold: float) -> None:
         """flat: [tokens, F] float32."""
         self.n_tokens += flat.shape[0]
-        mant, exp = torch.frexp(flat)
-        exp = exp.long() + 148  # 0 .. 276 (zeros have mantissa 0: they add nothing)
-        ints = (mant * float(1 << 24)).long() * (1 << (exp % 8))  # the value in units of its band: exact, |.| < 2^31
-        band = exp // 8 + torch.arange(self.n_features, device=flat.device) * SUM_LIMBS
-        self.limbs.view(-1).index_add_(0, band.view(-1), ints.view(-1))
+        nonzero = flat != 0
+        sparse = int(nonzero.sum()) * 4 < flat.numel()  # SAE latents: only the non-zero entries (zeros add nothing)
+        if sparse:
+            rows, cols = nonzero.nonzero(as_tuple=True)
+            x = flat[rows, cols].double().clamp_(-MAX_ABS, MAX_ABS)
+        else:
+            x = flat.double().clamp_(-MAX_ABS, MAX_ABS)
+        whole = x.trunc()
+        frac = ((x - whole) * 2.0**FRAC_BITS).trunc_()  # exact float64 steps; bits below 2^-40 dropped
+        for limb, part in enumerate((whole.long(), frac.long())):
+            if sparse:
+                self.limbs[:, limb].index_add_(0, cols, part)
+            else:
+                self.limbs[:, limb] += part.sum(0)
+        carry = torch.div(self.limbs[:, 1], 2**FRAC_BITS, rounding_mode="floor")  # keeps the fraction limb small
+        self.limbs[:, 1] -= carry * 2**FRAC_BITS
+        self.limbs[:, 0] += carry
         self.n_active += (flat > threshold).sum(0)
         self.max_act = torch.maximum(self.max_act, flat.amax(0))
         self._hist_update(flat)
