@@ -7,7 +7,7 @@ per-token activations. Nothing of size tokens x features is kept beyond one batc
 
 Every random choice is a hash of (seed, context index[, feature]), so results do not depend
 on the batch size, and the explain/holdout split of a context is fixed by its index alone. Every
-statistic is order-free too (sums are exact integers, the histogram's bin width is a function of the
+statistic is order-free too (sums are int64 on a fixed grid, the histogram's bin width is a function of the
 maximum), so the states of disjoint sets of contexts merge exactly (`state`, `from_state`, partial.py).
 The buffers live on the device the activations come from; only what is stored crosses to the host.
 """
