@@ -6,7 +6,10 @@ quantile samples are drawn at the end) and a shared set of random contexts, each
 per-token activations. Nothing of size tokens x features is kept beyond one batch.
 
 Every random choice is a hash of (seed, context index[, feature]), so results do not depend
-on the batch size, and the explain/holdout split of a context is fixed by its index alone.
+on the batch size, and the explain/holdout split of a context is fixed by its index alone. Every
+statistic is order-free too (sums are int64 on a fixed grid, the histogram's bin width is a function of the
+maximum), so the states of disjoint sets of contexts merge exactly (`state`, `from_state`, partial.py).
+The buffers live on the device the activations come from; only what is stored crosses to the host.
 """
 
 from __future__ import annotations
@@ -16,19 +19,19 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from autointerp.collect_stats import Stats, limb_total
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureFn
 
 SPLITS = ("explain", "holdout")
-HIST_BINS = 64
 _MASK62 = (1 << 62) - 1
 _SALT_SPLIT, _SALT_RANDOM, _SALT_RESERVOIR = 0x5EED_0001, 0x5EED_0002, 0x5EED_0003
 
@@ -68,13 +71,14 @@ class _Ranked:
     largest: bool
 
     @classmethod
-    def empty(cls, n_features: int, size: int, ctx_len: int, largest: bool, dtype: torch.dtype) -> _Ranked:
+    def empty(cls, n_features: int, size: int, ctx_len: int, largest: bool, dtype: torch.dtype,
+              device: torch.device) -> _Ranked:
         return cls(
-            key=torch.full((n_features, size), -math.inf if largest else math.inf, dtype=dtype),
-            slot=torch.arange(size).expand(n_features, size).clone(),
-            seq=torch.full((n_features, size), -1, dtype=torch.int64),
-            max=torch.zeros((n_features, size)),
-            acts=torch.zeros((n_features, size, ctx_len)),
+            key=torch.full((n_features, size), -math.inf if largest else math.inf, dtype=dtype, device=device),
+            slot=torch.arange(size, device=device).expand(n_features, size).clone(),
+            seq=torch.full((n_features, size), -1, dtype=torch.int64, device=device),
+            max=torch.zeros((n_features, size), device=device),
+            acts=torch.zeros((n_features, size, ctx_len), device=device),
             largest=largest,
         )
 
@@ -91,7 +95,7 @@ class _Ranked:
         top, order = top[:, :size], order[:, :size]
         is_new = order >= size
         old_slot = self.slot[feats]
-        retained = torch.zeros((len(feats), size + 1), dtype=torch.bool)
+        retained = torch.zeros((len(feats), size + 1), dtype=torch.bool, device=self.key.device)
         retained.scatter_(1, torch.where(is_new, size, order), True)
         free_rows, free_pos = (~retained[:, :size]).nonzero(as_tuple=True)
         new_rows, new_pos = is_new.nonzero(as_tuple=True)  # row-major, same count per row as free_*
@@ -107,10 +111,14 @@ class _Ranked:
         self.acts[f, physical] = acts[b, :, f]
 
     def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(key, seq, max, acts) in sorted order, as numpy arrays."""
+        """(key, seq, max, acts) in sorted order, as numpy arrays (on the host)."""
         idx = self.slot
-        return (self.key.numpy(), self.seq.gather(1, idx).numpy(), self.max.gather(1, idx).numpy(),
-                self.acts.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.acts.shape[2])).numpy())
+        return (self.key.cpu().numpy(), self.seq.gather(1, idx).cpu().numpy(), self.max.gather(1, idx).cpu().numpy(),
+                self.acts.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.acts.shape[2])).cpu().numpy())
+
+    def load_sorted(self, key: torch.Tensor, seq: torch.Tensor, mx: torch.Tensor, acts: torch.Tensor) -> None:
+        self.key, self.seq, self.max, self.acts = key, seq, mx, acts
+        self.slot = torch.arange(key.shape[1], device=key.device).expand_as(key).clone()
 
 
 @dataclass
@@ -122,70 +130,18 @@ class _SplitBuffers:
     rnd_acts: torch.Tensor  # [F, r, L]
 
     @classmethod
-    def empty(cls, n_features: int, cfg: CollectConfig) -> _SplitBuffers:
+    def empty(cls, n_features: int, cfg: CollectConfig, device: torch.device) -> _SplitBuffers:
         f, r, length = n_features, cfg.n_random, cfg.ctx_len
         return cls(
-            top=_Ranked.empty(f, cfg.top_k, length, largest=True, dtype=torch.float32),
-            res=_Ranked.empty(f, cfg.reservoir_size, length, largest=False, dtype=torch.float64),
-            rnd_key=torch.full((r,), math.inf, dtype=torch.float64),
-            rnd_seq=torch.full((r,), -1, dtype=torch.int64),
-            rnd_acts=torch.zeros((f, r, length)),
+            top=_Ranked.empty(f, cfg.top_k, length, largest=True, dtype=torch.float32, device=device),
+            res=_Ranked.empty(f, cfg.reservoir_size, length, largest=False, dtype=torch.float64, device=device),
+            rnd_key=torch.full((r,), math.inf, dtype=torch.float64, device=device),
+            rnd_seq=torch.full((r,), -1, dtype=torch.int64, device=device),
+            rnd_acts=torch.zeros((f, r, length), device=device),
         )
 
     def referenced(self) -> torch.Tensor:
         return torch.cat([self.top.seq.flatten(), self.res.seq.flatten(), self.rnd_seq])
-
-
-@dataclass
-class _Stats:
-    n_features: int
-    n_tokens: int = 0
-    total: torch.Tensor = field(init=False)
-    n_active: torch.Tensor = field(init=False)
-    max_act: torch.Tensor = field(init=False)
-    hist: torch.Tensor = field(init=False)
-    bin_width: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        f = self.n_features
-        self.total = torch.zeros(f, dtype=torch.float64)
-        self.n_active = torch.zeros(f, dtype=torch.int64)
-        self.max_act = torch.full((f,), -math.inf)
-        self.hist = torch.zeros((f, HIST_BINS), dtype=torch.int64)
-        self.bin_width = torch.zeros(f, dtype=torch.float64)  # 0 until a positive activation is seen
-
-    def update(self, flat: torch.Tensor, threshold: float) -> None:
-        """flat: [tokens, F]."""
-        self.n_tokens += flat.shape[0]
-        self.total += flat.sum(0, dtype=torch.float64)
-        self.n_active += (flat > threshold).sum(0)
-        batch_max = flat.amax(0)
-        self.max_act = torch.maximum(self.max_act, batch_max)
-        self._hist_update(flat, batch_max.double())
-
-    def _hist_update(self, flat: torch.Tensor, batch_max: torch.Tensor) -> None:
-        # Exact histogram of positive activations over [0, HIST_BINS * width), width doubling as the max
-        # grows (adjacent bins merge), so no pass over the data is needed to know the range.
-        fresh = (self.bin_width == 0) & (batch_max > 0)
-        if fresh.any():
-            self.bin_width[fresh] = torch.exp2(torch.ceil(torch.log2(batch_max[fresh] * 1.0001 / HIST_BINS)))
-        grow = (self.bin_width > 0) & (batch_max >= self.bin_width * HIST_BINS)
-        if grow.any():
-            factor = torch.exp2(torch.ceil(torch.log2(batch_max[grow] * 1.0001 / (self.bin_width[grow] * HIST_BINS))))
-            feats = grow.nonzero().squeeze(1)
-            for m in factor.unique().tolist():
-                sel = feats[factor == m]
-                mm = int(min(m, HIST_BINS))
-                merged = self.hist[sel].view(len(sel), HIST_BINS // mm, mm).sum(-1)
-                self.hist[sel] = torch.nn.functional.pad(merged, (0, HIST_BINS - merged.shape[1]))
-                self.bin_width[sel] *= m
-        # Bin every entry at once; non-positive ones go to an extra column that is dropped.
-        width = torch.where(self.bin_width > 0, self.bin_width, 1.0).float()
-        bins = (flat / width).floor_().clamp_(0, HIST_BINS - 1).long()
-        bins = torch.where(flat > 0, bins, HIST_BINS)
-        bins += torch.arange(self.n_features) * (HIST_BINS + 1)
-        counts = torch.bincount(bins.view(-1), minlength=self.n_features * (HIST_BINS + 1))
-        self.hist += counts.view(self.n_features, HIST_BINS + 1)[:, :HIST_BINS]
 
 
 @dataclass
@@ -198,44 +154,83 @@ class CollectResult:
     resumed_contexts: int = 0  # contexts taken from a checkpoint rather than run again
 
 
-_CHECKPOINT_VERSION = 2
-_RANKED_PARTS = ("key", "slot", "seq", "max", "acts")
+_CHECKPOINT_VERSION = 3
+_RANKED_PARTS = ("key", "seq", "max", "acts")
 _SPLIT_PARTS = ("rnd_key", "rnd_seq", "rnd_acts")
-_STATS_PARTS = ("total", "n_active", "max_act", "hist", "bin_width")
+_STATS_PARTS = ("limbs", "n_active", "max_act", "hist", "bin_width")
 
 
 class Collector:
     """Feeds batches of contexts through a feature function and keeps what each feature needs."""
 
-    def __init__(self, cfg: CollectConfig, n_features: int, feature_offset: int = 0):
+    def __init__(self, cfg: CollectConfig, n_features: int, feature_offset: int = 0,
+                 device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.n_features = n_features
-        self.feature_ids = torch.arange(feature_offset, feature_offset + n_features)
-        self.buffers = {s: _SplitBuffers.empty(n_features, cfg) for s in SPLITS}
-        self.stats = _Stats(n_features)
+        self.device = torch.device(device)
+        self.feature_ids = torch.arange(feature_offset, feature_offset + n_features, device=self.device)
+        self.buffers = {s: _SplitBuffers.empty(n_features, cfg, self.device) for s in SPLITS}
+        self.stats = Stats(n_features, self.device)
         self.tokens_of: dict[int, np.ndarray] = {}
         self.n_contexts = 0
         self._batches = 0
 
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """The whole state as host arrays (ranked buffers in sorted order) and scalars: what a checkpoint
+        and a shard hold, and what `from_state` (and partial.merge) take."""
+        arrays: dict[str, np.ndarray] = {"feature_ids": self.feature_ids.cpu().numpy()}
+        for split, buf in self.buffers.items():
+            for name, ranked in (("top", buf.top), ("res", buf.res)):
+                for part, a in zip(_RANKED_PARTS, ranked.sorted_view(), strict=True):
+                    arrays[f"{split}.{name}.{part}"] = a
+            for part in _SPLIT_PARTS:
+                arrays[f"{split}.{part}"] = getattr(buf, part).cpu().numpy()
+        for part in _STATS_PARTS:
+            arrays[f"stats.{part}"] = getattr(self.stats, part).cpu().numpy()
+        seqs = sorted(self.tokens_of)
+        arrays["tokens_of.seq"] = np.asarray(seqs, dtype=np.int64)
+        arrays["tokens_of.ids"] = (np.stack([self.tokens_of[q] for q in seqs]).astype(np.int64) if seqs
+                                   else np.zeros((0, self.cfg.ctx_len), dtype=np.int64))
+        meta = {"n_features": self.n_features, "n_tokens": self.stats.n_tokens, "n_contexts": self.n_contexts,
+                "batches": self._batches}
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, cfg: CollectConfig, n_features: int, feature_offset: int, arrays: dict[str, np.ndarray],
+                   meta: dict[str, int], device: torch.device | str = "cpu") -> Collector:
+        """A collector holding `state`'s arrays; ValueError if they do not fit this collection."""
+        collector = cls(cfg, n_features, feature_offset, device)
+        ids = arrays.get("feature_ids")
+        if meta.get("n_features") != n_features or ids is None or \
+                not np.array_equal(ids, collector.feature_ids.cpu().numpy()):
+            raise ValueError("the state does not belong to this collection (other features)")
+
+        def take(key: str, like: torch.Tensor) -> torch.Tensor:
+            a = arrays.get(key)
+            if a is None or a.shape != tuple(like.shape) or a.dtype != like.cpu().numpy().dtype:
+                raise ValueError(f"{key} does not fit this collection")
+            return torch.from_numpy(np.ascontiguousarray(a)).to(collector.device)
+
+        for split, buf in collector.buffers.items():
+            for name, ranked in (("top", buf.top), ("res", buf.res)):
+                ranked.load_sorted(*(take(f"{split}.{name}.{p}", getattr(ranked, p)) for p in _RANKED_PARTS))
+            for part in _SPLIT_PARTS:
+                setattr(buf, part, take(f"{split}.{part}", getattr(buf, part)))
+        for part in _STATS_PARTS:
+            setattr(collector.stats, part, take(f"stats.{part}", getattr(collector.stats, part)))
+        seqs, ids = arrays.get("tokens_of.seq"), arrays.get("tokens_of.ids")
+        if seqs is None or ids is None or ids.ndim != 2 or len(seqs) != len(ids):
+            raise ValueError("no token ids")
+        collector.tokens_of = {int(q): row for q, row in zip(seqs, ids, strict=True)}
+        collector.stats.n_tokens = int(meta["n_tokens"])
+        collector.n_contexts, collector._batches = int(meta["n_contexts"]), int(meta["batches"])
+        return collector
+
     def save(self, path: Path) -> None:
         """Write the whole state atomically (a kill during the write leaves the previous checkpoint), as
         a NumPy .npz of plain arrays plus JSON scalars: loading it cannot run code, unlike a pickle."""
-        arrays: dict[str, np.ndarray] = {"feature_ids": self.feature_ids.numpy()}
-        for split, buf in self.buffers.items():
-            for name, ranked in (("top", buf.top), ("res", buf.res)):
-                for part in _RANKED_PARTS:
-                    arrays[f"{split}.{name}.{part}"] = getattr(ranked, part).numpy()
-            for part in _SPLIT_PARTS:
-                arrays[f"{split}.{part}"] = getattr(buf, part).numpy()
-        for part in _STATS_PARTS:
-            arrays[f"stats.{part}"] = getattr(self.stats, part).numpy()
-        seqs = sorted(self.tokens_of)
-        arrays["tokens_of.seq"] = np.asarray(seqs, dtype=np.int64)
-        arrays["tokens_of.ids"] = (np.stack([self.tokens_of[q] for q in seqs]) if seqs
-                                   else np.zeros((0, self.cfg.ctx_len), dtype=np.int64))
-        meta = {"version": _CHECKPOINT_VERSION, "n_features": self.n_features, "n_tokens": self.stats.n_tokens,
-                "n_contexts": self.n_contexts, "batches": self._batches}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        arrays, meta = self.state()
+        arrays["meta"] = np.frombuffer(json.dumps({"version": _CHECKPOINT_VERSION, **meta}).encode(), dtype=np.uint8)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, allow_pickle=False, **arrays)
@@ -244,10 +239,10 @@ class Collector:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path, cfg: CollectConfig, n_features: int, feature_offset: int = 0) -> Collector:
+    def load(cls, path: Path, cfg: CollectConfig, n_features: int, feature_offset: int = 0,
+             device: torch.device | str = "cpu") -> Collector:
         """The state `save` wrote. Raises ValueError for a file that is not such a checkpoint of this
         collection (a pickle included: it is never unpickled)."""
-        collector = cls(cfg, n_features, feature_offset)
         npz = np.load(path, allow_pickle=False)  # a pickle raises ValueError here, unread
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError(f"{path} is not a checkpoint archive")
@@ -257,32 +252,12 @@ class Collector:
                 arrays = {k: npz[k] for k in npz.files if k != "meta"}
             except (KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path} is not a checkpoint of this version: {exc}") from exc
-        ids = arrays.get("feature_ids")
-        if meta.get("version") != _CHECKPOINT_VERSION or meta.get("n_features") != n_features or ids is None or \
-                not np.array_equal(ids, collector.feature_ids.numpy()):
+        if meta.get("version") != _CHECKPOINT_VERSION:
             raise ValueError(f"{path} does not belong to this collection")
-
-        def take(key: str, like: torch.Tensor) -> torch.Tensor:
-            a = arrays.get(key)
-            if a is None or a.shape != tuple(like.shape) or a.dtype != like.numpy().dtype:
-                raise ValueError(f"{path}: {key} does not fit this collection")
-            return torch.from_numpy(a)
-
-        for split, buf in collector.buffers.items():
-            for name, ranked in (("top", buf.top), ("res", buf.res)):
-                for part in _RANKED_PARTS:
-                    setattr(ranked, part, take(f"{split}.{name}.{part}", getattr(ranked, part)))
-            for part in _SPLIT_PARTS:
-                setattr(buf, part, take(f"{split}.{part}", getattr(buf, part)))
-        for part in _STATS_PARTS:
-            setattr(collector.stats, part, take(f"stats.{part}", getattr(collector.stats, part)))
-        seqs, ids = arrays.get("tokens_of.seq"), arrays.get("tokens_of.ids")
-        if seqs is None or ids is None or ids.ndim != 2 or len(seqs) != len(ids):
-            raise ValueError(f"{path}: no token ids")
-        collector.tokens_of = {int(q): row for q, row in zip(seqs, ids, strict=True)}
-        collector.stats.n_tokens = int(meta["n_tokens"])
-        collector.n_contexts, collector._batches = int(meta["n_contexts"]), int(meta["batches"])
-        return collector
+        try:
+            return cls.from_state(cfg, n_features, feature_offset, arrays, meta, device)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} does not belong to this collection: {exc}") from exc
 
     def add(self, seqs: torch.Tensor, tokens: np.ndarray, acts: torch.Tensor) -> None:
         """seqs: [b] context indices; tokens: [b, L] ids; acts: [b, L, F] activations of those tokens."""
@@ -297,7 +272,7 @@ class Collector:
                 self._add_split(self.buffers[name], seqs[mask], acts[mask])
         self._batches += 1
         if self._batches % 64 == 0:
-            self._prune_tokens()
+            self.prune_tokens()
 
     def _add_split(self, buf: _SplitBuffers, seqs: torch.Tensor, acts: torch.Tensor) -> None:
         cfg = self.cfg
@@ -327,14 +302,14 @@ class Collector:
             buf.rnd_seq = torch.cat([buf.rnd_seq, seqs])[order]
             buf.rnd_acts = torch.cat([buf.rnd_acts, acts.permute(2, 0, 1)], dim=1)[:, order]
 
-    def _prune_tokens(self) -> None:
+    def prune_tokens(self) -> None:
         keep = set(torch.cat([b.referenced() for b in self.buffers.values()]).unique().tolist())
         self.tokens_of = {s: t for s, t in self.tokens_of.items() if s in keep}
 
     # ------------------------------------------------------------ results
 
-    def result(self, token_strings: list[str]) -> CollectResult:
-        self._prune_tokens()
+    def result(self, token_strings: Sequence[str] | Mapping[int, str]) -> CollectResult:
+        self.prune_tokens()
         example_parts = []
         for split, buf in self.buffers.items():
             example_parts += self._examples(split, buf)
@@ -351,19 +326,19 @@ class Collector:
         st = self.stats
         n = max(st.n_tokens, 1)
         features = pa.table({
-            "feature": pa.array(self.feature_ids.numpy().astype(np.int32)),
-            "max_act": pa.array(st.max_act.numpy().astype(np.float32)),
-            "mean_act": pa.array((st.total / n).numpy().astype(np.float32)),
-            "frac_active": pa.array((st.n_active.double() / n).numpy().astype(np.float32)),
-            "n_active": pa.array(st.n_active.numpy()),
-            "hist_bin_width": pa.array(st.bin_width.numpy()),
-            "hist_counts": pa.array(list(st.hist.numpy()), pa.list_(pa.int64())),
+            "feature": pa.array(self.feature_ids.cpu().numpy().astype(np.int32)),
+            "max_act": pa.array(st.max_act.cpu().numpy().astype(np.float32)),
+            "mean_act": pa.array((limb_total(st.limbs.cpu().numpy()) / n).astype(np.float32)),
+            "frac_active": pa.array((st.n_active.cpu().double() / n).numpy().astype(np.float32)),
+            "n_active": pa.array(st.n_active.cpu().numpy()),
+            "hist_bin_width": pa.array(st.bin_width.cpu().numpy()),
+            "hist_counts": pa.array(list(st.hist.cpu().numpy()), pa.list_(pa.int64())),
         })
         return CollectResult(st.n_tokens, self.n_contexts, sequences, features, examples)
 
     def _examples(self, split: str, buf: _SplitBuffers) -> list[dict[str, np.ndarray]]:
         cfg = self.cfg
-        fid = self.feature_ids.numpy()
+        fid = self.feature_ids.cpu().numpy()
         parts = []
         # top
         _, top_seq, top_max, top_acts = buf.top.sorted_view()
@@ -375,14 +350,15 @@ class Collector:
             "bin_low": np.full(len(f_idx), np.nan), "bin_high": np.full(len(f_idx), np.nan),
         })
         # random (shared contexts, every feature)
-        valid = (buf.rnd_seq >= 0).numpy()
+        rnd_seq = buf.rnd_seq.cpu().numpy()
+        valid = rnd_seq >= 0
         r = int(valid.sum())
         if r:
-            acts = buf.rnd_acts.numpy()[:, valid]  # [F, r, L]
+            acts = buf.rnd_acts.cpu().numpy()[:, valid]  # [F, r, L]
             f_all = np.repeat(np.arange(self.n_features), r)
             parts.append({
                 "feature": fid[f_all], "kind": np.full(len(f_all), "random"), "rank": np.tile(np.arange(r), self.n_features),
-                "seq": np.tile(buf.rnd_seq.numpy()[valid], self.n_features), "max_act": acts.max(-1).reshape(-1),
+                "seq": np.tile(rnd_seq[valid], self.n_features), "max_act": acts.max(-1).reshape(-1),
                 "acts": acts.reshape(-1, cfg.ctx_len), "quantile": np.full(len(f_all), -1),
                 "bin_low": np.full(len(f_all), np.nan), "bin_high": np.full(len(f_all), np.nan),
             })
@@ -451,18 +427,44 @@ def run_collection(
     progress: Callable[[int], None] | None = None,
     checkpoint: Path | None = None,
     checkpoint_every_s: float = 300.0,
+    device: torch.device | str = "cpu",
 ) -> CollectResult:
     """Run the model over `contexts` (arrays of ctx_len ids) in batches and keep what each feature needs.
 
     With `checkpoint`, the state is saved there every `checkpoint_every_s` seconds, and a run that finds
     a checkpoint resumes from it: the contexts it already holds are read from the corpus but not run."""
+    collector, skip = collect_contexts(cfg, features, n_features, contexts, bos_id, feature_offset, progress,
+                                       checkpoint, checkpoint_every_s, device=device)
+    result = collector.result(token_strings)
+    result.resumed_contexts = skip
+    return result
+
+
+def collect_contexts(
+    cfg: CollectConfig,
+    features: FeatureFn,
+    n_features: int,
+    contexts: Iterable[np.ndarray],
+    bos_id: int | None,
+    feature_offset: int = 0,
+    progress: Callable[[int], None] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every_s: float = 300.0,
+    first_seq: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[Collector, int]:
+    """The collector after `contexts` (numbered from `first_seq`: a shard's contexts keep their index in the
+    whole run), and how many contexts came from the checkpoint. Buffers live on `device`."""
+    dev = torch.device(device)
+    if dev.type == "mps":  # no float64 or int64 scatter there: the reduction stays on the host
+        dev = torch.device("cpu")
     collector = None
     if checkpoint is not None and checkpoint.exists():
         try:
-            collector = Collector.load(checkpoint, cfg, n_features, feature_offset)
+            collector = Collector.load(checkpoint, cfg, n_features, feature_offset, dev)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile):
             collector = None  # unreadable, foreign or not ours (a pickle is refused, never run): start over
-    collector = collector or Collector(cfg, n_features, feature_offset)
+    collector = collector or Collector(cfg, n_features, feature_offset, dev)
     skip = collector.n_contexts
     if progress is not None and skip:
         progress(skip * cfg.ctx_len)
@@ -479,8 +481,8 @@ def run_collection(
         acts = features(inputs)
         if bos_id is not None:
             acts = acts[:, 1:]
-        seqs = torch.arange(next_seq, next_seq + len(batch), dtype=torch.int64)
-        collector.add(seqs, tokens, acts)
+        seqs = torch.arange(first_seq + next_seq, first_seq + next_seq + len(batch), dtype=torch.int64, device=dev)
+        collector.add(seqs, tokens, acts.to(dev))
         next_seq += len(batch)
         if progress is not None:
             progress(tokens.size)
@@ -500,6 +502,4 @@ def run_collection(
     if checkpoint is not None and next_seq > saved_at:
         # The finished state too: until the database commits it, a failed or blocked write loses nothing.
         collector.save(checkpoint)
-    result = collector.result(token_strings)
-    result.resumed_contexts = skip
-    return result
+    return collector, skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -43,6 +44,11 @@ class CollectConfig(Frozen):
     random_init: bool = Field(False, description="collect on a freshly initialised copy of the model (seeded by `seed`)")
     init_scheme: str = Field("init", description="how random_init makes the copy: "
                              + "; ".join(f"{k}: {v}" for k, v in RANDOM_INIT_SCHEMES.items()))
+    device: str = Field("auto", description="where the model runs and activations are reduced: auto (cuda when "
+                        "available, else cpu), cpu, cuda, cuda:N or mps")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="precision the model and SAE are loaded in (bfloat16/float16 change the activations "
+        "slightly: README, Scale)")
 
     @model_validator(mode="after")
     def _check(self) -> CollectConfig:
@@ -55,6 +61,8 @@ class CollectConfig(Frozen):
             raise ValueError(f"features range {self.features} is empty or negative; use START:STOP with START < STOP")
         if self.init_scheme not in RANDOM_INIT_SCHEMES:
             raise ValueError(f"unknown init_scheme '{self.init_scheme}'; use one of: {', '.join(RANDOM_INIT_SCHEMES)}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"unknown device '{self.device}'; use auto, cpu, cuda, cuda:N or mps")
         if self.init_scheme != "init" and not self.random_init:
             raise ValueError(f"init_scheme '{self.init_scheme}' needs random_init: it says how to randomise the model")
         return self
@@ -65,9 +73,10 @@ class CollectConfig(Frozen):
         return 2 * self.n_quantiles * self.per_quantile
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the result (batch size does not). The default init_scheme is left out,
-        so configs written before the field existed keep their hash."""
-        exclude = {"batch_size"} | ({"init_scheme"} if self.init_scheme == "init" else set())
+        """The fields that decide the result (batch size and device do not). The default init_scheme and dtype
+        are left out, so configs written before those fields existed keep their hash."""
+        exclude = {"batch_size", "device"} | ({"init_scheme"} if self.init_scheme == "init" else set()) \
+            | ({"dtype"} if self.dtype == "float32" else set())
         return self.model_dump(exclude=exclude)
 
     def config_hash(self) -> str:

@@ -20,11 +20,42 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import AutointerpError, BadInput
 
 OFFLINE_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OFFLINE_HF_DIRNAME = "smollm2-135m-instruct-q4_1-hf"
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """The torch device for --device: auto is cuda when torch sees a GPU, else cpu. Asking for a device this
+    machine does not have is bad input, said before anything is loaded."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise BadInput(f"--device {spec}: CUDA is not available on this machine ({why}; torch {torch.__version__}); "
+                           "use --device cpu, or --device auto to take a GPU when there is one")
+        index = int(spec.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise BadInput(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                           f"numbered from 0")
+    elif spec == "mps" and not torch.backends.mps.is_available():
+        raise BadInput("--device mps: Apple's MPS backend is not available on this machine; use --device cpu")
+    elif spec not in ("cpu", "mps") and not spec.startswith("cuda"):
+        raise BadInput(f"unknown device '{spec}'; use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(spec)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise BadInput(f"unknown dtype '{name}'; use one of: {', '.join(DTYPES)}") from None
 
 
 def cache_dir() -> Path:
@@ -79,17 +110,20 @@ def offline_hf_dir() -> Path:
     return target
 
 
-def _from_local_hf_dir(path: Path) -> HookedTransformer:
+def _from_local_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        cfg = loading.get_pretrained_model_config(str(path), device="cpu", dtype=torch.float32)
-        state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model)
+        cfg = loading.get_pretrained_model_config(str(path), device=str(device), dtype=dtype)
+        state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model, dtype=dtype)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
         raise AutointerpError(f"cannot load the HF model in {path}: {exc}") from exc
+    del hf_model
+    # As HookedTransformer.from_pretrained does: built without placing, the weights loaded in `dtype`, then the
+    # modules placed on cfg.device by TransformerLens.
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     # No weight processing: activations equal the HF model's, hook for hook.
     model.load_and_process_state_dict(
@@ -100,10 +134,13 @@ def _from_local_hf_dir(path: Path) -> HookedTransformer:
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
+    if device.type != "cpu":
+        model.move_model_modules_to_device()
     return model
 
 
-def _from_hub(name: str, from_pretrained_kwargs: dict[str, Any]) -> HookedTransformer:
+def _from_hub(name: str, from_pretrained_kwargs: dict[str, Any], device: torch.device,
+              dtype: torch.dtype) -> HookedTransformer:
     from transformer_lens import loading_from_pretrained as loading
 
     try:
@@ -116,22 +153,26 @@ def _from_hub(name: str, from_pretrained_kwargs: dict[str, Any]) -> HookedTransf
     kwargs: dict[str, Any] = {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
                               "fold_value_biases": False}
     kwargs.update(from_pretrained_kwargs)
-    return HookedTransformer.from_pretrained(name, device="cpu", **kwargs)
+    return HookedTransformer.from_pretrained(name, device=str(device), dtype=dtype, **kwargs)
 
 
 def load_model(
     name: str, *, random_init: bool = False, seed: int = 0, init_scheme: str = "init",
-    from_pretrained_kwargs: dict[str, Any] | None = None,
+    from_pretrained_kwargs: dict[str, Any] | None = None, device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
 ) -> HookedTransformer:
-    """A HookedTransformer for `name`; with random_init, a random copy made by `init_scheme` (seeded)."""
+    """A HookedTransformer for `name` loaded on `device` in `dtype`; with random_init, a random copy made by
+    `init_scheme` (seeded)."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dt = dtype if isinstance(dtype, torch.dtype) else torch_dtype(dtype)
     if name == OFFLINE_MODEL:
-        model = _from_local_hf_dir(offline_hf_dir())
+        model = _from_local_hf_dir(offline_hf_dir(), dev, dt)
     elif Path(name).is_dir():
         if not (Path(name) / "config.json").exists():
             raise AutointerpError(f"{name} is a directory but has no config.json: not an HF model directory")
-        model = _from_local_hf_dir(Path(name))
+        model = _from_local_hf_dir(Path(name), dev, dt)
     else:
-        model = _from_hub(name, from_pretrained_kwargs or {})
+        model = _from_hub(name, from_pretrained_kwargs or {}, dev, dt)
     if random_init:
         model = random_init_copy(model, seed, init_scheme)
     model.eval()
@@ -141,7 +182,10 @@ def load_model(
 def _architecture_init(model: HookedTransformer, seed: int) -> HookedTransformer:
     cfg = dataclasses.replace(model.cfg, seed=seed, init_weights=True)
     torch.manual_seed(seed)
-    return HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)
+    fresh = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)  # drawn on the CPU: any device
+    if torch.device(cfg.device or "cpu").type != "cpu":  # gets the same weights
+        fresh.move_model_modules_to_device()
+    return fresh
 
 
 # Heap et al.'s code treats every parameter whose name contains "embed" as an embedding; in
@@ -157,8 +201,8 @@ def _rerandomised(model: HookedTransformer, seed: int, keep_embeddings: bool) ->
             if keep_embeddings and name.split(".")[0] in EMBEDDING_MODULES:
                 continue
             trained = p.detach().double()
-            mean = trained.mean()
-            std = trained.std() if trained.numel() > 1 else torch.zeros((), dtype=torch.float64)
+            mean = trained.mean().cpu()
+            std = trained.std().cpu() if trained.numel() > 1 else torch.zeros((), dtype=torch.float64)
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
             p.copy_((noise * std + mean).to(p.dtype))
     return fresh
@@ -256,7 +300,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _build_sae(where: Path, weights: dict[str, torch.Tensor], hook: str, activation: str,
                k: int | None = None, threshold: torch.Tensor | float | None = None,
-               apply_b_dec_to_input: bool = False) -> Any:
+               apply_b_dec_to_input: bool = False, place: tuple[str, str] = ("cpu", "float32")) -> Any:
     """A SAELens SAE (StandardSAE / JumpReLUSAE / TopKSAE) holding these weights, so everything downstream
     (FeatureReader, the Patcher's encode and W_dec) treats it like one SAELens loaded."""
     from sae_lens import (
@@ -280,7 +324,8 @@ def _build_sae(where: Path, weights: dict[str, torch.Tensor], hook: str, activat
                               f"b_dec [d_in]: {'; '.join(bad) or 'W_enc is not 2-D'}")
     meta = SAEMetadata(hook_name=hook)
     state = {n: weights[n] for n in want}
-    common = dict(d_in=int(d_in), d_sae=int(d_sae), apply_b_dec_to_input=apply_b_dec_to_input, metadata=meta)
+    common = dict(d_in=int(d_in), d_sae=int(d_sae), apply_b_dec_to_input=apply_b_dec_to_input, metadata=meta,
+                  device=place[0], dtype=place[1])
     sae: Any
     if activation == "relu":
         sae = StandardSAE(StandardSAEConfig(**common))
@@ -302,7 +347,7 @@ def _build_sae(where: Path, weights: dict[str, torch.Tensor], hook: str, activat
     return sae
 
 
-def _load_sparsify(path: Path) -> Any:
+def _load_sparsify(path: Path, place: tuple[str, str]) -> Any:
     """An EleutherAI sparsify checkpoint (the format Delphi reads): cfg.json + sae.safetensors with
     encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec; TopK with cfg k.
     sparsify encodes topk(relu(encoder(x - b_dec))) for an SAE, which is SAELens's TopK with b_dec applied."""
@@ -329,10 +374,10 @@ def _load_sparsify(path: Path) -> Any:
         raise AutointerpError(f"{path}: cfg.json says d_in={d_in} but encoder.weight is "
                               f"{tuple(raw['encoder.weight'].shape)}")
     return _build_sae(path, {n: t for n, t in weights.items() if t is not None}, hook, "topk", k=cfg.get("k"),
-                      apply_b_dec_to_input=True)
+                      apply_b_dec_to_input=True, place=place)
 
 
-def _load_plain(path: Path) -> Any:
+def _load_plain(path: Path, place: tuple[str, str]) -> Any:
     """A .safetensors file with W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec (and threshold for
     jumprelu), described by a JSON sidecar of the same name (x.safetensors -> x.json)."""
     sidecar = path.with_suffix(".json")
@@ -347,29 +392,29 @@ def _load_plain(path: Path) -> Any:
     weights = _read_safetensors(path)
     threshold = weights.get("threshold", meta.get("threshold"))
     return _build_sae(path, weights, hook, str(meta.get("activation", "")), k=meta.get("k"), threshold=threshold,
-                      apply_b_dec_to_input=bool(meta.get("apply_b_dec_to_input", False)))
+                      apply_b_dec_to_input=bool(meta.get("apply_b_dec_to_input", False)), place=place)
 
 
-def _load_saelens_dir(path: Path) -> Any:
+def _load_saelens_dir(path: Path, place: tuple[str, str]) -> Any:
     from sae_lens import SAE
 
     try:
-        return SAE.load_from_disk(str(path), device="cpu")
+        return SAE.load_from_disk(str(path), device=place[0], dtype=place[1])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AutointerpError(f"cannot load a SAELens SAE from {path}: {exc}") from exc
 
 
-def _load_local(path: Path) -> Any:
+def _load_local(path: Path, place: tuple[str, str]) -> Any:
     if path.is_file():
         if path.suffix == ".safetensors":
-            return _load_plain(path)
+            return _load_plain(path, place)
         raise AutointerpError(f"--sae {path}: a file, but not .safetensors; expected a SAELens directory, a sparsify "
                               "checkpoint directory, or a .safetensors file with a JSON sidecar")
     names = sorted(p.name for p in path.iterdir())
     if (path / "cfg.json").exists() and (path / SAELENS_WEIGHTS).exists():
-        return _load_saelens_dir(path)
+        return _load_saelens_dir(path, place)
     if (path / "cfg.json").exists() and (path / SPARSIFY_WEIGHTS).exists():
-        return _load_sparsify(path)
+        return _load_sparsify(path, place)
     hookpoints = [n for n in names if (path / n / SPARSIFY_WEIGHTS).exists()]
     if hookpoints:
         raise AutointerpError(f"--sae {path} holds sparsify SAEs for several hookpoints; pass one of them: "
@@ -380,15 +425,17 @@ def _load_local(path: Path) -> Any:
         "with a JSON sidecar")
 
 
-def load_sae(spec: str) -> Any:
+def load_sae(spec: str, device: str | torch.device = "cpu", dtype: str = "float32") -> Any:
     """An SAE as a SAELens SAE object, from: a SAELens directory (`SAE.save_model`), an EleutherAI sparsify
     checkpoint directory (cfg.json + sae.safetensors, one hookpoint), a .safetensors file with W_enc / b_enc /
     W_dec / b_dec and a JSON sidecar, or 'release:sae_id' from the hub."""
     from sae_lens import SAE
 
+    torch_dtype(dtype)
+    place = (str(device if isinstance(device, torch.device) else resolve_device(device)), dtype)
     path = Path(spec)
     if path.exists():
-        sae = _load_local(path)
+        sae = _load_local(path, place)
     else:
         if ":" not in spec:
             raise AutointerpError(
@@ -397,7 +444,7 @@ def load_sae(spec: str) -> Any:
             )
         release, sae_id = spec.split(":", 1)
         try:
-            sae = SAE.from_pretrained(release, sae_id, device="cpu")
+            sae = SAE.from_pretrained(release, sae_id, device=place[0], dtype=place[1])
         except Exception as exc:  # SAELens raises many kinds for an unknown release or no network
             raise AutointerpError(f"cannot load SAELens SAE {release}:{sae_id}: {exc}") from exc
     sae.eval()

@@ -20,42 +20,109 @@ from autointerp.cli.base import (
     pick_dictionary,
 )
 from autointerp.config import RANDOM_INIT_SCHEMES, BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
+from autointerp.errors import BadInput
+
+
+def shard_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--shards", "n_shards", type=click.IntRange(min=1), default=None,
+                     help="Split the collection into N shards over contexts (exactly the same result); alone, runs "
+                          "them one after another here, resumable shard by shard."),
+        click.option("--shard-index", type=click.IntRange(min=0), default=None,
+                     help="Run only shard I of --shards N and write its files beside the database (for Slurm "
+                          "arrays and other schedulers); then `autointerp merge`."),
+        click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Run the shards as Ray tasks on the cluster at ADDRESS (alone: a local Ray on this "
+                          "machine's cores) and merge here. Needs autointerp[ray]."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
 
 
 @main.command()
 @config_options(CollectConfig)
+@shard_options
 @click.option("--checkpoint-every", "checkpoint_every_s", type=float, default=300.0, show_default=True,
               help="Seconds between checkpoints (beside the database) that a killed run resumes from.")
 @db_option
 @friendly_errors
-def collect(db: str, checkpoint_every_s: float, **kwargs: Any) -> None:
+def collect(db: str, checkpoint_every_s: float, n_shards: int | None, shard_index: int | None,
+            ray_address: str | None, **kwargs: Any) -> None:
     """Run a model over text and store each feature's contexts and statistics.
 
     \b
     Example (offline default: SmolLM2-135M, MLP neurons of layer 6, Python docs):
       autointerp collect --tokens 200000 --db runs.duckdb
     \b
-    An SAE (SAELens directory) at its hook:
-      autointerp collect --sae ./my_sae --tokens 1000000
+    An SAE (SAELens directory) at its hook, on a GPU in bfloat16:
+      autointerp collect --sae ./my_sae --tokens 1000000 --device cuda --dtype bfloat16
+    \b
+    In 8 shards on a Ray cluster, or as a Slurm array then a merge:
+      autointerp collect --tokens 10000000 --shards 8 --ray ray://head:10001
+      autointerp collect --tokens 10000000 --shards 8 --shard-index $SLURM_ARRAY_TASK_ID
+      autointerp merge --tokens 10000000 --shards 8
 
-    Re-running the same command completes an interrupted run (from its last checkpoint) and does
-    nothing to a finished one.
+    Re-running the same command completes an interrupted run (from its last checkpoint, or the
+    shards not yet written) and does nothing to a finished one.
     """
     from autointerp.stages.collect import collect_stage
+    from autointerp.stages.shard import collect_shard, sharded_collect_stage
 
     cfg = build(CollectConfig, kwargs)
+    if (shard_index is not None or ray_address is not None) and n_shards is None:
+        raise BadInput("--shard-index and --ray need --shards N")
+    if shard_index is not None and ray_address is not None:
+        raise BadInput("--shard-index runs one shard here; --ray runs them all on Ray: use one of the two")
     t0 = time.monotonic()
     with interruptible("the dictionary is marked incomplete; run the same command again to complete it "
                         "(it resumes from the last checkpoint).") as bars:
-        out = collect_stage(db, cfg, bars, checkpoint_every_s=checkpoint_every_s)
+        if n_shards is not None and shard_index is not None:
+            shard = collect_shard(db, cfg, n_shards, shard_index, on_progress=bars,
+                                  checkpoint_every_s=checkpoint_every_s)
+            verb = "already written" if shard.skipped else f"written in {time.monotonic() - t0:.1f}s"
+            click.echo(f"shard {shard.index} of {shard.n_shards} (contexts {shard.contexts[0]:,}-"
+                       f"{shard.contexts[1]:,}, {shard.n_contexts:,} in the corpus) {verb}; merge with "
+                       "`autointerp merge` and the same options once every shard is written")
+            return
+        if n_shards is not None:
+            out = sharded_collect_stage(db, cfg, n_shards, ray=ray_address, on_progress=bars,
+                                        checkpoint_every_s=checkpoint_every_s)
+        else:
+            out = collect_stage(db, cfg, bars, checkpoint_every_s=checkpoint_every_s)
+    _collected(out, db, time.monotonic() - t0)
+
+
+def _collected(out: Any, db: str, secs: float) -> None:
     if out.already_complete:
         click.echo(f"dictionary {out.dictionary_id} already holds this collection ({out.n_tokens:,} tokens); "
                    "nothing to do.")
         return
-    secs = time.monotonic() - t0
     resumed = f", resumed from a checkpoint at {out.resumed_tokens:,} tokens" if out.resumed_tokens else ""
     click.echo(f"dictionary {out.dictionary_id}: {out.n_features:,} features over {out.n_tokens:,} tokens "
                f"({out.n_contexts:,} contexts) in {secs:.1f}s{resumed} -> {db}")
+
+
+@main.command()
+@config_options(CollectConfig)
+@click.option("--shards", "n_shards", type=click.IntRange(min=1), default=None,
+              help="The shard count the shards were written with (default: what the shard directory says).")
+@db_option
+@friendly_errors
+def merge(db: str, n_shards: int | None, **kwargs: Any) -> None:
+    """Merge the shards written by `collect --shards N --shard-index I` into one dictionary (the only step
+    that writes the database). Give the same collection options as the shards.
+
+    \b
+    Example:
+      autointerp merge --tokens 10000000 --shards 8
+    """
+    from autointerp.stages.shard import merge_stage
+
+    t0 = time.monotonic()
+    with interruptible("nothing was written; the shards are kept: run the same command again.") as bars:
+        out = merge_stage(db, build(CollectConfig, kwargs), n_shards, on_progress=bars)
+    _collected(out, db, time.monotonic() - t0)
 
 
 # ---------------------------------------------------------------- explain / score / run

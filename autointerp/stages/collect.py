@@ -38,6 +38,55 @@ def token_strings(tokenizer: Any) -> list[str]:
     return list(tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False))
 
 
+@dataclass
+class Prepared:
+    """What a collection needs before its first context: the feature reader (model, hook, SAE) and tokenizer."""
+
+    reader: Any
+    hook: str
+    tokenizer: Any
+    bos: int | None
+    strings: list[str]
+    start: int
+    device: Any
+
+    def dictionary_config(self, cfg: CollectConfig) -> dict[str, Any]:
+        return {**cfg.model_dump(mode="json"), "hook": self.hook, "prepend_bos": self.bos is not None,
+                "feature_offset": self.start}
+
+
+def prepare(cfg: CollectConfig, model: Any = None) -> Prepared:
+    """Check the corpus, resolve the device, load the SAE and the model (on the device, in the dtype) and the
+    hook. Everything that can be checked before the long run is checked here."""
+    from autointerp import models
+
+    corpus.corpus_files(cfg.dataset)
+    device = models.resolve_device(cfg.device)
+    sae = models.load_sae(cfg.sae, device=device, dtype=cfg.dtype) if cfg.sae else None
+    hook = cfg.hook
+    if sae is not None:
+        sae_hook = models.sae_hook_name(sae)
+        if hook is None:
+            hook = sae_hook
+        elif hook != sae_hook:
+            raise AutointerpError(f"the SAE was trained on hook '{sae_hook}', not '{hook}': pass --hook {sae_hook}")
+    if hook is None:
+        hook = DEFAULT_HOOK
+    if model is None:
+        model = models.load_model(
+            cfg.model, random_init=cfg.random_init, seed=cfg.seed, init_scheme=cfg.init_scheme,
+            from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None,
+            device=device, dtype=cfg.dtype,
+        )
+    start, stop = cfg.features if cfg.features else (0, None)
+    reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop)
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise AutointerpError(f"model {cfg.model} has no tokenizer")
+    bos = tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
+    return Prepared(reader, hook, tokenizer, bos, token_strings(tokenizer), start, device)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     # `kill` (SIGTERM) then unwinds like Ctrl-C, leaving the dictionary marked incomplete.
@@ -66,8 +115,6 @@ def collect_stage(
     """Collect one dictionary into `db`. Re-running the same config finishes an incomplete
     dictionary and does nothing to a complete one. Bad input leaves the database as it was; a
     finished collection is never deleted: its write waits up to `final_write_wait_s` for the lock."""
-    from autointerp import models
-
     config_hash = cfg.config_hash()
     with store.open_store(db) as con:
         done = store.find_dictionary(con, config_hash)
@@ -75,37 +122,14 @@ def collect_stage(
         return CollectOutcome(done.dictionary_id, done.n_tokens or 0, done.n_contexts or 0, done.n_features, True)
 
     # Everything that can be checked before the long run is checked before the database is touched.
-    corpus.corpus_files(cfg.dataset)
-    sae = models.load_sae(cfg.sae) if cfg.sae else None
-    hook = cfg.hook
-    if sae is not None:
-        sae_hook = models.sae_hook_name(sae)
-        if hook is None:
-            hook = sae_hook
-        elif hook != sae_hook:
-            raise AutointerpError(f"the SAE was trained on hook '{sae_hook}', not '{hook}': pass --hook {sae_hook}")
-    if hook is None:
-        hook = DEFAULT_HOOK
-    if model is None:
-        model = models.load_model(
-            cfg.model, random_init=cfg.random_init, seed=cfg.seed, init_scheme=cfg.init_scheme,
-            from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None,
-        )
-    start, stop = cfg.features if cfg.features else (0, None)
-    reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop)
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise AutointerpError(f"model {cfg.model} has no tokenizer")
-    bos = tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
-    strings = token_strings(tokenizer)
+    p = prepare(cfg, model)
+    reader, hook, tokenizer, bos, strings, start = p.reader, p.hook, p.tokenizer, p.bos, p.strings, p.start
 
     with store.open_store(db) as con:
         dictionary_id = store.begin_dictionary(
             con, model=cfg.model, hook=hook, kind=reader.kind, sae=cfg.sae, random_init=cfg.random_init,
             seed=cfg.seed, dataset=cfg.dataset, ctx_len=cfg.ctx_len, n_features=reader.n_features,
-            config_hash=config_hash,
-            config={**cfg.model_dump(mode="json"), "hook": hook, "prepend_bos": bos is not None,
-                    "feature_offset": start},
+            config_hash=config_hash, config=p.dictionary_config(cfg),
         )
     progress = None
     if on_progress is not None:
@@ -123,7 +147,7 @@ def collect_stage(
             ctxs = corpus.contexts(corpus.pieces(cfg.dataset, cfg.text_field), tokenizer, cfg.ctx_len,
                                    cfg.n_tokens // cfg.ctx_len)
             result = run_collection(cfg, reader, reader.n_features, ctxs, strings, bos, start, progress,
-                                    checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s)
+                                    checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s, device=p.device)
             if result.n_contexts == 0:
                 raise BadInput(f"the corpus '{cfg.dataset}' has fewer than ctx_len={cfg.ctx_len} tokens")
         except AutointerpError as exc:

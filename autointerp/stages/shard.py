@@ -1,0 +1,185 @@
+"""A collection split into shards over contexts: each shard writes its partial state as files beside the
+database, `merge_stage` combines them into the dictionary (exactly what one process gives with the same
+seed), and `sharded_collect_stage` runs the missing shards in this process or as Ray tasks, then merges.
+
+Shard i of N takes the contexts with index in [i * C // N, (i + 1) * C // N), C = n_tokens // ctx_len,
+keeping their index in the whole run, so every hash-seeded choice (split, reservoir, random contexts) is
+the one the single process makes. Shard workers never open the database: only the merge writes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autointerp import corpus, partial, store
+from autointerp.collect import Collector, collect_contexts
+from autointerp.config import CollectConfig
+from autointerp.errors import BadInput, LockTimeout
+from autointerp.stages.collect import FINAL_WRITE_WAIT_S, CollectOutcome, _ids, prepare
+from autointerp.types import ProgressEvent, ProgressFn
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    index: int
+    n_shards: int
+    contexts: tuple[int, int]  # planned [start, stop) context indices
+    n_contexts: int  # contexts the corpus had in that range
+    skipped: bool  # already written: nothing run
+
+
+def shard_dir(db: str | Path, cfg: CollectConfig) -> Path:
+    """Beside the database, one directory per collection settings."""
+    return Path(f"{db}.shards-{cfg.config_hash()}")
+
+
+def shard_path(directory: Path, index: int, n_shards: int) -> Path:
+    return directory / f"shard-{index:05d}-of-{n_shards:05d}"
+
+
+def shard_range(cfg: CollectConfig, n_shards: int, index: int) -> tuple[int, int]:
+    total = cfg.n_tokens // cfg.ctx_len
+    return index * total // n_shards, (index + 1) * total // n_shards
+
+
+def check_dir(directory: Path, cfg: CollectConfig, n_shards: int | None) -> dict[int, dict[str, Any]]:
+    """The complete shards in `directory` by index. Refuses shards of other settings or another shard count."""
+    if n_shards is not None and not 0 < n_shards <= cfg.n_tokens // cfg.ctx_len:
+        raise BadInput(f"--shards {n_shards}: use 1 to {cfg.n_tokens // cfg.ctx_len} (one context or more per shard)")
+    found: dict[int, dict[str, Any]] = {}
+    if not directory.is_dir():
+        return found
+    want = cfg.config_hash()
+    for path in sorted(directory.glob("shard-*")):
+        info = partial.read_info(path)
+        if info is None:
+            continue  # a shard still being written elsewhere, or a broken one: it will be (re)done
+        if info.get("config_hash") != want:
+            theirs = info.get("config", {})
+            diff = [f"{k}={theirs.get(k)!r} (now {v!r})" for k, v in cfg.identity().items() if theirs.get(k) != v]
+            raise BadInput(f"{directory} holds shards of other settings ({'; '.join(diff) or 'another config hash'}): "
+                           "run with the settings they were written with, or delete that directory")
+        if n_shards is not None and info.get("n_shards") != n_shards:
+            raise BadInput(f"{directory} holds shards of a run split into {info.get('n_shards')} shards, not "
+                           f"{n_shards}: use --shards {info.get('n_shards')}, or delete that directory")
+        n_shards = int(info["n_shards"])
+        found[int(info["index"])] = info
+    return found
+
+
+def collect_shard(db: str | Path, cfg: CollectConfig, n_shards: int, index: int, model: Any = None,
+                  on_progress: ProgressFn | None = None, checkpoint_every_s: float = 300.0) -> ShardOutcome:
+    """Run shard `index` of `n_shards` and write its state into the shard directory (not the database).
+    A shard already written is skipped; a killed one resumes from its checkpoint."""
+    if not 0 <= index < n_shards:
+        raise BadInput(f"--shard-index {index}: use 0 to {n_shards - 1} for --shards {n_shards}")
+    directory = shard_dir(db, cfg)
+    start, stop = shard_range(cfg, n_shards, index)
+    done = check_dir(directory, cfg, n_shards)
+    if index in done:
+        return ShardOutcome(index, n_shards, (start, stop), int(done[index]["meta"]["n_contexts"]), True)
+    p = prepare(cfg, model)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = shard_path(directory, index, n_shards)
+    progress = None
+    if on_progress is not None:
+        tokens_done = 0
+
+        def progress(n: int) -> None:
+            nonlocal tokens_done
+            tokens_done += n
+            on_progress(ProgressEvent(f"shard {index}", tokens_done, (stop - start) * cfg.ctx_len, "tok"))
+
+    checkpoint = path.with_name(path.name + ".ckpt")
+    ctxs = itertools.islice(corpus.contexts(corpus.pieces(cfg.dataset, cfg.text_field), p.tokenizer, cfg.ctx_len,
+                                            cfg.n_tokens // cfg.ctx_len), start, stop)
+    collector, _ = collect_contexts(cfg, p.reader, p.reader.n_features, ctxs, p.bos, p.start, progress, checkpoint,
+                                    checkpoint_every_s, first_seq=start, device=p.device)
+    collector.prune_tokens()
+    info = {"config_hash": cfg.config_hash(), "config": cfg.identity(), "n_shards": n_shards, "index": index,
+            "contexts": [start, stop], "hook": p.hook, "kind": p.reader.kind, "feature_offset": p.start,
+            "n_features": p.reader.n_features, "dictionary_config": p.dictionary_config(cfg),
+            "vocab_size": len(p.strings), "written_at": time.time()}
+    partial.write(path, collector.state(), info, p.strings)
+    checkpoint.unlink(missing_ok=True)
+    return ShardOutcome(index, n_shards, (start, stop), collector.n_contexts, False)
+
+
+def merge_stage(db: str | Path, cfg: CollectConfig, n_shards: int | None = None,
+                on_progress: ProgressFn | None = None,
+                final_write_wait_s: float = FINAL_WRITE_WAIT_S) -> CollectOutcome:
+    """Merge every shard of this collection into one dictionary in `db` (the only step that opens it), then
+    remove the shard directory. Equal, row for row, to the dictionary one process writes."""
+    config_hash = cfg.config_hash()
+    directory = shard_dir(db, cfg)
+    found = check_dir(directory, cfg, n_shards)  # refused before the database is touched
+    with store.open_store(db) as con:
+        done = store.find_dictionary(con, config_hash)
+    if done is not None and done.status == "complete":
+        return CollectOutcome(done.dictionary_id, done.n_tokens or 0, done.n_contexts or 0, done.n_features, True)
+    if not found:
+        raise BadInput(f"no shards of this collection in {directory}: run `autointerp collect --shards N "
+                       "--shard-index I` with the same settings first")
+    n = int(next(iter(found.values()))["n_shards"])
+    missing = [i for i in range(n) if i not in found]
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        raise BadInput(f"{len(missing)} of {n} shards are not written yet (--shard-index {shown}): run them, "
+                       "then merge again")
+    state = None
+    strings: dict[int, str] = {}
+    for i in range(n):
+        shard_state, shard_strings = partial.read(shard_path(directory, i, n))
+        state = shard_state if state is None else partial.merge(state, shard_state)
+        strings.update(shard_strings)
+        if on_progress is not None:
+            on_progress(ProgressEvent("merge", i + 1, n, "shard"))
+    assert state is not None
+    first = found[0]
+    collector = Collector.from_state(cfg, int(first["n_features"]), int(first["feature_offset"]), *state)
+    result = collector.result(strings)
+    if result.n_contexts == 0:
+        raise BadInput(f"the corpus '{cfg.dataset}' has fewer than ctx_len={cfg.ctx_len} tokens")
+    try:
+        with store.open_store(db, wait_s=final_write_wait_s) as con:
+            dictionary_id = store.begin_dictionary(
+                con, model=cfg.model, hook=first["hook"], kind=first["kind"], sae=cfg.sae,
+                random_init=cfg.random_init, seed=cfg.seed, dataset=cfg.dataset, ctx_len=cfg.ctx_len,
+                n_features=int(first["n_features"]), config_hash=config_hash, config=first["dictionary_config"])
+            store.complete_dictionary(
+                con, dictionary_id, n_tokens=result.n_tokens, n_contexts=result.n_contexts,
+                sequences=result.sequences.append_column("dictionary_id", _ids(result.sequences, dictionary_id)),
+                features=result.features.append_column("dictionary_id", _ids(result.features, dictionary_id)),
+                examples=result.examples.append_column("dictionary_id", _ids(result.examples, dictionary_id)))
+    except LockTimeout as exc:
+        raise LockTimeout(f"the shards merged but could not be written: {exc}. Nothing is lost: the shards stay "
+                          f"in {directory}; run the merge again", exc.holder) from exc
+    shutil.rmtree(directory, ignore_errors=True)
+    return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, int(first["n_features"]), False)
+
+
+def sharded_collect_stage(db: str | Path, cfg: CollectConfig, n_shards: int, ray: str | None = None,
+                          on_progress: ProgressFn | None = None, model: Any = None,
+                          checkpoint_every_s: float = 300.0) -> CollectOutcome:
+    """Run the shards not yet written (in this process, one after another; or as Ray tasks when `ray` is
+    given: an address, or "local" for a Ray started here), then merge them into `db`."""
+    with store.open_store(db) as con:
+        done = store.find_dictionary(con, cfg.config_hash())
+    if done is not None and done.status == "complete":
+        return CollectOutcome(done.dictionary_id, done.n_tokens or 0, done.n_contexts or 0, done.n_features, True)
+    pending = [i for i in range(n_shards) if i not in check_dir(shard_dir(db, cfg), cfg, n_shards)]
+    if ray is not None:
+        from autointerp.stages import ray_shards
+
+        ray_shards.run(db, cfg, n_shards, pending, None if ray == "local" else ray, on_progress)
+    else:
+        for i in pending:
+            collect_shard(db, cfg, n_shards, i, model=model, on_progress=on_progress,
+                          checkpoint_every_s=checkpoint_every_s)
+    return merge_stage(db, cfg, n_shards, on_progress)
+

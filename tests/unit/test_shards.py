@@ -1,0 +1,245 @@
+"""Sharded collection equals the single process, table for table; shards resume alone; foreign shard
+directories are refused; devices and precisions are checked. Real tiny model, real DuckDB, real files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from autointerp.cli import main
+from autointerp.config import CollectConfig
+from autointerp.errors import BadInput
+from autointerp.stages.collect import collect_stage
+from autointerp.stages.shard import collect_shard, merge_stage, shard_dir, shard_path, sharded_collect_stage
+from tests.helpers import TINY_COLLECT, make_sae_dir, query
+
+TABLES = {
+    # every column but the dictionary's timestamps (when it was written, not what)
+    "dictionaries": "SELECT * EXCLUDE (created_at, completed_at) FROM dictionaries ORDER BY ALL",
+    "features": "SELECT * FROM features ORDER BY ALL",
+    "examples": "SELECT * FROM examples ORDER BY ALL",
+    "sequences": "SELECT * FROM sequences ORDER BY ALL",
+}
+
+
+def _cfg(tiny_model_dir: Path, corpus_file: Path, **kw) -> CollectConfig:
+    return CollectConfig(**{"model": str(tiny_model_dir), "dataset": str(corpus_file), **TINY_COLLECT,
+                            "batch_size": 5, "seed": 3, "device": "cpu", **kw})
+
+
+def assert_same_tables(a: Path, b: Path) -> None:
+    for name, sql in TABLES.items():
+        rows_a, rows_b = query(a, sql), query(b, sql)
+        assert rows_a, name
+        assert rows_a == rows_b, f"{name} differs"
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> tuple[Path, CollectConfig]:
+    cfg = _cfg(tiny_model_dir, corpus_file)
+    db = tmp_path_factory.mktemp("single") / "one.duckdb"
+    collect_stage(db, cfg, model=tiny_model)
+    return db, cfg
+
+
+@pytest.fixture(scope="module")
+def sae_single(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> tuple[Path, CollectConfig]:
+    root = tmp_path_factory.mktemp("sae")
+    sae = make_sae_dir(root / "sae", "blocks.1.hook_resid_post", d_in=tiny_model.cfg.d_model, d_sae=40)
+    cfg = _cfg(tiny_model_dir, corpus_file, hook=None, sae=str(sae))
+    db = root / "one.duckdb"
+    collect_stage(db, cfg, model=tiny_model)
+    return db, cfg
+
+
+@pytest.mark.parametrize("n_shards", [2, 3])
+def test_shards_in_process_equal_the_single_process_run(tmp_path, tiny_model, single, n_shards):
+    db_one, cfg = single
+    db = tmp_path / "sharded.duckdb"
+    out = sharded_collect_stage(db, cfg, n_shards, model=tiny_model)
+    assert not out.already_complete and out.n_contexts == 100
+    assert_same_tables(db_one, db)
+    assert not shard_dir(db, cfg).exists()  # merged into the database: the files are gone
+
+
+@pytest.mark.parametrize("n_shards", [2, 3])
+def test_sae_shards_equal_the_single_process_run(tmp_path, tiny_model, sae_single, n_shards):
+    db_one, cfg = sae_single
+    db = tmp_path / "sharded.duckdb"
+    sharded_collect_stage(db, cfg, n_shards, model=tiny_model)
+    assert query(db, "SELECT kind, n_features FROM dictionaries") == [("sae", 40)]
+    assert_same_tables(db_one, db)
+
+
+def test_statistics_do_not_depend_on_the_batch_size(tmp_path, tiny_model, single):
+    db_one, cfg = single
+    db = tmp_path / "b3.duckdb"
+    collect_stage(db, cfg.model_copy(update={"batch_size": 3}), model=tiny_model)
+    assert query(db, TABLES["features"]) == query(db_one, TABLES["features"])  # exact sums, bit for bit
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray (autointerp[ray]) is not installed")
+def test_local_ray_with_two_workers_equals_the_single_process_run(tmp_path, single):
+    db_one, cfg = single
+    db = tmp_path / "ray.duckdb"
+    events = []
+    from autointerp.stages import ray_shards
+
+    shards = shard_dir(db, cfg)
+    ray_shards.run(db, cfg, 3, [0, 1, 2], None, events.append, num_cpus=2)
+    assert sorted(p.name for p in shards.glob("shard-*")) == [shard_path(shards, i, 3).name for i in range(3)]
+    assert [e.done for e in events if e.stage == "shards"] == [0, 1, 2, 3]
+    merge_stage(db, cfg)
+    assert_same_tables(db_one, db)
+
+
+def test_a_lost_shard_is_redone_alone(tmp_path, tiny_model, single):
+    db_one, cfg = single
+    db = tmp_path / "lost.duckdb"
+    first = [collect_shard(db, cfg, 3, i, model=tiny_model) for i in range(3)]
+    assert [s.skipped for s in first] == [False, False, False]
+    assert sum(s.n_contexts for s in first) == 100
+    directory = shard_dir(db, cfg)
+    # Shard 1 killed during its write: the temporary directory is left and the shard is not there; shard 2's
+    # files removed. Neither counts as written.
+    lost = shard_path(directory, 1, 3)
+    os.replace(lost, lost.with_name(f".{lost.name}.tmp-999"))
+    (shard_path(directory, 2, 3) / "shard.json").unlink()
+    with pytest.raises(BadInput, match=r"2 of 3 shards are not written yet \(--shard-index 1, 2\)"):
+        merge_stage(db, cfg)
+    events = []
+    sharded_collect_stage(db, cfg, 3, model=tiny_model, on_progress=events.append)
+    assert {e.stage for e in events} == {"shard 1", "shard 2", "merge"}  # shard 0 was not run again
+    assert_same_tables(db_one, db)
+
+
+def test_a_shard_resumes_from_its_checkpoint(tmp_path, tiny_model, single):
+    db_one, cfg = single
+    db = tmp_path / "ckpt.duckdb"
+    # A checkpoint of shard 0 as a killed run leaves it: the first batches of its range, saved as they go.
+    from autointerp import corpus
+    from autointerp.collect import collect_contexts
+    from autointerp.models import FeatureReader
+    from autointerp.stages.shard import shard_range
+
+    directory = shard_dir(db, cfg)
+    directory.mkdir()
+    ckpt = Path(f"{shard_path(directory, 0, 2)}.ckpt")
+    start, stop = shard_range(cfg, 2, 0)
+    ctxs = list(corpus.contexts(corpus.pieces(cfg.dataset), tiny_model.tokenizer, cfg.ctx_len, 100))[start:start + 20]
+    collect_contexts(cfg, FeatureReader(tiny_model, cfg.hook), 64, ctxs, tiny_model.tokenizer.bos_token_id,
+                     checkpoint=ckpt, checkpoint_every_s=0.0, first_seq=start)
+    tokens = []
+    out = collect_shard(db, cfg, 2, 0, model=tiny_model, on_progress=tokens.append)
+    assert tokens[0].done == 20 * cfg.ctx_len  # the checkpoint's contexts were not run again
+    assert out.n_contexts == stop - start and not ckpt.exists()
+    collect_shard(db, cfg, 2, 1, model=tiny_model)
+    merge_stage(db, cfg)
+    assert_same_tables(db_one, db)
+
+
+def test_a_shard_directory_of_other_settings_is_refused(tmp_path, tiny_model, single):
+    _, cfg = single
+    db = tmp_path / "foreign.duckdb"
+    collect_shard(db, cfg, 2, 0, model=tiny_model)
+    other = cfg.model_copy(update={"seed": 4})
+    shard_dir(db, cfg).rename(shard_dir(db, other))  # copied or renamed by hand
+    with pytest.raises(BadInput, match=r"other settings \(seed=3 \(now 4\)\)"):
+        collect_shard(db, other, 2, 1, model=tiny_model)
+    with pytest.raises(BadInput, match="other settings"):
+        merge_stage(db, other)
+    shard_dir(db, other).rename(shard_dir(db, cfg))
+    with pytest.raises(BadInput, match="split into 2 shards, not 3"):
+        collect_shard(db, cfg, 3, 1, model=tiny_model)
+    hooked = tmp_path / "hook.duckdb"
+    shutil.copytree(shard_dir(db, cfg), shard_dir(hooked, cfg.model_copy(update={"hook": "blocks.1.mlp.hook_post"})))
+    with pytest.raises(BadInput, match="hook='blocks.0.mlp.hook_post' \\(now 'blocks.1.mlp.hook_post'\\)"):
+        merge_stage(hooked, cfg.model_copy(update={"hook": "blocks.1.mlp.hook_post"}))
+    assert not hooked.exists()  # refused before anything was written
+
+
+def test_cli_shard_index_then_merge(tmp_path, single, tiny_model_dir, corpus_file):
+    db_one, cfg = single
+    db = tmp_path / "cli.duckdb"
+    args = ["--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--hook", TINY_COLLECT["hook"],
+            "--tokens", "1600", "--ctx-len", "16", "--top-k", "6", "--quantiles", "2", "--per-quantile", "2",
+            "--random", "6", "--seed", "3", "--batch-size", "5", "--device", "cpu", "--db", str(db)]
+    runner = CliRunner()
+    for i in (1, 0):
+        r = runner.invoke(main, ["collect", *args, "--shards", "2", "--shard-index", str(i)])
+        assert r.exit_code == 0, r.output
+        assert f"shard {i} of 2" in r.output
+    assert not db.exists()  # shard workers never open the database
+    r = runner.invoke(main, ["collect", *args, "--shards", "2", "--shard-index", "1"])
+    assert "already written" in r.output
+    r = runner.invoke(main, ["merge", *args])
+    assert r.exit_code == 0, r.output
+    assert_same_tables(db_one, db)
+    r = runner.invoke(main, ["collect", *args, "--shard-index", "1"])
+    assert r.exit_code == 2 and "need --shards N" in r.output
+
+
+def test_ray_missing_is_a_clear_error_naming_the_extra(tmp_path, tiny_model_dir, corpus_file):
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed: `import ray` fails
+            "from autointerp.cli import main\n"
+            f"main(['collect', '--model', {str(tiny_model_dir)!r}, '--dataset', {str(corpus_file)!r}, "
+            f"'--tokens', '320', '--ctx-len', '16', '--shards', '2', '--ray', '--db', {str(tmp_path / 'r.duckdb')!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'autointerp[ray]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cuda_on_a_machine_without_cuda_is_a_clear_error(tmp_path, tiny_model_dir, corpus_file):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    db = tmp_path / "cuda.duckdb"
+    with pytest.raises(BadInput, match="--device cuda: CUDA is not available on this machine"):
+        collect_stage(db, _cfg(tiny_model_dir, corpus_file, device="cuda"))
+    assert query(db, "SELECT count(*) FROM dictionaries") == [(0,)]
+    r = CliRunner().invoke(main, ["collect", "--model", str(tiny_model_dir), "--dataset", str(corpus_file),
+                                  "--tokens", "320", "--device", "cuda:1", "--db", str(db)])
+    assert r.exit_code == 2 and "CUDA is not available" in r.output
+    r = CliRunner().invoke(main, ["collect", "--device", "tpu", "--db", str(db)])
+    assert r.exit_code == 2 and "unknown device 'tpu'" in r.output
+
+
+# bfloat16 keeps 8 bits of mantissa: through the tiny model's two layers the stored activations stay within
+# this share of the feature's largest activation (README: Scale). float16 (11 bits) is checked too.
+DTYPE_TOLERANCE = {"bfloat16": 0.03, "float16": 0.005}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_agrees_with_float32_within_the_documented_tolerance(tmp_path, single, dtype):
+    db_one, cfg = single
+    db = tmp_path / f"{dtype}.duckdb"
+    out = collect_stage(db, cfg.model_copy(update={"dtype": dtype}))  # loads the model in that dtype on the cpu
+    assert out.n_contexts == 100
+    assert query(db, "SELECT config_hash FROM dictionaries") != query(db_one, "SELECT config_hash FROM dictionaries")
+    f32 = {f: (mx, mean) for f, mx, mean in query(db_one, "SELECT feature, max_act, mean_act FROM features")}
+    low = {f: (mx, mean) for f, mx, mean in query(db, "SELECT feature, max_act, mean_act FROM features")}
+    scale = max(abs(v[0]) for v in f32.values())
+    tol = DTYPE_TOLERANCE[dtype]
+    assert max(abs(f32[f][0] - low[f][0]) for f in f32) <= tol * scale
+    assert max(abs(f32[f][1] - low[f][1]) for f in f32) <= tol * scale
+    # The same contexts hold the same token's activations: compare every context both runs stored.
+    q = "SELECT feature, seq, acts FROM examples WHERE kind = 'random'"
+    a = {(f, s): np.asarray(v) for f, s, v in query(db_one, q)}
+    b = {(f, s): np.asarray(v) for f, s, v in query(db, q)}
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert 0 < worst <= tol * scale
+    print(f"{dtype}: worst |delta act| {worst:.4g} = {worst / scale:.4f} of the largest activation {scale:.3g}")
+    # Which contexts are the top ones may change where two are within that tolerance of each other.
+    top_a = set(query(db_one, "SELECT feature, split, seq FROM examples WHERE kind = 'top'"))
+    top_b = set(query(db, "SELECT feature, split, seq FROM examples WHERE kind = 'top'"))
+    assert len(top_a & top_b) >= 0.8 * len(top_a)
