@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from autointerp.cli.base import (
     pick_dictionary,
 )
 from autointerp.config import RANDOM_INIT_SCHEMES, BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
+from autointerp.errors import AutointerpError
 
 
 @main.command()
@@ -87,10 +89,18 @@ def _label_command(db: str, explain_stage: bool, score_stage: bool, dictionary_i
         did = pick_dictionary(con, dictionary_id)
     features = select(db, did, Selection(feature_range, where))
     cfg, llm_cfg = build(LabelConfig, kwargs), build(LLMConfig, kwargs)
+    if llm_cfg.batch_api and not (llm_cfg.base_urls or os.environ.get("OPENAI_BASE_URL")):
+        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
     with interruptible("finished features are saved; run the same command to continue.") as bars, \
             open_llm(llm_cfg) as session:
-        progress = label_stage(db, did, features, cfg, session, explain_stage=explain_stage,
-                               score_stage=score_stage, concurrency=llm_cfg.concurrency, on_progress=bars)
+        if llm_cfg.batch_api:
+            from autointerp.stages.batch import batch_stage
+
+            progress = batch_stage(db, did, features, cfg, llm_cfg, session, explain_stage=explain_stage,
+                                   score_stage=score_stage, on_progress=bars)
+        else:
+            progress = label_stage(db, did, features, cfg, session, explain_stage=explain_stage,
+                                   score_stage=score_stage, concurrency=llm_cfg.concurrency, on_progress=bars)
     _summary(progress, did)
 
 
