@@ -91,3 +91,82 @@ def test_batch_api_run_gives_the_live_rows_at_batch_prices(tmp_path, collected_d
     assert all(r[3] == r[4] and r[5] == 0 and r[7] for r in rows)
     assert sum(r[6] for r in rows) == pytest.approx(sum(r[3] for r in calls))
     assert KEY.encode() not in (tmp_path / "batch.duckdb").read_bytes()
+
+
+def explain_requests(server: LoopbackLLM) -> list[str]:
+    """custom_ids of every explainer request submitted in a batch (from the uploaded input files)."""
+    ids = []
+    for b in server.batches.values():
+        for line in server.files[b["input_file_id"]][1].splitlines():
+            cid = json.loads(line)["custom_id"]
+            if ":explain:" in cid:
+                ids.append(cid)
+    return ids
+
+
+def unit(cid: str) -> str:
+    return ":".join(cid.split(":")[1:5])
+
+
+def test_failed_expired_and_malformed_results_go_to_the_next_batch(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "n.duckdb")
+    bs = BatchScript(outcome=lambda n: "expired" if n == 0 else "completed",
+                     fail=lambda cid: ":f3:" in cid and cid.endswith(":a1"),
+                     malformed=lambda cid: ":f1:" in cid and cid.endswith(":a1"))
+    with LoopbackLLM(script, batch=bs) as server:
+        run_batch_api(db, server.base_url, FEATURES, judge=False)
+        asked = explain_requests(server)
+    assert [r[2] for r in labels(db) if r[1] == "m-explain"] == ["ok"] * len(FEATURES)
+    # Round 1 expired half its requests (and failed f3, cut f1's line); only those were asked again.
+    first = [c for c in asked if c.endswith(":a1")]
+    again = sorted(unit(c) for c in asked if c.endswith(":a2"))
+    assert len(first) == len(FEATURES) and 0 < len(again) < len(FEATURES)
+    assert {f"d1:f{f}:e-:explain" for f in (1, 3)} <= set(again)
+    errors = q(db, "SELECT feature, error FROM llm_calls WHERE role = 'explainer' AND status = 'error' ORDER BY feature")
+    assert len(errors) == len(again) and all("batch" in e or "malformed" in e or "no result" in e for _, e in errors)
+    assert q(db, "SELECT count(*), count(*) FILTER (score_status = 'ok') FROM labels WHERE explainer = 'm-explain'"
+             )[0] == (len(FEATURES), len(FEATURES))
+
+
+def test_requests_failing_every_batch_become_failures_with_codes_never_labels(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "x.duckdb")
+    bs = BatchScript(fail=lambda cid: ":f2:" in cid, malformed=lambda cid: ":f4:" in cid and ":explain:" in cid)
+    with LoopbackLLM(script, batch=bs) as server:
+        run_batch_api(db, server.base_url, FEATURES, judge=False, llm={"batch_attempts": 2})
+        assert len(explain_requests(server)) == len(FEATURES) + 2  # f2 and f4 asked twice, then given up
+    rows = {r[0]: r for r in labels(db) if r[1] == "m-explain"}
+    assert rows[2][2:] == ("failed", None, "http_error")
+    assert rows[4][2:] == ("failed", None, "malformed_response")
+    assert all(rows[f][2] == "ok" for f in FEATURES if f not in (2, 4))
+    assert "after 2 batch attempt(s)" in q(db, "SELECT error FROM explanations WHERE feature = 2 "
+                                               "AND explainer = 'm-explain'")[0][0]
+
+
+def test_live_retry_mode_redoes_failed_batch_requests_live(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "l.duckdb")
+    bs = BatchScript(fail=lambda cid: ":f3:" in cid and ":explain:" in cid)
+    with LoopbackLLM(script, batch=bs) as server:
+        run_batch_api(db, server.base_url, FEATURES, judge=False, llm={"batch_retry": "live"})
+        live = [r for p, r in server.requests if p.endswith("/chat/completions")]
+        assert len(server.batches) == 2
+    assert len(live) == 1 and live[0]["model"] == "m-explain"
+    assert all(r[2] == "ok" for r in labels(db) if r[1] == "m-explain")
+    assert q(db, "SELECT count(*), count(batch_id) FROM llm_calls WHERE feature = 3 AND role = 'explainer'")[0] == (2, 1)
+
+
+def test_an_unusable_reply_is_reasked_live_and_a_bad_one_fails_with_its_reason(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "u.duckdb")
+
+    def bad_labels(path: str, request: dict) -> Reply:
+        if path.endswith("/chat/completions") and '"answers"' not in request["messages"][0]["content"]:
+            user = request["messages"][1]["content"]
+            if len(request["messages"]) > 2:  # a live re-ask
+                return Reply(content=LABEL)
+            return Reply(content="the <<tokens>> in" if user.count("\n") % 2 else "   ")
+        return script(path, request)
+
+    with LoopbackLLM(bad_labels) as server:
+        run_batch_api(db, server.base_url, FEATURES, judge=False)
+        reasks = [r for p, r in server.requests if p.endswith("/chat/completions")]
+    assert reasks and all(len(r["messages"]) == 4 for r in reasks)
+    assert [r[2:4] for r in labels(db) if r[1] == "m-explain"] == [("ok", LABEL)] * len(FEATURES)
