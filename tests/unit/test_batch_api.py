@@ -170,3 +170,61 @@ def test_an_unusable_reply_is_reasked_live_and_a_bad_one_fails_with_its_reason(t
         reasks = [r for p, r in server.requests if p.endswith("/chat/completions")]
     assert reasks and all(len(r["messages"]) == 4 for r in reasks)
     assert [r[2:4] for r in labels(db) if r[1] == "m-explain"] == [("ok", LABEL)] * len(FEATURES)
+
+
+def label_cmd(db: Path, url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "autointerp", "label", "--db", str(db), "--base-url", url, "--explainer-model", "e",
+            "--simulator-model", "s", "--sim-top", "4", "--sim-random", "4", "--n-boot", "50", "--null-samples", "0",
+            "--features", "0:10", "--batch-api", "--batch-poll", "0.05", "--timeout", "5", *extra]
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "OPENAI_API_KEY": KEY}
+
+
+def submitted(server: LoopbackLLM) -> list[str]:
+    """Every request unit (custom_id without attempt) in every batch the server ran."""
+    out = []
+    for b in server.batches.values():
+        for line in server.files[b["input_file_id"]][1].splitlines():
+            out.append(json.loads(line)["custom_id"])
+    return out
+
+
+@pytest.mark.parametrize("moment", ["upload", "create", "polling", "content"])
+def test_kill_9_at_any_moment_then_the_same_command_resumes_without_submitting_twice(tmp_path, collected_db, moment):
+    db = copy_db(collected_db, tmp_path / f"{moment}.duckdb")
+    bs = BatchScript(polls=10_000 if moment == "polling" else 1, hold=set() if moment == "polling" else {moment},
+                     fail=lambda cid: ":f6:" in cid and cid.endswith(":a1"))
+    with LoopbackLLM(script, batch=bs) as server:
+        proc = subprocess.Popen(label_cmd(db, server.base_url), env=cli_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (server.reached[moment].is_set() if moment != "polling" else
+                   sum("/batches/batch_" in p for p, _ in server.requests) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        bs.hold, bs.polls = set(), 1
+        if moment != "polling":
+            server.release(moment)
+        if moment in ("upload", "create"):  # the killed run never heard the file id / the batch id
+            assert q(db, "SELECT status FROM batches") == [("preparing" if moment == "upload" else "uploaded",)]
+        done = subprocess.run(label_cmd(db, server.base_url), env=cli_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        ids = submitted(server)
+        n_files = sum(1 for name, _ in server.files.values() if name.startswith("autointerp-"))
+    # Nothing submitted twice: one file and one batch per recorded batch; each request once per attempt.
+    assert len(server.batches) == n_files == q(db, "SELECT count(*) FROM batches")[0][0]
+    assert len(ids) == len(set(ids))
+    assert len({unit(c) for c in ids if ":explain:" in c}) == 10
+    assert sorted(unit(c) for c in ids if ":explain:" in c and c.endswith(":a2")) == ["d1:f6:e-:explain"]
+    # Every feature labelled (or failed with a reason) and scored; nothing stored twice.
+    rows = q(db, "SELECT feature, status, code, score_status FROM labels WHERE explainer = 'e' ORDER BY feature")
+    assert [r[0] for r in rows] == list(range(10))
+    assert all((r[1] == "ok" and r[3] == "ok") or r[2] is not None for r in rows)
+    assert q(db, "SELECT count(*) FROM (SELECT feature FROM explanations GROUP BY feature, explainer "
+                 "HAVING count(*) > 1)")[0][0] == 0
+    assert q(db, "SELECT count(*) FROM batches WHERE ingested_at IS NULL")[0][0] == 0
