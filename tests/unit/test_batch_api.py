@@ -228,3 +228,66 @@ def test_kill_9_at_any_moment_then_the_same_command_resumes_without_submitting_t
     assert q(db, "SELECT count(*) FROM (SELECT feature FROM explanations GROUP BY feature, explainer "
                  "HAVING count(*) > 1)")[0][0] == 0
     assert q(db, "SELECT count(*) FROM batches WHERE ingested_at IS NULL")[0][0] == 0
+
+
+def scripted_runner(requests: Path, results: Path, order: int = -1) -> int:
+    """A stand-in for `vllm run-batch`: answers each request line with the loopback script, writes the
+    OpenAI batch output format (in reversed order, as runners need not keep it)."""
+    from tests.llm_server import _body
+
+    out = []
+    for i, raw in enumerate(requests.read_bytes().splitlines()):
+        line = json.loads(raw)
+        reply = script(line["url"], line["body"])
+        out.append({"id": f"r{i}", "custom_id": line["custom_id"], "error": None,
+                    "response": {"status_code": 200, "request_id": f"q{i}",
+                                 "body": _body(line["url"], line["body"], reply)}})
+    results.write_text("".join(json.dumps(o) + "\n" for o in out[::order]))
+    return len(out)
+
+
+def cli(db: Path, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "autointerp", *args, "--db", str(db)], capture_output=True,
+                          text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"})
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_export_then_a_runner_then_import_gives_the_live_rows(tmp_path, collected_db):
+    live, offline = copy_db(collected_db, tmp_path / "live.duckdb"), copy_db(collected_db, tmp_path / "off.duckdb")
+    with LoopbackLLM(script) as server:
+        run_label(live, server.base_url, FEATURES)
+    opts = ["--explainer-model", "m-explain", "--simulator-model", "m-sim", "--sim-top", "6", "--sim-random", "6",
+            "--n-boot", "200", "--null-samples", "0", "--features", "0:10"]
+    for stage in ("explain", "score"):
+        requests, results = tmp_path / f"{stage}.jsonl", tmp_path / f"{stage}-out.jsonl"
+        out = cli(offline, "batch", "export", "--stage", stage, "--out", str(requests), *opts)
+        n = scripted_runner(requests, results)
+        assert f"{n:,} {stage} requests" in out.stdout and n > 0
+        cli(offline, "batch", "import", str(results))
+        again = cli(offline, "batch", "import", str(results))
+        assert "already imported" in again.stdout
+    assert labels(offline) == labels(live)
+    assert scores(offline) == scores(live)
+    assert q(offline, "SELECT count(*), count(batch_id) FROM llm_calls") == \
+        [(q(live, "SELECT count(*) FROM llm_calls")[0][0],) * 2]
+    listing = cli(offline, "batches", "--format", "csv").stdout
+    assert listing.count("imported") == 2 and "mixed" in listing
+    # Nothing is left to export.
+    cli(offline, "batch", "export", "--stage", "score", "--out", str(tmp_path / "none.jsonl"), *opts)
+    assert (tmp_path / "none.jsonl").read_bytes() == b""
+
+
+def test_import_of_partial_results_leaves_the_rest_pending(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "p.duckdb")
+    opts = ["--explainer-model", "m-explain", "--features", "0:10", "--no-baseline"]
+    requests, results = tmp_path / "r.jsonl", tmp_path / "o.jsonl"
+    cli(db, "batch", "export", "--stage", "explain", "--out", str(requests), *opts)
+    scripted_runner(requests, results)
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join([*lines[:6], lines[6][:40], '{"custom_id": 7}']) + "\n")
+    out = cli(db, "batch", "import", str(results))
+    assert "2 unreadable" in out.stdout
+    assert len([r for r in labels(db) if r[1] == "m-explain"]) == 6
+    cli(db, "batch", "export", "--stage", "explain", "--out", str(requests), *opts)
+    assert len(requests.read_text().splitlines()) == 4
