@@ -251,19 +251,18 @@ class LoopbackLLM:
         return {k: v for k, v in self.batches[bid].items() if k not in ("n", "cancel")}
 
     def _advance(self, bid: str) -> None:
-        """Run the batch (on its first poll) and show its progress, then its outcome."""
+        """Show the batch's progress, then run it and show its outcome (a cancelled one runs half)."""
         b = self.batches[bid]
         if b["status"] in ("completed", "failed", "expired", "cancelled"):
             return
-        if bid not in self._results:
-            self._results[bid] = self._run(b)
-        out, err, ok, failed = self._results[bid]
-        b["request_counts"]["total"] = ok + failed
         outcome = "cancelled" if b.get("cancel") else self.batch.outcome(b["n"])
         if self._polls[bid] <= self.batch.polls and not b.get("cancel"):
+            n = sum(1 for x in self.files[b["input_file_id"]][1].splitlines() if x.strip())
             b["status"] = "in_progress"
-            b["request_counts"].update(completed=ok // 2, failed=failed // 2)
+            b["request_counts"].update(total=n, completed=n // 2, failed=0)
             return
+        out, err, ok, failed = self._results[bid] = self._run(b)
+        b["request_counts"]["total"] = ok + failed
         b["status"] = outcome
         if outcome == "failed":
             b["errors"] = {"object": "list", "data": [{"code": "invalid", "message": "scripted validation failure"}]}

@@ -291,3 +291,26 @@ def test_import_of_partial_results_leaves_the_rest_pending(tmp_path, collected_d
     assert len([r for r in labels(db) if r[1] == "m-explain"]) == 6
     cli(db, "batch", "export", "--stage", "explain", "--out", str(requests), *opts)
     assert len(requests.read_text().splitlines()) == 4
+
+
+def test_batches_lists_and_cancel_stops_a_batch_whose_rest_goes_to_the_next(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "c.duckdb")
+    bs = BatchScript(polls=10_000)
+    with LoopbackLLM(script, batch=bs) as server:
+        proc = subprocess.Popen(label_cmd(db, server.base_url, "--no-judge"), env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not any("/batches/batch_0" in p for p, _ in server.requests):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        cancel = subprocess.run([sys.executable, "-m", "autointerp", "batches", "--db", str(db), "--cancel", "batch_0",
+                                 "--base-url", server.base_url], env=cli_env(), capture_output=True, text=True,
+                                timeout=120)
+        assert cancel.returncode == 0, cancel.stderr
+        bs.polls = 1
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    listing = cli(db, "batches", "--format", "csv").stdout.splitlines()
+    assert listing[0].startswith("batch,provider_id,dictionary,stage,url,status,requests,completed,failed,cost_usd")
+    assert ",batch_0,1,explain,/v1/chat/completions,cancelled,10,5,0," in listing[1]
+    assert [r[2] for r in labels(db) if r[1] == "e"] == ["ok"] * 10
