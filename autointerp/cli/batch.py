@@ -89,7 +89,7 @@ def export_cmd(db: str, stage: str, out: str, dictionary_id: int | None, feature
       vllm run-batch -i requests.jsonl -o results.jsonl --model my/model
       autointerp batch import results.jsonl
     """
-    from autointerp.stages.batch import export_requests
+    from autointerp.stages.batch_files import export_requests
     from autointerp.stages.run import Selection, select
 
     with store.open_store(db, read_only=True) as con:
@@ -108,7 +108,7 @@ def export_cmd(db: str, stage: str, out: str, dictionary_id: int | None, feature
 @friendly_errors
 def import_cmd(db: str, results: str) -> None:
     """Ingest a batch runner's output file like a Batch API result (parsed, scored and stored)."""
-    from autointerp.stages.batch import import_results
+    from autointerp.stages.batch_files import import_results
 
     out = import_results(db, results)
     click.echo(f"{out.results:,} results in {out.groups} exported batch(es)"

@@ -173,6 +173,12 @@ def label_cmd(db: str, **kwargs: Any) -> None:
     _label_command(db, True, True, **kwargs)
 
 
+def _no_batch_api(kwargs: dict[str, Any], command: str) -> None:
+    if kwargs.get("batch_api"):
+        raise AutointerpError(f"--batch-api is for explain, score and label; `{command}` calls live. Collect, then "
+                              "run `autointerp label --batch-api`")
+
+
 def _finish_run(out: Any, db: str) -> None:
     c = out.collect
     click.echo(f"dictionary {c.dictionary_id}: {c.n_features:,} features over {c.n_tokens:,} tokens"
@@ -206,6 +212,7 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
     """
     from autointerp.stages.run import Selection, run_stage
 
+    _no_batch_api(kwargs, "run")
     behaviour_cfg = build(BehaviourConfig, kwargs) if with_behaviour else None
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
         out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where),
@@ -272,6 +279,7 @@ def control(db: str, like_id: int, init_seed: int | None, scheme: str, control_s
     """
     from autointerp.stages.run import Selection, control_stage
 
+    _no_batch_api(kwargs, "control")
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
         out = control_stage(db, like_id, Selection(label_features, label_where), build(LabelConfig, kwargs),
                             build(LLMConfig, kwargs), build(BehaviourConfig, kwargs), seed=init_seed, scheme=scheme,

@@ -22,7 +22,6 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from autointerp import detect, explain, llm, simulate, store
 from autointerp.config import LabelConfig, LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.llm import LLMCall, LLMFailure, LLMReply
+from autointerp.stages.batchio import MISSING, Request, Result, custom_id, read_results, result_key
 from autointerp.stages.label import (
     CONSTANT,
     SHUFFLED,
@@ -46,76 +46,6 @@ from autointerp.types import FailureCode, FeatureContexts, ProgressEvent, Progre
 
 CHUNK = 128
 JUDGES = ("detection", "fuzzing")
-
-
-@dataclass(frozen=True)
-class Request:
-    custom_id: str
-    url: str
-    role: str
-    body: dict[str, Any]
-
-    def line(self) -> bytes:
-        return (json.dumps({"custom_id": self.custom_id, "method": "POST", "url": self.url, "body": self.body})
-                + "\n").encode()
-
-
-@dataclass(frozen=True)
-class Result:
-    """One line of a batch output or error file: a 200 body, or why there is none."""
-
-    body: Any = None
-    error: str | None = None
-    code: str | None = None
-
-
-MISSING = Result(error="no result for this request in the batch's files", code=FailureCode.MALFORMED_RESPONSE)
-
-
-def custom_id(group: str, dictionary_id: int, feature: int, eid: str | None, part: str, attempt: int) -> str:
-    return f"{group}:d{dictionary_id}:f{feature}:e{eid or '-'}:{part}:a{attempt}"
-
-
-def _result_key(cid: str) -> str:
-    """The custom_id without its attempt: how results are matched to the requests rebuilt at ingestion."""
-    return cid.rsplit(":a", 1)[0]
-
-
-def read_results(content: bytes) -> tuple[dict[str, Result], int]:
-    """Results by custom_id (without the attempt) from an OpenAI-format output or error file (vLLM's
-    run-batch writes the same), and how many lines could not be read (those requests count as missing)."""
-    out: dict[str, Result] = {}
-    unreadable = 0
-    for raw in content.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-            cid = line["custom_id"]
-            if not isinstance(cid, str):
-                raise TypeError("custom_id")
-        except (ValueError, TypeError, KeyError):
-            unreadable += 1
-            continue
-        response = line.get("response") if isinstance(line.get("response"), dict) else None
-        error = line.get("error") if isinstance(line.get("error"), dict) else None
-        status = response.get("status_code") if response else None
-        if response is not None and status == 200 and error is None:
-            out[_result_key(cid)] = Result(body=response.get("body"))
-            continue
-        code = str((error or {}).get("code") or "")
-        message = str((error or {}).get("message") or "")
-        if not message and response is not None:
-            message = str(((response.get("body") or {}).get("error") or {}).get("message") or "")
-        if code in (FailureCode.BATCH_EXPIRED, FailureCode.BATCH_CANCELLED):
-            fc = code
-        elif status == 429:
-            fc = FailureCode.RATE_LIMITED
-        else:
-            fc = FailureCode.HTTP_ERROR
-        out[_result_key(cid)] = Result(error=f"batch request failed: {code or f'HTTP {status}'} {message}"[:500],
-                                       code=str(fc))
-    return out, unreadable
 
 
 def _endpoint(row: store.BatchRow) -> str:
@@ -373,7 +303,7 @@ class BatchRun:
         fcs = self._load(u["f"] for u in units)
         by_unit: dict[tuple[int, str], dict[str, tuple[Request, Result]]] = {}
         for r in requests:
-            k = _result_key(r.custom_id)
+            k = result_key(r.custom_id)
             _, _, f, e, part = k.split(":")
             by_unit.setdefault((int(f[1:]), e[1:]), {})[part] = (r, results.get(k, MISSING))
         costs = dict.fromkeys((x.batch_key for x in rows), 0.0)
@@ -582,74 +512,3 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
     finally:
         api.close()
     return run.progress
-
-
-# ---------------------------------------------------------------- batch files (vllm run-batch)
-
-
-def export_requests(db: str | Path, dictionary_id: int, features: list[int], stage: str, cfg: LabelConfig,
-                    llm_cfg: LLMConfig, explainer_model: str, simulator_model: str, out: str | Path
-                    ) -> tuple[int, int]:
-    """Write the stage's pending requests as one OpenAI-format JSONL file (each line names its endpoint, as
-    `vllm run-batch` reads it), recorded as an exported batch. Returns (units, requests)."""
-    run = BatchRun(db, dictionary_id, cfg, llm_cfg.model_copy(update={"batch_max_requests": 2**62,
-                                                                      "batch_max_bytes": 2**62}),
-                   None, explainer_model, simulator_model)
-    units = run.pending_units(stage, features)
-    if not units:
-        Path(out).write_bytes(b"")
-        return 0, 0
-    group, members, reqs = next(iter(run._groups(stage, units)))
-    with store.open_store(db, wait_s=600) as con:
-        store.add_batches(con, run._rows(stage, group, members, reqs, "file"))
-    tmp = Path(f"{out}.part")
-    with tmp.open("wb") as f:
-        for r in reqs:
-            f.write(r.line())
-    tmp.replace(out)
-    return len(members), len(reqs)
-
-
-@dataclass
-class Imported:
-    groups: int
-    results: int
-    unreadable: int
-    skipped: list[str]  # groups already imported, or unknown here
-    progress: Progress
-
-
-def import_results(db: str | Path, path: str | Path, on_progress: ProgressFn | None = None) -> Imported:
-    """Ingest an offline runner's output file exactly like a Batch API result: each exported group whose
-    custom_ids appear in it is parsed, scored and stored (no re-asks: there is no live endpoint; requests
-    without a usable result stay pending for the next export)."""
-    results, unreadable = read_results(Path(path).read_bytes())
-    groups: dict[str, dict[str, Result]] = {}
-    for k, r in results.items():
-        groups.setdefault(k.split(":", 1)[0], {})[k] = r
-    skipped, done = [], 0
-    progress = Progress()
-    for group, mine in groups.items():
-        with store.open_store(db, wait_s=600) as con:
-            rows = store.group_batches(con, group)
-        if not rows or rows[0].ingested_at is not None:
-            skipped.append(f"{group} ({'already imported' if rows else 'not exported from this database'})")
-            continue
-        c = json.loads(rows[0].config)
-        cfg = LabelConfig(**c["label"])
-        run = BatchRun(db, rows[0].dictionary_id, cfg, LLMConfig.model_validate({"batch_attempts": 20}), None, c["explainer"],
-                       c["simulator"], on_progress=on_progress)
-        run.progress = progress
-        run.ingest(rows, mine)
-        with store.open_store(db, wait_s=600) as con:
-            for row in rows:
-                store.update_batch(con, row.batch_key, status="imported", n_completed=sum(
-                    1 for r in mine.values() if r.body is not None), n_failed=sum(1 for r in mine.values() if r.error))
-        if cfg.baseline:
-            from autointerp.stages.label import label_stage
-
-            feats = sorted({u["f"] for u in json.loads(rows[0].units)})
-            label_stage(db, rows[0].dictionary_id, feats, cfg.model_copy(update={"null_samples": 0}), None,
-                        explain_stage=rows[0].stage == "explain", score_stage=True)
-        done += 1
-    return Imported(done, len(results), unreadable, skipped, progress)

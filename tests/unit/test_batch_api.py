@@ -78,7 +78,7 @@ def test_batch_api_run_gives_the_live_rows_at_batch_prices(tmp_path, collected_d
     calls = q(batch, "SELECT role, count(*), count(batch_id), sum(cost_usd), sum(prompt_tokens), "
                      "sum(completion_tokens) FROM llm_calls GROUP BY role ORDER BY role")
     live_calls = {r[0]: r for r in q(live, "SELECT role, count(*), count(*), sum(cost_usd) FROM llm_calls GROUP BY role")}
-    for role, n, n_batch, usd, p_tok, c_tok in calls:
+    for role, n, n_batch, usd, _, _ in calls:
         assert n == n_batch == live_calls[role][1]
         assert usd == pytest.approx(live_calls[role][3] / 2)
     explain_cost = [r for r in calls if r[0] == "explainer"][0]
