@@ -131,7 +131,18 @@ class LLMConfig(Frozen):
     max_cost_usd: float | None = Field(None, gt=0, description="stop the batch cleanly at this spend (USD)",
                                        json_schema_extra={"flag": "max-cost"})
     max_tokens: int | None = Field(None, gt=0, description="stop the batch cleanly after this many tokens")
-    prices: str | None = Field(None, description='JSON price table {"model": [usd_per_M_input, usd_per_M_output]}')
+    prices: str | None = Field(None, description='JSON price table {"model": [usd_per_M_input, usd_per_M_output, '
+                               'batch_input, batch_output]} (batch columns optional: half the live prices)')
+    batch_api: bool = Field(False, description="send the work as Batch API batches (half price, results within 24 h): "
+                            "explain, then simulate and judge; the same command resumes a killed run's batches")
+    batch_retry: Literal["live", "next-batch"] = Field(
+        "next-batch", description="requests that fail or expire inside a batch: redo them live at once, or in the "
+        "next batch (up to --batch-attempts batches, then a failure with its code)")
+    batch_attempts: int = Field(2, ge=1, le=20, description="batches a request may fail in before it is a failure")
+    batch_max_requests: int = Field(50_000, gt=0, description="requests per batch (the provider's limit)")
+    batch_max_bytes: int = Field(200_000_000, gt=0, description="bytes per batch input file (the provider's limit)")
+    batch_poll_s: float = Field(30.0, gt=0, description="seconds between two polls of the running batches",
+                                json_schema_extra={"flag": "batch-poll"})
 
 
 class BehaviourConfig(Frozen):

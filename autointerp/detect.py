@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 from autointerp import prompts
@@ -106,19 +107,33 @@ def answer_probabilities(logprobs: dict[str, Any] | None, n: int) -> list[float]
     return probs if len(probs) == n else None
 
 
-async def judge(client: LLMClient, model: str, templates: tuple[str, ...], label: str, excerpts: list[str],
-                max_reasks: int = 1, top_logprobs: int | None = 5) -> tuple[list[int], list[float] | None,
-                                                                            list[LLMCall]]:
-    """One chat request for all excerpts; returns the 0/1 answers, P(1) if available, and the calls."""
-    messages = [{"role": "system", "content": prompts.render(templates[0])},
-                {"role": "user", "content": prompts.render(templates[1], label=prompts.escape_data(label),
-                                                           excerpts="\n\n".join(excerpts))}]
+TOP_LOGPROBS = 5
 
+
+def judge_messages(templates: tuple[str, ...], label: str, excerpts: list[str]) -> list[dict[str, str]]:
+    return [{"role": "system", "content": prompts.render(templates[0])},
+            {"role": "user", "content": prompts.render(templates[1], label=prompts.escape_data(label),
+                                                       excerpts="\n\n".join(excerpts))}]
+
+
+def judge_max_tokens(n: int) -> int:
+    return 8 * n + 32
+
+
+def judge_parser(n: int) -> Callable[[LLMReply], tuple[list[int], list[float] | None]]:
+    """A judge reply -> (0/1 answers, P(1) where logprobs were returned); ValueError when unusable."""
     def parse(reply: LLMReply) -> tuple[list[int], list[float] | None]:
-        return parse_answers(reply.text, len(excerpts)), answer_probabilities(reply.logprobs, len(excerpts))
+        return parse_answers(reply.text, n), answer_probabilities(reply.logprobs, n)
+    return parse
 
+
+async def judge(client: LLMClient, model: str, templates: tuple[str, ...], label: str, excerpts: list[str],
+                max_reasks: int = 1, top_logprobs: int | None = TOP_LOGPROBS
+                ) -> tuple[list[int], list[float] | None, list[LLMCall]]:
+    """One chat request for all excerpts; returns the 0/1 answers, P(1) if available, and the calls."""
     (answers, probs), calls = await ask_parsed(
-        client, parse, role="judge", model=model, messages=messages, max_tokens=8 * len(excerpts) + 32,
+        client, judge_parser(len(excerpts)), role="judge", model=model,
+        messages=judge_messages(templates, label, excerpts), max_tokens=judge_max_tokens(len(excerpts)),
         reask="reask_json", max_reasks=max_reasks, top_logprobs=top_logprobs)
     return answers, probs, calls
 
@@ -130,24 +145,37 @@ def _need_both(examples: list[Any], missing: dict[bool, str]) -> None:
             raise LLMFailure(f"not scored: {missing[cls]}", [], FailureCode.ONE_CLASS)
 
 
+def request(name: str, fc: FeatureContexts, label: str, n: int, seed: int
+            ) -> tuple[list[bool], tuple[str, ...], list[str]]:
+    """What judge `name` ('detection' | 'fuzzing') asks about a feature: the true classes, its templates and
+    the excerpts. LLMFailure (code one_class) when both classes cannot be shown."""
+    active = f"too few holdout contexts where the feature is active (above {fc.threshold:g})"
+    if name == "detection":
+        d_examples = detection_examples(fc, n, seed)
+        _need_both(d_examples, {
+            True: active,
+            False: f"too few holdout random contexts where the feature is inactive (never above {fc.threshold:g}; "
+                   "a dense feature is active in all of them: collect with a higher --threshold or score with "
+                   "--judge-quiet)"})
+        return ([y for _, y in d_examples], DETECT_TEMPLATES,
+                [_excerpt(i, c.tokens, set()) for i, (c, _) in enumerate(d_examples, 1)])
+    f_examples = fuzzing_examples(fc, n, seed)
+    _need_both(f_examples, {
+        True: active,
+        False: "too few active holdout contexts with enough tokens below 30% of their max to mark wrongly"})
+    return ([y for *_, y in f_examples], FUZZ_TEMPLATES,
+            [_excerpt(i, c.tokens, marks) for i, (c, marks, _) in enumerate(f_examples, 1)])
+
+
 async def detection(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
                     ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
-    examples = detection_examples(fc, n, seed)
-    _need_both(examples, {
-        True: f"too few holdout contexts where the feature is active (above {fc.threshold:g})",
-        False: f"too few holdout random contexts where the feature is inactive (never above {fc.threshold:g}; "
-               "a dense feature is active in all of them: collect with a higher --threshold)"})
-    excerpts = [_excerpt(i, c.tokens, set()) for i, (c, _) in enumerate(examples, 1)]
-    answers, probs, calls = await judge(client, model, DETECT_TEMPLATES, label, excerpts)
-    return [y for _, y in examples], answers, probs, calls
+    ys, templates, excerpts = request("detection", fc, label, n, seed)
+    answers, probs, calls = await judge(client, model, templates, label, excerpts)
+    return ys, answers, probs, calls
 
 
 async def fuzzing(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
                   ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
-    examples = fuzzing_examples(fc, n, seed)
-    _need_both(examples, {
-        True: f"too few holdout contexts where the feature is active (above {fc.threshold:g})",
-        False: "too few active holdout contexts with enough tokens below 30% of their max to mark wrongly"})
-    excerpts = [_excerpt(i, c.tokens, marks) for i, (c, marks, _) in enumerate(examples, 1)]
-    answers, probs, calls = await judge(client, model, FUZZ_TEMPLATES, label, excerpts)
-    return [y for *_, y in examples], answers, probs, calls
+    ys, templates, excerpts = request("fuzzing", fc, label, n, seed)
+    answers, probs, calls = await judge(client, model, templates, label, excerpts)
+    return ys, answers, probs, calls

@@ -80,33 +80,47 @@ def parse_label(text: str) -> Label:
         raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
 
 
-def _explanation(fc: FeatureContexts, explainer: str, phash: str, label: str | None, error: str | None,
-                 code: str | None = None) -> Explanation:
+def explanation(fc: FeatureContexts, explainer: str, phash: str, label: str | None, error: str | None,
+                code: str | None = None) -> Explanation:
+    """A new explanation row: the label, or (label None) a failure with its reason and code."""
     return Explanation(explanation_id=str(uuid.uuid4()), dictionary_id=fc.dictionary_id, feature=fc.feature,
                        label=label, explainer=explainer, prompt_hash=phash,
                        status="ok" if label is not None else "failed", error=error, code=code)
 
 
-async def explain_with_llm(fc: FeatureContexts, client: LLMClient, model: str, *, n_top: int = 10,
-                           n_quantile: int = 10, max_reasks: int = 2, max_tokens: int = 60
-                           ) -> tuple[Explanation, list[LLMCall]]:
-    """Ask for a label; re-ask a bounded number of times on unusable output; then a failed row with the reason."""
-    phash = prompts.templates_hash(*EXPLAIN_TEMPLATES)
+MAX_TOKENS = 60
+
+
+def explain_messages(fc: FeatureContexts, n_top: int, n_quantile: int) -> list[dict[str, str]] | None:
+    """The explainer's request (system + user message), or None when the feature has nothing to show."""
     contexts = explain_contexts(fc, n_top, n_quantile)
     if not contexts:
-        return _explanation(fc, model, phash, None, "no explain-split contexts: the feature never activated",
-                            FailureCode.NO_CONTEXTS), []
-    messages = [
+        return None
+    return [
         {"role": "system", "content": prompts.render("explain.system")},
         {"role": "user", "content": prompts.render("explain.user", excerpts=format_excerpts(contexts, fc.max_act))},
     ]
+
+
+NO_CONTEXTS = "no explain-split contexts: the feature never activated"
+
+
+async def explain_with_llm(fc: FeatureContexts, client: LLMClient, model: str, *, n_top: int = 10,
+                           n_quantile: int = 10, max_reasks: int = 2, max_tokens: int = MAX_TOKENS,
+                           messages: list[dict[str, str]] | None = None) -> tuple[Explanation, list[LLMCall]]:
+    """Ask for a label; re-ask a bounded number of times on unusable output; then a failed row with the reason.
+    `messages` continues a conversation begun elsewhere (a batch reply being re-asked)."""
+    phash = prompts.templates_hash(*EXPLAIN_TEMPLATES)
+    messages = messages or explain_messages(fc, n_top, n_quantile)
+    if messages is None:
+        return explanation(fc, model, phash, None, NO_CONTEXTS, FailureCode.NO_CONTEXTS), []
     try:
         label, calls = await ask_parsed(client, lambda r: parse_label(r.text), role="explainer", model=model,
                                         messages=messages, max_tokens=max_tokens, reask="explain.reask",
                                         max_reasks=max_reasks)
     except LLMFailure as exc:
-        return _explanation(fc, model, phash, None, str(exc), exc.code), exc.calls
-    return _explanation(fc, model, phash, label.label, None), calls
+        return explanation(fc, model, phash, None, str(exc), exc.code), exc.calls
+    return explanation(fc, model, phash, label.label, None), calls
 
 
 def token_table(fc: FeatureContexts) -> dict[str, float]:
@@ -126,11 +140,11 @@ def explain_baseline(fc: FeatureContexts, n_tokens: int = 5) -> Explanation:
     """Token lookup: the label lists the tokens with the highest mean activation in the explain split."""
     table = token_table(fc)
     if not table or max(table.values()) <= 0:
-        return _explanation(fc, BASELINE, BASELINE_HASH, None, "no token with a positive mean activation",
+        return explanation(fc, BASELINE, BASELINE_HASH, None, "no token with a positive mean activation",
                             FailureCode.NO_CONTEXTS)
     best = sorted(table, key=lambda t: (-table[t], t))[:n_tokens]
     label = "tokens " + ", ".join(repr(t) for t in best if table[t] > 0)
-    return _explanation(fc, BASELINE, BASELINE_HASH, label, None)
+    return explanation(fc, BASELINE, BASELINE_HASH, label, None)
 
 
 def simulate_baseline(fc: FeatureContexts, contexts: list[Context]) -> list[list[float]]:

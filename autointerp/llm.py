@@ -33,9 +33,10 @@ from autointerp.types import FailureCode
 
 T = TypeVar("T")
 
-# USD per million tokens (input, output). Unknown models cost 0 and say so in the summary; pass
-# --prices FILE (JSON {"model": [input, output]}) for others.
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+# USD per million tokens (input, output[, batch input, batch output]). Unknown models cost 0 and say so
+# in the summary; pass --prices FILE (JSON {"model": [input, output, batch_input, batch_output]}, the
+# batch columns optional) for others. Batch prices default to half the live ones, as OpenAI's Batch API.
+DEFAULT_PRICES: dict[str, tuple[float, ...]] = {
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4o": (2.50, 10.00),
     "gpt-4.1-mini": (0.40, 1.60),
@@ -62,6 +63,7 @@ class LLMCall:
     status: str  # 'ok' | 'error'
     error: str | None
     created_at: datetime
+    batch_id: str | None = None  # the provider batch (or batch file) the result came from
 
 
 @dataclass
@@ -204,7 +206,7 @@ class OpenAICompatibleClient:
     """`LLMClient` over one or more OpenAI-compatible endpoints, requests spread round-robin."""
 
     def __init__(self, base_urls: list[str], api_key: str | None = None, *, timeout_s: float = 60.0,
-                 max_attempts: int = 6, max_wait_s: float = 60.0, prices: dict[str, tuple[float, float]] | None = None,
+                 max_attempts: int = 6, max_wait_s: float = 60.0, prices: dict[str, tuple[float, ...]] | None = None,
                  budget: Budget | None = None):
         if not base_urls:
             raise AutointerpError("no LLM endpoint: pass --base-url or set OPENAI_BASE_URL")
@@ -221,9 +223,8 @@ class OpenAICompatibleClient:
         self.prices = {**DEFAULT_PRICES, **(prices or {})}
         self.budget = budget or Budget()
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        p_in, p_out = self.prices.get(model, (0.0, 0.0))
-        return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
+        return cost(self.prices, model, prompt_tokens, completion_tokens, batch)
 
     async def close(self) -> None:
         for _, c in self._clients:
@@ -268,56 +269,102 @@ class OpenAICompatibleClient:
 
     async def chat(self, *, role: str, model: str, messages: list[dict[str, str]], max_tokens: int,
                    temperature: float = 0.0, top_logprobs: int | None = None) -> LLMReply:
-        kwargs: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
-                                  "temperature": temperature}
-        if top_logprobs:
-            kwargs.update(logprobs=True, top_logprobs=top_logprobs)
-
-        def parse(r: Any) -> tuple[str, Any, tuple[int, int]]:
-            choices = getattr(r, "choices", None)
-            if not choices or getattr(choices[0], "message", None) is None:
-                raise MalformedResponse("no choices[0].message in the response")
-            text = choices[0].message.content
-            if text is None:
-                raise MalformedResponse("empty message content")
-            lp = choices[0].logprobs
-            return text, (lp.model_dump() if lp is not None else None), _usage(r)
-
-        return await self._request(role, model, kwargs, lambda c: c.chat.completions.create(**kwargs), parse)
+        kwargs = chat_body(model, messages, max_tokens, temperature, top_logprobs)
+        return await self._request(role, model, kwargs,
+                                   lambda c: c.chat.completions.with_raw_response.create(**kwargs),
+                                   lambda raw: parse_chat_json(_json_body(raw)))
 
     async def complete(self, *, role: str, model: str, prompt: str, max_tokens: int, echo: bool = False,
                        logprobs: int | None = None) -> LLMReply:
-        kwargs: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-                                  "echo": echo}
-        if logprobs is not None:
-            kwargs["logprobs"] = logprobs
-
-        def parse(raw: Any) -> tuple[str, Any, tuple[int, int]]:
-            # Parsed by hand: the openai models' construction of a long prompt's logprobs costs ~50 ms per
-            # thousand tokens, the pipeline's largest overhead.
-            try:
-                body = json.loads(raw.http_response.content)
-            except ValueError as exc:
-                raise MalformedResponse(f"invalid JSON body ({exc})") from None
-            choices = body.get("choices") if isinstance(body, dict) else None
-            if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("text"), str):
-                raise MalformedResponse("no choices[0].text in the response")
-            usage = body.get("usage") or {}
-            try:
-                tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            except (TypeError, ValueError, AttributeError):
-                raise MalformedResponse(f"unusable usage in the response: {usage!r:.100}") from None
-            return choices[0]["text"], choices[0].get("logprobs"), tokens
-
+        kwargs = completion_body(model, prompt, max_tokens, echo, logprobs)
+        # Parsed by hand (as chat): the openai models' construction of a long prompt's logprobs costs ~50 ms
+        # per thousand tokens, the pipeline's largest overhead.
         return await self._request(role, model, kwargs,
-                                   lambda c: c.completions.with_raw_response.create(**kwargs), parse)
+                                   lambda c: c.completions.with_raw_response.create(**kwargs),
+                                   lambda raw: parse_completion_json(_json_body(raw)))
 
 
-def _usage(response: Any) -> tuple[int, int]:
-    u = getattr(response, "usage", None)
-    if u is None:
-        return 0, 0
-    return int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0)
+# ---------------------------------------------------------------- request bodies and replies
+# Shared by live calls and batch files, so a reply read from a batch result is parsed exactly like one
+# received over HTTP.
+
+CHAT_URL = "/v1/chat/completions"
+COMPLETIONS_URL = "/v1/completions"
+
+
+def chat_body(model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0,
+              top_logprobs: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
+                            "temperature": temperature}
+    if top_logprobs:
+        body.update(logprobs=True, top_logprobs=top_logprobs)
+    return body
+
+
+def completion_body(model: str, prompt: str, max_tokens: int, echo: bool = False,
+                    logprobs: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                            "echo": echo}
+    if logprobs is not None:
+        body["logprobs"] = logprobs
+    return body
+
+
+def _json_body(raw: Any) -> Any:
+    try:
+        return json.loads(raw.http_response.content)
+    except ValueError as exc:
+        raise MalformedResponse(f"invalid JSON body ({exc})") from None
+
+
+def _usage_of(body: dict[str, Any]) -> tuple[int, int]:
+    usage = body.get("usage") or {}
+    try:
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (TypeError, ValueError, AttributeError):
+        raise MalformedResponse(f"unusable usage in the response: {usage!r:.100}") from None
+
+
+def parse_chat_json(body: Any) -> tuple[str, Any, tuple[int, int]]:
+    """(text, the choice's logprobs, (prompt, completion) tokens) of a chat completion body; raises
+    MalformedResponse for anything else."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    if not isinstance(message, dict):
+        raise MalformedResponse("no choices[0].message in the response")
+    text = message.get("content")
+    if not isinstance(text, str):
+        raise MalformedResponse("empty message content")
+    logprobs = first.get("logprobs")
+    return text, (logprobs if isinstance(logprobs, dict) else None), _usage_of(body)
+
+
+def parse_completion_json(body: Any) -> tuple[str, Any, tuple[int, int]]:
+    """(text, logprobs, tokens) of a completions body; raises MalformedResponse for anything else."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("text"), str):
+        raise MalformedResponse("no choices[0].text in the response")
+    return choices[0]["text"], choices[0].get("logprobs"), _usage_of(body)
+
+
+def parse_body(url: str, body: Any) -> tuple[str, Any, tuple[int, int]]:
+    return (parse_chat_json if url.endswith("chat/completions") else parse_completion_json)(body)
+
+
+def cost(prices: dict[str, tuple[float, ...]], model: str, prompt_tokens: int, completion_tokens: int,
+         batch: bool = False) -> float:
+    """USD for one request at live or batch prices (batch: the table's 3rd and 4th columns, else half)."""
+    p = prices.get(model, (0.0, 0.0))
+    p_in, p_out = (p[2], p[3]) if batch and len(p) >= 4 else ((p[0] / 2, p[1] / 2) if batch else (p[0], p[1]))
+    return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
+
+
+def reask_messages(messages: list[dict[str, str]], reply_text: str, problem: str, reask: str
+                   ) -> list[dict[str, str]]:
+    """The conversation that re-asks after an unusable reply (prompts/REASK.txt with $problem)."""
+    return [*messages, {"role": "assistant", "content": reply_text[:2000]},
+            {"role": "user", "content": prompts.render(reask, problem=problem)}]
 
 
 async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role: str, model: str,
@@ -339,6 +386,94 @@ async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role:
             return parse(reply), calls
         except ValueError as exc:
             problem = f"{exc}; reply began {reply.text[:80]!r}"
-            messages = [*messages, {"role": "assistant", "content": reply.text[:2000]},
-                        {"role": "user", "content": prompts.render(reask, problem=str(exc))}]
+            messages = reask_messages(messages, reply.text, str(exc), reask)
     raise LLMFailure(f"unusable reply after {1 + max_reasks} attempts: {problem}", calls, FailureCode.UNUSABLE_REPLY)
+
+
+# ---------------------------------------------------------------- the Batch API (files and batches)
+
+BATCH_DONE = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """What the provider says about one batch."""
+
+    batch_id: str
+    status: str  # validating | in_progress | finalizing | completed | failed | expired | cancelling | cancelled
+    input_file_id: str
+    output_file_id: str | None
+    error_file_id: str | None
+    total: int
+    completed: int
+    failed: int
+    errors: str | None = None
+
+
+def _info(b: Any) -> BatchInfo:
+    counts = b.request_counts
+    errors = "; ".join(str(e.message) for e in (b.errors.data or [])) if b.errors is not None else None
+    return BatchInfo(b.id, b.status, b.input_file_id, b.output_file_id, b.error_file_id,
+                     int(counts.total) if counts else 0, int(counts.completed) if counts else 0,
+                     int(counts.failed) if counts else 0, errors or None)
+
+
+class BatchAPI:
+    """The files and batches endpoints of one OpenAI-compatible provider (blocking calls; the batch
+    driver polls every few seconds, so nothing here needs to be async). Errors are AutointerpErrors
+    with the key hidden."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 120.0):
+        self.endpoint = public_url(base_url)
+        self._secret = [x for x in [api_key or "", *_url_secrets(base_url)] if x]
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s,
+                                     max_retries=3)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except openai.OpenAIError as exc:
+            raise AutointerpError(f"Batch API: {what} failed: {_reason(exc, self._secret)}") from None
+
+    def upload(self, name: str, content: bytes) -> str:
+        """Upload a JSONL request file (purpose 'batch'); returns its file id."""
+        return self._call("upload", lambda: self._client.files.create(file=(name, content), purpose="batch").id)
+
+    def find_file(self, name: str) -> str | None:
+        """The id of an uploaded batch file named `name` (an upload whose answer was lost), if any."""
+        def find() -> str | None:
+            return next((f.id for f in self._client.files.list(purpose="batch") if f.filename == name), None)
+        return self._call("listing files", find)
+
+    def create(self, input_file_id: str, url: str, metadata: dict[str, str]) -> BatchInfo:
+        return self._call("create", lambda: _info(self._client.batches.create(
+            input_file_id=input_file_id, endpoint=url, completion_window="24h", metadata=metadata)))  # type: ignore[arg-type]
+
+    def find_batch(self, input_file_id: str) -> BatchInfo | None:
+        """The batch made from this input file (a create whose answer was lost), if any."""
+        def find() -> BatchInfo | None:
+            return next((_info(b) for b in self._client.batches.list(limit=100)
+                         if b.input_file_id == input_file_id), None)
+        return self._call("listing batches", find)
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        return self._call("retrieve", lambda: _info(self._client.batches.retrieve(batch_id)))
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        return self._call("cancel", lambda: _info(self._client.batches.cancel(batch_id)))
+
+    def content(self, file_id: str) -> bytes:
+        return self._call("download", lambda: self._client.files.content(file_id).content)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def batch_call(prices: dict[str, tuple[float, ...]], *, role: str, model: str, endpoint: str, body: dict[str, Any],
+               batch_id: str, custom_id: str, usage: tuple[int, int], error: str | None) -> LLMCall:
+    """The llm_calls record of one batch result (its id derived from the batch and request, so ingesting
+    the same result twice cannot make two rows)."""
+    p_tok, c_tok = usage
+    return LLMCall(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{batch_id}/{custom_id}")), role, model, endpoint,
+                   prompt_hash(body), p_tok, c_tok, 0.0, cost(prices, model, p_tok, c_tok, batch=True),
+                   "error" if error else "ok", error, datetime.now(UTC), batch_id)

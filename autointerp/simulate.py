@@ -19,7 +19,7 @@ import asyncio
 import bisect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from string import Template
 from typing import Any
@@ -189,7 +189,12 @@ def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) 
     return [0.0 if math.isnan(v) else v for v in values], missing
 
 
-async def simulate_echo(client: LLMClient, model: str, label: str, contexts: list[Context], top_logprobs: int = 10,
+ECHO_TOP_LOGPROBS = 10
+CHAT_TOP_LOGPROBS = 5
+
+
+async def simulate_echo(client: LLMClient, model: str, label: str, contexts: list[Context],
+                        top_logprobs: int = ECHO_TOP_LOGPROBS,
                         fewshot: Sequence[FewShot | tuple[list[str], list[int]]] | None = None,
                         parallel: int = 4) -> tuple[list[list[float]], list[LLMCall]]:
     """One request per context (at most `parallel` in flight), predictions in the given order.
@@ -212,17 +217,21 @@ async def simulate_echo(client: LLMClient, model: str, label: str, contexts: lis
     failure = next((r for r in replies if isinstance(r, LLMFailure)), None)
     if failure is not None:
         raise LLMFailure(str(failure), calls, failure.code)
+    return echo_values(built, [r.logprobs for r in replies if isinstance(r, LLMReply)], calls), calls
+
+
+def echo_values(built: list[tuple[str, list[int]]], logprobs: list[Any], calls: list[LLMCall]) -> list[list[float]]:
+    """Predictions of every context from its echo reply's logprobs (`built`: echo_prompt of each context;
+    `logprobs`: one per context with placeholders, in order). LLMFailure (with `calls`) when unusable."""
     out: list[list[float]] = []
     missing = total = 0
-    it = iter(replies)
+    it = iter(logprobs)
     for prompt, offsets in built:
         if not offsets:
             out.append([])
             continue
-        reply = next(it)
-        assert isinstance(reply, LLMReply)
         try:
-            values, n_missing = read_echo(reply.logprobs, prompt, offsets)
+            values, n_missing = read_echo(next(it), prompt, offsets)
         except ValueError as exc:
             raise LLMFailure(f"unusable simulation: {exc}", calls, FailureCode.UNUSABLE_SIMULATION) from None
         out.append(values)
@@ -231,7 +240,7 @@ async def simulate_echo(client: LLMClient, model: str, label: str, contexts: lis
     if total and missing == total:
         raise LLMFailure("unusable simulation: no digit among the top logprobs at any placeholder "
                               "(echo unsupported?)", calls, FailureCode.UNUSABLE_SIMULATION)
-    return out, calls
+    return out
 
 
 def parse_chat_activations(text: str, n: int) -> list[int]:
@@ -241,6 +250,25 @@ def parse_chat_activations(text: str, n: int) -> list[int]:
     if len(acts) != n:
         raise ValueError(f"{len(acts)} activations for {n} tokens")
     return [min(9, max(0, round(a))) for a in acts]
+
+
+def chat_messages(label: str, context: Context) -> list[dict[str, str]]:
+    rows = "\n".join(prompts.escape_data(t) for t in context.tokens)
+    return [{"role": "system", "content": prompts.render("simulate_chat.system")},
+            {"role": "user", "content": prompts.render("simulate_chat.user", label=prompts.escape_data(label),
+                                                       n=len(context.tokens), rows=rows)}]
+
+
+def chat_max_tokens(n: int) -> int:
+    return 4 * n + 32
+
+
+def chat_parser(n: int) -> Callable[[LLMReply], list[float]]:
+    """A chat simulation reply -> predictions for `n` tokens (ValueError says why a reply is unusable)."""
+    def parse(reply: LLMReply) -> list[float]:
+        ints = parse_chat_activations(reply.text, n)
+        return _chat_expected(reply.logprobs, n) or [float(v) for v in ints]
+    return parse
 
 
 def _chat_expected(logprobs: dict[str, Any] | None, n: int) -> list[float] | None:
@@ -255,24 +283,18 @@ def _chat_expected(logprobs: dict[str, Any] | None, n: int) -> list[float] | Non
 
 
 async def simulate_chat(client: LLMClient, model: str, label: str, contexts: list[Context],
-                        max_reasks: int = 1, top_logprobs: int | None = 5) -> tuple[list[list[float]], list[LLMCall]]:
+                        max_reasks: int = 1, top_logprobs: int | None = CHAT_TOP_LOGPROBS
+                        ) -> tuple[list[list[float]], list[LLMCall]]:
     """One request per context; JSON answers, re-asked a bounded number of times (LLMFailure otherwise)."""
     calls: list[LLMCall] = []
     out: list[list[float]] = []
     for c in contexts:
-        rows = "\n".join(prompts.escape_data(t) for t in c.tokens)
-        messages = [{"role": "system", "content": prompts.render("simulate_chat.system")},
-                    {"role": "user", "content": prompts.render("simulate_chat.user", label=prompts.escape_data(label),
-                                                               n=len(c.tokens), rows=rows)}]
+        messages = chat_messages(label, c)
+        parse = chat_parser(len(c.tokens))
         n = len(c.tokens)
-
-        def parse(reply: LLMReply, n: int = n) -> list[float]:
-            ints = parse_chat_activations(reply.text, n)
-            return _chat_expected(reply.logprobs, n) or [float(v) for v in ints]
-
         try:
             values, more = await ask_parsed(client, parse, role="simulator", model=model, messages=messages,
-                                            max_tokens=4 * n + 32, reask="reask_json", max_reasks=max_reasks,
+                                            max_tokens=chat_max_tokens(n), reask="reask_json", max_reasks=max_reasks,
                                             top_logprobs=top_logprobs)
         except LLMFailure as exc:
             raise LLMFailure(str(exc), calls + exc.calls, exc.code) from None

@@ -36,6 +36,8 @@ class FailureCode(StrEnum):
     UNUSABLE_SIMULATION = "unusable_simulation"  # echo logprobs without the predictions
     NO_CONTEXTS = "no_contexts"  # nothing to show or score: the feature never activated
     ONE_CLASS = "one_class"  # a judge cannot be shown both classes (dense features)
+    BATCH_EXPIRED = "batch_expired"  # the batch's 24 h window ended before the request ran
+    BATCH_CANCELLED = "batch_cancelled"  # the batch was cancelled before the request ran
 
 
 class Record(BaseModel):
@@ -177,6 +179,7 @@ class CallRow(Record):
     feature: int | None = None
     explanation_id: str | None = None
     run_id: str | None = None
+    batch_id: str | None = None  # the provider batch (or batch file) the result came from
 
     @field_validator("created_at")
     @classmethod

@@ -8,6 +8,8 @@ connections, malformed bodies. Every request is recorded.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import re
 import threading
@@ -76,14 +78,43 @@ def echo_logprobs(prompt: str, top: Callable[[int, str, list[str]], dict[str, fl
 Script = Callable[[str, dict[str, Any]], Reply]  # (path, request json) -> reply
 
 
+@dataclass
+class BatchScript:
+    """How the files and batches endpoints behave. Each request line of a batch is answered by the
+    server's script, as a live request would be; then:
+    - `polls`: retrieves answered in_progress (with partial counts) before the outcome shows;
+    - `outcome(n)`: the n-th batch (0-based) ends 'completed', 'expired' (the second half of its
+      requests in the error file as batch_expired), 'cancelled' (the second half absent) or 'failed'
+      (validation failed: no files); a cancel call makes it 'cancelled' at once;
+    - `fail(custom_id)`: that request goes to the error file with HTTP 500;
+    - `malformed(custom_id)`: its output line is cut short (not JSON);
+    - `shuffle`: results in another order than submitted (reversed);
+    - `hold`: phases ('upload', 'create', 'content') whose answer waits for `release(phase)` after the
+      side effect happened (the file is stored, the batch exists): a client killed there never heard."""
+
+    polls: int = 1
+    outcome: Callable[[int], str] = lambda n: "completed"
+    fail: Callable[[str], bool] = lambda cid: False
+    malformed: Callable[[str], bool] = lambda cid: False
+    shuffle: bool = True
+    hold: set[str] = field(default_factory=set)
+
+
 class LoopbackLLM:
     """Start with `with LoopbackLLM(script) as llm:`; `llm.base_url` is the endpoint; `llm.requests` the log,
     `llm.headers` each request's headers, lower-cased names (same order). With `api_key`, a request whose Authorization is not
     `Bearer <api_key>` gets 401, as OpenAI answers it, and never reaches the script."""
 
-    def __init__(self, script: Script, api_key: str | None = None):
+    def __init__(self, script: Script, api_key: str | None = None, batch: BatchScript | None = None):
         self.script = script
         self.api_key = api_key
+        self.batch = batch or BatchScript()
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._results: dict[str, tuple[bytes, bytes, int, int]] = {}  # batch id -> output, errors, ok, failed
+        self._polls: dict[str, int] = {}
+        self.reached = {p: threading.Event() for p in ("upload", "create", "content")}
+        self._release = {p: threading.Event() for p in ("upload", "create", "content")}
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -95,13 +126,26 @@ class LoopbackLLM:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def do_GET(self) -> None:  # /v1/models: the readiness probe
+            def do_GET(self) -> None:  # /v1/models (the readiness probe), files and batches
+                if "/files" in self.path or "/batches" in self.path:
+                    with outer._lock:
+                        outer.requests.append((self.path, {}))
+                    status, body = outer._batch_get(self.path.split("?")[0])
+                    self._send(status, body, {})
+                    return
                 body = json.dumps({"object": "list", "data": [{"id": "loopback", "object": "model"}]}).encode()
                 self._send(200, body, {})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                request = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if self.path.endswith("/files") or "/batches" in self.path:
+                    with outer._lock:
+                        outer.requests.append((self.path, {}))
+                    status, body = outer._batch_post(self.path, raw, self.headers.get("Content-Type", ""))
+                    self._send(status, body, {})
+                    return
+                request = json.loads(raw or b"{}")
                 with outer._lock:
                     outer.requests.append((self.path, request))
                     outer.headers.append({k.lower(): v for k, v in self.headers.items()})
@@ -144,6 +188,143 @@ class LoopbackLLM:
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def release(self, phase: str) -> None:
+        self._release[phase].set()
+
+    def _hold(self, phase: str) -> None:
+        if phase in self.batch.hold:
+            self.reached[phase].set()
+            self._release[phase].wait(60)
+
+    def _batch_post(self, path: str, raw: bytes, content_type: str) -> tuple[int, bytes]:
+        if path.endswith("/files"):
+            msg = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw,
+                                           policy=email.policy.HTTP)
+            name, content = "upload.jsonl", b""
+            for part in msg.iter_parts():  # type: ignore[attr-defined]
+                if part.get_param("name", header="content-disposition") == "file":
+                    name, content = part.get_filename() or name, part.get_payload(decode=True) or b""
+            with self._lock:
+                fid = f"file-{len(self.files)}"
+                self.files[fid] = (name, content)
+            self._hold("upload")
+            return 200, json.dumps(self._file(fid)).encode()
+        if path.endswith("/batches"):
+            req = json.loads(raw)
+            with self._lock:
+                n = len(self.batches)
+                bid = f"batch_{n}"
+                self.batches[bid] = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "errors": None,
+                                     "input_file_id": req["input_file_id"], "completion_window": "24h",
+                                     "status": "validating", "output_file_id": None, "error_file_id": None,
+                                     "created_at": int(time.time()), "metadata": req.get("metadata"),
+                                     "request_counts": {"total": 0, "completed": 0, "failed": 0}, "n": n}
+                self._polls[bid] = 0
+            self._hold("create")
+            return 200, json.dumps(self._public(bid)).encode()
+        bid = path.split("/")[-2]
+        if path.endswith("/cancel") and bid in self.batches:
+            with self._lock:
+                self.batches[bid]["cancel"] = True
+            return 200, json.dumps(self._public(bid)).encode()
+        return 404, b'{"error": {"message": "not found"}}'
+
+    def _batch_get(self, path: str) -> tuple[int, bytes]:
+        parts = path.rstrip("/").split("/")
+        if path.endswith("/files"):
+            return 200, json.dumps({"object": "list", "data": [self._file(f) for f in self.files],
+                                    "has_more": False}).encode()
+        if path.endswith("/batches"):
+            return 200, json.dumps({"object": "list", "data": [self._public(b) for b in self.batches],
+                                    "has_more": False}).encode()
+        if path.endswith("/content") and parts[-2] in self.files:
+            self._hold("content")
+            return 200, self.files[parts[-2]][1]
+        if parts[-1] in self.batches:
+            bid = parts[-1]
+            with self._lock:
+                self._polls[bid] += 1
+                self._advance(bid)
+            return 200, json.dumps(self._public(bid)).encode()
+        return 404, b'{"error": {"message": "not found"}}'
+
+    def _file(self, fid: str) -> dict[str, Any]:
+        name, content = self.files[fid]
+        return {"id": fid, "object": "file", "bytes": len(content), "created_at": 0, "filename": name,
+                "purpose": "batch", "status": "processed"}
+
+    def _public(self, bid: str) -> dict[str, Any]:
+        return {k: v for k, v in self.batches[bid].items() if k not in ("n", "cancel")}
+
+    def _advance(self, bid: str) -> None:
+        """Show the batch's progress, then run it and show its outcome (a cancelled one runs half)."""
+        b = self.batches[bid]
+        if b["status"] in ("completed", "failed", "expired", "cancelled"):
+            return
+        outcome = "cancelled" if b.get("cancel") else self.batch.outcome(b["n"])
+        if self._polls[bid] <= self.batch.polls and not b.get("cancel"):
+            n = sum(1 for x in self.files[b["input_file_id"]][1].splitlines() if x.strip())
+            b["status"] = "in_progress"
+            b["request_counts"].update(total=n, completed=n // 2, failed=0)
+            return
+        out, err, ok, failed = self._results[bid] = self._run(b)
+        b["request_counts"]["total"] = ok + failed
+        b["status"] = outcome
+        if outcome == "failed":
+            b["errors"] = {"object": "list", "data": [{"code": "invalid", "message": "scripted validation failure"}]}
+            return
+        b["request_counts"].update(completed=ok, failed=failed)
+        for kind, content in (("output_file_id", out), ("error_file_id", err)):
+            if content:
+                fid = f"file-{len(self.files)}"
+                self.files[fid] = (f"{bid}-{kind}.jsonl", content)
+                b[kind] = fid
+
+    def _run(self, b: dict[str, Any]) -> tuple[bytes, bytes, int, int]:
+        lines = [json.loads(x) for x in self.files[b["input_file_id"]][1].splitlines() if x.strip()]
+        outcome = "cancelled" if b.get("cancel") else self.batch.outcome(b["n"])
+        cut = len(lines) // 2 if outcome in ("expired", "cancelled") else len(lines)
+        out, err = [], []
+        for i, line in enumerate(lines):
+            cid = line["custom_id"]
+            if i >= cut:
+                if outcome == "expired":
+                    err.append({"id": f"r{i}", "custom_id": cid, "response": None,
+                                "error": {"code": "batch_expired", "message": "This request could not be executed "
+                                          "before the completion window expired."}})
+                continue
+            if self.batch.fail(cid):
+                err.append({"id": f"r{i}", "custom_id": cid, "error": None, "response": {
+                    "status_code": 500, "request_id": f"q{i}", "body": {"error": {"message": "scripted failure"}}}})
+                continue
+            reply = self.script(line["url"], line["body"])
+            if reply.status != 200:
+                err.append({"id": f"r{i}", "custom_id": cid, "error": None, "response": {
+                    "status_code": reply.status, "request_id": f"q{i}",
+                    "body": json.loads(reply.raw_body or b"{}")}})
+                continue
+            if reply.raw_body is not None:
+                try:
+                    body: Any = json.loads(reply.raw_body)
+                except ValueError:
+                    body = reply.raw_body.decode(errors="replace")
+            else:
+                body = _body(line["url"], line["body"], reply)
+            out.append({"id": f"r{i}", "custom_id": cid, "error": None,
+                        "response": {"status_code": 200, "request_id": f"q{i}", "body": body}})
+        if self.batch.shuffle:
+            out.reverse()
+            err.reverse()
+
+        def encode(rows: list[dict[str, Any]]) -> bytes:
+            text = b""
+            for r in rows:
+                line = json.dumps(r).encode()
+                text += (line[: len(line) // 2] if self.batch.malformed(r["custom_id"]) else line) + b"\n"
+            return text
+
+        return encode(out), encode(err), len(out), len(err)
 
     @property
     def base_url(self) -> str:

@@ -82,9 +82,12 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
         prices = None
         if cfg.prices:
             try:
-                prices = {k: (float(v[0]), float(v[1])) for k, v in json.loads(Path(cfg.prices).read_text()).items()}
+                prices = {k: tuple(float(x) for x in v[:4]) for k, v in json.loads(Path(cfg.prices).read_text()).items()}
+                if any(len(v) not in (2, 4) for v in prices.values()):
+                    raise ValueError("each model needs 2 or 4 prices")
             except (ValueError, TypeError, IndexError, OSError) as exc:
-                raise AutointerpError(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output]}} ({exc})") from None
+                raise AutointerpError(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
+                                      f"(, batch_input, batch_output)]}} ({exc})") from None
         budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
         client: LLMClient = llm.OpenAICompatibleClient(
             urls, os.environ.get("OPENAI_API_KEY"), timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,
@@ -129,7 +132,8 @@ def call_rows(calls: list[LLMCall], dictionary_id: int, feature: int, explanatio
     return [CallRow(call_id=c.call_id, role=c.role, model=c.model, endpoint=c.endpoint, prompt_hash=c.prompt_hash,
                     prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, latency_s=c.latency_s,
                     cost_usd=c.cost_usd, status=c.status, error=c.error, created_at=c.created_at,
-                    dictionary_id=dictionary_id, feature=feature, explanation_id=explanation_id, run_id=run_id)
+                    dictionary_id=dictionary_id, feature=feature, explanation_id=explanation_id, run_id=run_id,
+                    batch_id=c.batch_id)
             for c in calls]
 
 
@@ -140,8 +144,26 @@ def llm_explainers(cfg: LabelConfig, session: LLMSession | None) -> list[str]:
     return [session.explainer_model] if session is not None else []
 
 
+def judged_view(fc: FeatureContexts, cfg: LabelConfig) -> FeatureContexts:
+    """The feature as the judges see it: with --judge-quiet, tokens at or below that share of the max are
+    inactive too (dense MLP neurons are rarely exactly 0)."""
+    if cfg.judge_quiet <= 0:
+        return fc
+    return fc.model_copy(update={"threshold": max(fc.threshold, cfg.judge_quiet * fc.max_act)})
+
+
+def judge_rows(name: str, ys: list[bool], answers: list[int], probs: list[float] | None, run: ScoreRun,
+               n_boot: int) -> list[ScoreRow]:
+    """A judge's scores: balanced accuracy, and AUC where P(1) is known."""
+    y = np.asarray(ys, bool)
+    rows = [scoring.accuracy_score(name, y, np.asarray(answers, bool), n_boot).record(run)]
+    if probs is not None:
+        rows.append(scoring.auc_score(f"{name}_auc", y, np.asarray(probs), n_boot).record(run))
+    return rows
+
+
 @dataclass
-class _Job:
+class Job:
     feature: int
     baseline: bool
     explain_llm: bool
@@ -182,7 +204,7 @@ class LabelBatch:
 
     # ------------------------------------------------------------ the queue
 
-    def _jobs(self) -> list[_Job]:
+    def jobs(self) -> list[Job]:
         cfg, s = self.cfg, self.session
         retry = cfg.retry_failed
         # Read-write like the flushes: DuckDB refuses two configurations of one file in one process.
@@ -201,7 +223,7 @@ class LabelBatch:
                         unscored.setdefault(p.feature, []).append(p)
         jobs = []
         for f in self.features:
-            job = _Job(f, baseline=self.explain_stage and cfg.baseline and f not in have_base,
+            job = Job(f, baseline=self.explain_stage and cfg.baseline and f not in have_base,
                        explain_llm=self.explain_stage and s is not None and f not in have_llm,
                        to_score=unscored.get(f, []))
             if job.baseline or job.explain_llm or job.to_score:
@@ -210,7 +232,7 @@ class LabelBatch:
 
     # ------------------------------------------------------------ work
 
-    def _run(self, explanation_id: str, fc: FeatureContexts, simulator: str, phash: str, settings: dict,
+    def new_run(self, explanation_id: str, fc: FeatureContexts, simulator: str, phash: str, settings: dict,
              key: str) -> ScoreRun:
         return ScoreRun(run_id=str(uuid.uuid4()), explanation_id=explanation_id, dictionary_id=fc.dictionary_id,
                         feature=fc.feature, stage="simulation", simulator=simulator, prompt_hash=phash,
@@ -219,7 +241,7 @@ class LabelBatch:
     async def _score_llm(self, fc: FeatureContexts, eid: str, label: str) -> store.Bundle:
         assert self.session is not None
         client, model = self.session.client, self.session.simulator_model
-        run = self._run(eid, fc, model, self.sim_hash, self.sim_settings, self.sim_settings_hash)
+        run = self.new_run(eid, fc, model, self.sim_hash, self.sim_settings, self.sim_settings_hash)
         contexts = scoring_contexts(fc, self.cfg)
         fn = simulate.simulate_echo if self.cfg.simulator_mode == "echo" else simulate.simulate_chat
         try:
@@ -250,8 +272,7 @@ class LabelBatch:
         rows: list[ScoreRow] = []
         calls: list[LLMCall] = []
         errors: list[str] = []
-        if self.cfg.judge_quiet > 0:
-            fc = fc.model_copy(update={"threshold": max(fc.threshold, self.cfg.judge_quiet * fc.max_act)})
+        fc = judged_view(fc, self.cfg)
         for name, fn in (("detection", detect.detection), ("fuzzing", detect.fuzzing)):
             try:
                 labels, answers, probs, c = await fn(self.session.client, self.session.simulator_model, fc, label,
@@ -262,14 +283,11 @@ class LabelBatch:
                 self.progress.failed[f"{name}: {exc.code}"] += 1
                 continue
             calls += c
-            y = np.asarray(labels, bool)
-            rows.append(scoring.accuracy_score(name, y, np.asarray(answers, bool), self.cfg.n_boot).record(run))
-            if probs is not None:
-                rows.append(scoring.auc_score(f"{name}_auc", y, np.asarray(probs), self.cfg.n_boot).record(run))
+            rows += judge_rows(name, labels, answers, probs, run, self.cfg.n_boot)
         return rows, calls, errors
 
     def _score_baseline(self, fc: FeatureContexts, eid: str) -> store.Bundle:
-        run = self._run(eid, fc, explain.BASELINE, explain.BASELINE_HASH, self.base_settings, self.base_settings_hash)
+        run = self.new_run(eid, fc, explain.BASELINE, explain.BASELINE_HASH, self.base_settings, self.base_settings_hash)
         contexts = scoring_contexts(fc, self.cfg)
         predicted = explain.simulate_baseline(fc, [c for c, _ in contexts])
         sims, scores = score_records(fc, run, contexts, predicted, self.cfg.n_boot)
@@ -278,7 +296,7 @@ class LabelBatch:
     def _with_config(self, e: Explanation) -> Explanation:
         return e.model_copy(update={"config": self.cfg.model_dump_json()})
 
-    async def _do(self, job: _Job, fc: FeatureContexts) -> None:
+    async def _do(self, job: Job, fc: FeatureContexts) -> None:
         if job.baseline:
             e = self._with_config(explain.explain_baseline(fc))
             bundle = store.Bundle(explanations=[e])
@@ -325,11 +343,11 @@ class LabelBatch:
             del self._pending[:n]
 
     async def run(self) -> Progress:
-        jobs = await asyncio.to_thread(self._jobs)
+        jobs = await asyncio.to_thread(self.jobs)
         self.progress.features_total = len(jobs)
         if not jobs:
             return self.progress
-        queue: asyncio.Queue[tuple[_Job, FeatureContexts] | None] = asyncio.Queue(maxsize=2 * CHUNK)
+        queue: asyncio.Queue[tuple[Job, FeatureContexts] | None] = asyncio.Queue(maxsize=2 * CHUNK)
         stop = asyncio.Event()
 
         async def loader() -> None:

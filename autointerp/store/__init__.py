@@ -4,9 +4,21 @@ these named functions with typed records; none builds SQL.
 - `db`: connections, migrations, transactions, the sandbox for user SQL, Arrow inserts
 - `collection`: dictionaries, features and contexts (what collect writes)
 - `work`: the label and behaviour queues and their typed writes
+- `batches`: Batch API runs and batch files (the `batches` table, atomic ingestion)
 - `reads`: status, compare, export and report reads
 """
 
+from autointerp.store.batches import (
+    BatchRow,
+    add_batches,
+    batch_failures,
+    finish_group,
+    get_batch,
+    group_batches,
+    list_batches,
+    open_batches,
+    update_batch,
+)
 from autointerp.store.collection import (
     DictionaryRow,
     begin_dictionary,
@@ -63,6 +75,8 @@ from autointerp.store.work import (
 )
 
 __all__ = [
+    "BatchRow", "add_batches", "batch_failures", "finish_group", "get_batch", "group_batches", "list_batches",
+    "open_batches", "update_batch",
     "LOCK_WAIT_S", "Bundle", "Connection", "DBError", "DictionaryRow", "LabelScores", "Migration", "PendingScore",
     "ScoreValue", "SimulationRunRef", "Table", "applied_migrations", "begin_dictionary", "behaviour_pending",
     "check_schema", "complete_dictionary", "delete_dictionary", "dictionary_status", "explained_features",

@@ -95,19 +95,24 @@ def write_bundles(con: Connection, bundles: list[Bundle]) -> int:
     """Insert finished work in one transaction: each bundle's rows become visible together or not at all.
     Returns the bundles written."""
     with transaction(con):
-        merged = Bundle()
-        written = 0
-        for b in bundles:
-            if _already_done(con, b):
-                continue
-            merged.extend(b)
-            written += 1
-        version = {"autointerp_version": __version__}
-        insert_rows(con, "explanations", [{**e.model_dump(), **version} for e in merged.explanations])
-        insert_rows(con, "score_runs", [{**r.model_dump(), **version} for r in merged.runs])
-        insert_rows(con, "simulations", [s.model_dump() for s in merged.simulations])
-        insert_rows(con, "scores", [s.model_dump() for s in merged.scores])
-        insert_rows(con, "llm_calls", [c.model_dump() for c in merged.calls])
+        return insert_bundles(con, bundles)
+
+
+def insert_bundles(con: Connection, bundles: list[Bundle]) -> int:
+    """`write_bundles` inside the caller's transaction."""
+    merged = Bundle()
+    written = 0
+    for b in bundles:
+        if _already_done(con, b):
+            continue
+        merged.extend(b)
+        written += 1
+    version = {"autointerp_version": __version__}
+    insert_rows(con, "explanations", [{**e.model_dump(), **version} for e in merged.explanations])
+    insert_rows(con, "score_runs", [{**r.model_dump(), **version} for r in merged.runs])
+    insert_rows(con, "simulations", [s.model_dump() for s in merged.simulations])
+    insert_rows(con, "scores", [s.model_dump() for s in merged.scores])
+    insert_rows(con, "llm_calls", [c.model_dump() for c in merged.calls])
     return written
 
 

@@ -1,0 +1,515 @@
+"""Batch mode of the label stage: the same work as live calls, sent as JSONL batch files, either to a
+provider's Batch API (`--batch-api`: upload, create, poll, download) or written for an offline runner
+(`batch export`, then `batch import` of its results).
+
+Every piece of work is a *unit*: a feature to explain, or an explanation to score. A *group* is units
+whose requests are ingested together (one provider batch per endpoint: echo simulation is
+/v1/completions, judges /v1/chat/completions). The group's `batches` rows are written before anything
+is sent and carry the units and settings, so a killed run, or an import, rebuilds the exact requests and
+reads the results through the same parse, score and store functions as live calls
+(`explain.parse_label`, `simulate.echo_values` / `chat_parser`, `detect.judge_parser`,
+`label.score_records` / `judge_rows`, `store.write_bundles`). A group's results are written in one
+transaction with its batches marked ingested: nothing finished is asked again, nothing half-written.
+
+custom_id: `GROUP:dDICT:fFEATURE:eEXPLANATION:PART:aATTEMPT` (PART: explain, s<i> for the i-th simulated
+context, detection, fuzzing; EXPLANATION '-' when explaining)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from autointerp import detect, explain, llm, simulate, store
+from autointerp.config import LabelConfig, LLMConfig
+from autointerp.errors import AutointerpError
+from autointerp.llm import LLMCall, LLMFailure, LLMReply
+from autointerp.stages.batchio import MISSING, Request, Result, custom_id, read_results, result_key
+from autointerp.stages.label import (
+    CONSTANT,
+    SHUFFLED,
+    LabelBatch,
+    LLMSession,
+    Progress,
+    call_rows,
+    judge_rows,
+    judged_view,
+    make_null_labels,
+    score_records,
+    scoring_contexts,
+)
+from autointerp.types import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
+
+CHUNK = 128
+JUDGES = ("detection", "fuzzing")
+
+
+def _endpoint(row: store.BatchRow) -> str:
+    """llm_calls.endpoint of a batch result: the provider and the batch's URL, or 'batch file'."""
+    return f"{row.provider}{row.url.removeprefix('/v1')}" if row.provider != "file" else "batch file"
+
+
+class BatchRun:
+    """Batch work over one dictionary. `session` (with a live client) is needed for the Batch API and for
+    live retries and re-asks; `api` for the Batch API; import needs neither."""
+
+    def __init__(self, db: str | Path, dictionary_id: int, cfg: LabelConfig, llm_cfg: LLMConfig,
+                 session: LLMSession | None, explainer_model: str, simulator_model: str,
+                 api: llm.BatchAPI | None = None, prices: dict[str, tuple[float, ...]] | None = None,
+                 on_progress: ProgressFn | None = None):
+        self.db = db
+        self.dictionary_id = dictionary_id
+        self.cfg = cfg
+        self.llm_cfg = llm_cfg
+        self.session = session
+        self.models = (explainer_model, simulator_model)
+        self.api = api
+        self.prices = {**llm.DEFAULT_PRICES, **(prices or {})}
+        self.on_progress = on_progress
+        self.progress = Progress()
+
+    # ------------------------------------------------------------ settings and units
+
+    def _config_json(self) -> str:
+        return json.dumps({"label": self.cfg.model_dump(), "explainer": self.models[0], "simulator": self.models[1]},
+                          sort_keys=True)
+
+    def _labeler(self, config: str, score_explainers: list[str] | None = None) -> LabelBatch:
+        """The live pass with a group's settings: its hashes, run records and live fallbacks."""
+        c = json.loads(config)
+        cfg = LabelConfig(**c["label"])
+        client = self.session.client if self.session is not None else None
+        session = LLMSession(client, c["explainer"], c["simulator"])  # type: ignore[arg-type]
+        return LabelBatch(self.db, self.dictionary_id, cfg, session, [], explain_stage=False, score_stage=True,
+                          score_explainers=score_explainers)
+
+    def _live(self) -> bool:
+        return self.session is not None and self.llm_cfg.batch_retry == "live"
+
+    def pending_units(self, stage: str, features: list[int], score_explainers: list[str] | None = None
+                      ) -> list[dict[str, Any]]:
+        """The stage's work that no row records yet, each with its attempt number."""
+        lb = self._labeler(self._config_json(), score_explainers)
+        lb.features, lb.explain_stage, lb.score_stage = features, stage == "explain", stage == "score"
+        lb.cfg = lb.cfg.model_copy(update={"baseline": False})
+        with store.open_store(self.db, wait_s=600) as con:
+            model = self.models[0] if stage == "explain" else self.models[1]
+            tries = store.batch_failures(con, self.dictionary_id, stage, model)
+        units: list[dict[str, Any]] = []
+        for job in lb.jobs():
+            if stage == "explain" and job.explain_llm:
+                units.append({"f": job.feature, "a": tries.get(job.feature, 0) + 1})
+            elif stage == "score":
+                units += [{"f": p.feature, "e": p.explanation_id, "l": p.label, "a": tries.get(p.explanation_id, 0) + 1}
+                          for p in job.to_score if p.explainer != explain.BASELINE]
+        return units
+
+    def _requests(self, stage: str, group: str, unit: dict[str, Any], fc: FeatureContexts, cfg: LabelConfig,
+                  models: tuple[str, str]) -> list[Request]:
+        """A unit's requests, built exactly as the live path builds them."""
+        did, f, a = self.dictionary_id, unit["f"], unit["a"]
+        if stage == "explain":
+            messages = explain.explain_messages(fc, cfg.n_explain_top, cfg.n_explain_quantile)
+            if messages is None:
+                return []
+            return [Request(custom_id(group, did, f, None, "explain", a), llm.CHAT_URL, "explainer",
+                            llm.chat_body(models[0], messages, explain.MAX_TOKENS))]
+        eid, label, model = unit["e"], unit["l"], models[1]
+        out = []
+        for i, (c, _) in enumerate(scoring_contexts(fc, cfg)):
+            cid = custom_id(group, did, f, eid, f"s{i}", a)
+            if cfg.simulator_mode == "echo":
+                prompt, offsets = simulate.echo_prompt(label, c.tokens)
+                if offsets:
+                    out.append(Request(cid, llm.COMPLETIONS_URL, "simulator", llm.completion_body(
+                        model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS)))
+            else:
+                out.append(Request(cid, llm.CHAT_URL, "simulator", llm.chat_body(
+                    model, simulate.chat_messages(label, c), simulate.chat_max_tokens(len(c.tokens)),
+                    top_logprobs=simulate.CHAT_TOP_LOGPROBS)))
+        for name in JUDGES if cfg.judge else ():
+            try:
+                _, templates, excerpts = detect.request(name, judged_view(fc, cfg), label, cfg.n_judge, 0)
+            except LLMFailure:
+                continue
+            out.append(Request(custom_id(group, did, f, eid, name, a), llm.CHAT_URL, "judge", llm.chat_body(
+                model, detect.judge_messages(templates, label, excerpts), detect.judge_max_tokens(len(excerpts)),
+                top_logprobs=detect.TOP_LOGPROBS)))
+        return out
+
+    def _load(self, features: Iterable[int]) -> dict[int, FeatureContexts]:
+        with store.open_store(self.db, wait_s=600) as con:
+            return store.read_feature_contexts(con, self.dictionary_id, sorted(set(features)))
+
+    def group_requests(self, row: store.BatchRow) -> list[Request]:
+        """Rebuild a group's requests (all endpoints) from its recorded units and settings."""
+        units = json.loads(row.units)
+        c = json.loads(row.config)
+        cfg, models = LabelConfig(**c["label"]), (c["explainer"], c["simulator"])
+        out: list[Request] = []
+        for i in range(0, len(units), CHUNK):
+            chunk = units[i : i + CHUNK]
+            fcs = self._load(u["f"] for u in chunk)
+            for u in chunk:
+                out += self._requests(row.stage, row.group_key, u, fcs[u["f"]], cfg, models)
+        return out
+
+    # ------------------------------------------------------------ groups
+
+    def _groups(self, stage: str, units: list[dict[str, Any]]) -> Iterable[tuple[str, list[dict[str, Any]],
+                                                                                 list[Request]]]:
+        """Units cut into groups whose batch per endpoint stays under the request and byte limits."""
+        lim_n, lim_b = self.llm_cfg.batch_max_requests, self.llm_cfg.batch_max_bytes
+        group, members, reqs = uuid.uuid4().hex[:12], [], []  # type: ignore[var-annotated]
+        counts: dict[str, list[int]] = {}
+        for i in range(0, len(units), CHUNK):
+            chunk = units[i : i + CHUNK]
+            fcs = self._load(u["f"] for u in chunk)
+            for u in chunk:
+                mine = self._requests(stage, group, u, fcs[u["f"]], self.cfg, self.models)
+                add: dict[str, list[int]] = {}
+                for r in mine:
+                    n_b = add.setdefault(r.url, [0, 0])
+                    n_b[0] += 1
+                    n_b[1] += len(r.line())
+                if members and any(counts.get(url, [0, 0])[0] + n > lim_n or counts.get(url, [0, 0])[1] + b > lim_b
+                                   for url, (n, b) in add.items()):
+                    yield group, members, reqs
+                    group, members, reqs, counts = uuid.uuid4().hex[:12], [], [], {}
+                    mine = self._requests(stage, group, u, fcs[u["f"]], self.cfg, self.models)
+                members.append(u)
+                reqs += mine
+                for url, (n, b) in add.items():
+                    counts.setdefault(url, [0, 0])
+                    counts[url][0] += n
+                    counts[url][1] += b
+        if members:
+            yield group, members, reqs
+
+    def _rows(self, stage: str, group: str, units: list[dict[str, Any]], reqs: list[Request], provider: str
+              ) -> list[store.BatchRow]:
+        urls = sorted({r.url for r in reqs}) if provider != "file" else ["mixed"]
+        units_json, config = json.dumps(units), self._config_json()
+        return [store.BatchRow(batch_key=f"{group}-{k}", group_key=group, provider=provider, url=url, stage=stage,
+                               dictionary_id=self.dictionary_id, status="exported" if provider == "file" else "preparing",
+                               n_requests=sum(1 for r in reqs if provider == "file" or r.url == url),
+                               units=units_json, config=config)
+                for k, url in enumerate(urls or ["none"])]
+
+    # ------------------------------------------------------------ the Batch API
+
+    def _advance(self, row: store.BatchRow, resumed: bool) -> None:
+        """Upload and create what is recorded but not yet created; each step recorded as soon as it is done.
+        A resumed row first looks for the file or batch whose answer the killed run never heard."""
+        assert self.api is not None
+        if row.url == "none":
+            return
+        file_id = row.input_file_id
+        if row.status == "preparing":
+            name = f"autointerp-{row.batch_key}.jsonl"
+            file_id = self.api.find_file(name) if resumed else None
+            if file_id is None:
+                content = b"".join(r.line() for r in self.group_requests(row) if r.url == row.url)
+                file_id = self.api.upload(name, content)
+            with store.open_store(self.db, wait_s=600) as con:
+                store.update_batch(con, row.batch_key, status="uploaded", input_file_id=file_id)
+        if row.status in ("preparing", "uploaded"):
+            assert file_id is not None
+            info = self.api.find_batch(file_id) if resumed else None
+            if info is None:
+                info = self.api.create(file_id, row.url, {"autointerp_batch": row.batch_key})
+            with store.open_store(self.db, wait_s=600) as con:
+                store.update_batch(con, row.batch_key, batch_id=info.batch_id, status=info.status)
+
+    def _poll(self, groups: list[str]) -> None:
+        """Poll the groups' batches until each group is done, ingesting each as soon as it is."""
+        assert self.api is not None
+        waiting = list(groups)
+        while waiting:
+            done_req = total = failed = 0
+            for group in list(waiting):
+                with store.open_store(self.db, wait_s=600) as con:
+                    rows = store.group_batches(con, group)
+                finished = True
+                for row in rows:
+                    if row.batch_id is None or row.status in llm.BATCH_DONE:
+                        total += row.n_requests
+                        done_req += row.n_completed + row.n_failed
+                        continue
+                    info = self.api.retrieve(row.batch_id)
+                    with store.open_store(self.db, wait_s=600) as con:
+                        store.update_batch(con, row.batch_key, status=info.status, n_completed=info.completed,
+                                           n_failed=info.failed, output_file_id=info.output_file_id,
+                                           error_file_id=info.error_file_id, error=info.errors)
+                    total += row.n_requests
+                    done_req += info.completed + info.failed
+                    failed += info.failed
+                    finished = finished and info.status in llm.BATCH_DONE
+                if finished:
+                    self._ingest_downloaded(group)
+                    waiting.remove(group)
+            if self.on_progress is not None:
+                self.on_progress(ProgressEvent(stage="batch", done=done_req, total=total, unit="req",
+                                               detail=f"{len(waiting)} group(s) waiting, failed {failed}"))
+            if waiting:
+                time.sleep(self.llm_cfg.batch_poll_s)
+
+    def _ingest_downloaded(self, group: str) -> None:
+        assert self.api is not None
+        with store.open_store(self.db, wait_s=600) as con:
+            rows = store.group_batches(con, group)
+        results: dict[str, Result] = {}
+        for row in rows:
+            for fid in (row.output_file_id, row.error_file_id):
+                if fid:
+                    results.update(read_results(self.api.content(fid))[0])
+        self.ingest(rows, results)
+
+    def submit(self, stage: str, units: list[dict[str, Any]]) -> list[str]:
+        """Record, upload and create the batches of `units`; returns their group keys."""
+        groups = []
+        provider = self.api.endpoint if self.api is not None else "file"
+        for group, members, reqs in self._groups(stage, units):
+            rows = self._rows(stage, group, members, reqs, provider)
+            with store.open_store(self.db, wait_s=600) as con:
+                store.add_batches(con, rows)
+            for row in rows:
+                self._advance(row, resumed=False)
+            groups.append(group)
+        return groups
+
+    def resume(self) -> None:
+        """Finish every recorded batch of this dictionary: create what was not created, poll, ingest."""
+        with store.open_store(self.db, wait_s=600) as con:
+            rows = store.open_batches(con, self.dictionary_id)
+        for row in rows:
+            self._advance(row, resumed=True)
+        if rows:
+            self._poll(sorted({r.group_key for r in rows}, key=[r.group_key for r in rows].index))
+
+    # ------------------------------------------------------------ ingestion
+
+    def ingest(self, rows: list[store.BatchRow], results: dict[str, Result]) -> int:
+        """Parse, score and store a group's results (in one transaction with its batches marked ingested)."""
+        row = rows[0]
+        lb = self._labeler(row.config, None)
+        requests = self.group_requests(row)
+        by_url = {x.url: x for x in rows}
+        units = json.loads(row.units)
+        fcs = self._load(u["f"] for u in units)
+        by_unit: dict[tuple[int, str], dict[str, tuple[Request, Result]]] = {}
+        for r in requests:
+            k = result_key(r.custom_id)
+            _, _, f, e, part = k.split(":")
+            by_unit.setdefault((int(f[1:]), e[1:]), {})[part] = (r, results.get(k, MISSING))
+        costs = dict.fromkeys((x.batch_key for x in rows), 0.0)
+        gate = asyncio.Semaphore(self.llm_cfg.concurrency)
+
+        def call(req: Request, res: Result) -> LLMCall:
+            usage = (0, 0)
+            error = res.error
+            if res.body is not None:
+                try:
+                    usage = llm.parse_body(req.url, res.body)[2]
+                except llm.MalformedResponse as exc:
+                    error = f"malformed result: {exc}"
+            mine = by_url.get(req.url, row)
+            c = llm.batch_call(self.prices, role=req.role, model=req.body["model"], endpoint=_endpoint(mine),
+                               body=req.body, batch_id=mine.batch_id or mine.batch_key, custom_id=req.custom_id,
+                               usage=usage, error=error)
+            costs[mine.batch_key] += c.cost_usd
+            return c
+
+        async def one(u: dict[str, Any]) -> store.Bundle:
+            async with gate:
+                parts = by_unit.get((u["f"], u.get("e", "-")), {})
+                if row.stage == "explain":
+                    return await self._explain_unit(lb, u, fcs[u["f"]], parts, call)
+                return await self._score_unit(lb, u, fcs[u["f"]], parts, call)
+
+        async def all_units() -> list[store.Bundle]:
+            return list(await asyncio.gather(*(one(u) for u in units)))
+
+        bundles = asyncio.run(all_units())
+        with store.open_store(self.db, wait_s=600) as con:
+            return store.finish_group(con, bundles, costs)
+
+    def _exhausted(self, attempt: int) -> bool:
+        return attempt >= self.llm_cfg.batch_attempts
+
+    async def _explain_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
+                            parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
+        model, phash = lb.session.explainer_model, lb.explain_hash  # type: ignore[union-attr]
+        cfg = lb.cfg
+        self.progress.features_done += 1
+        if "explain" not in parts:  # nothing to ask: the feature has no explain contexts
+            e = explain.explanation(fc, model, phash, None, explain.NO_CONTEXTS, FailureCode.NO_CONTEXTS)
+            return store.Bundle(explanations=[lb._with_config(e)])
+        req, res = parts["explain"]
+        c = call(req, res)
+        if c.status == "error":
+            if self._live():
+                e, calls = await explain.explain_with_llm(fc, lb.session.client, model,  # type: ignore[union-attr]
+                                                          n_top=cfg.n_explain_top, n_quantile=cfg.n_explain_quantile,
+                                                          max_reasks=cfg.max_reasks)
+                return self._explained(lb, fc, e, [c, *calls])
+            if not self._exhausted(u["a"]):
+                self.progress.failed[f"explanation: {res.code or FailureCode.MALFORMED_RESPONSE} (to retry)"] += 1
+                return store.Bundle(calls=call_rows([c], fc.dictionary_id, fc.feature, None))
+            code = res.code if res.body is None else FailureCode.MALFORMED_RESPONSE
+            e = explain.explanation(fc, model, phash, None, f"{c.error} (after {u['a']} batch attempt(s))", code)
+            return self._explained(lb, fc, e, [c])
+        text = llm.parse_body(req.url, res.body)[0]
+        try:
+            e = explain.explanation(fc, model, phash, explain.parse_label(text).label, None)
+            return self._explained(lb, fc, e, [c])
+        except ValueError as exc:
+            problem = f"{exc}; reply began {text[:80]!r}"
+            if self.session is None or cfg.max_reasks == 0:
+                e = explain.explanation(fc, model, phash, None, f"unusable reply: {problem}", FailureCode.UNUSABLE_REPLY)
+                return self._explained(lb, fc, e, [c])
+            messages = llm.reask_messages(req.body["messages"], text, str(exc), "explain.reask")
+            e, calls = await explain.explain_with_llm(fc, self.session.client, model, messages=messages,
+                                                      max_reasks=cfg.max_reasks - 1)
+            return self._explained(lb, fc, e, [c, *calls])
+
+    def _explained(self, lb: LabelBatch, fc: FeatureContexts, e: Any, calls: list[LLMCall]) -> store.Bundle:
+        e = lb._with_config(e)
+        if e.status == "ok":
+            self.progress.explained += 1
+        else:
+            self.progress.failed[f"explanation: {e.code}"] += 1
+        return store.Bundle(explanations=[e], calls=call_rows(calls, fc.dictionary_id, fc.feature, e.explanation_id))
+
+    async def _reasked(self, parse: Any, req: Request, text: str, problem: str, role: str) -> tuple[Any, list[LLMCall]]:
+        """A batch reply that did not parse, re-asked once live (LLMFailure when there is no live client)."""
+        if self.session is None:
+            raise LLMFailure(f"unusable reply (no live endpoint to re-ask): {problem}", [], FailureCode.UNUSABLE_REPLY)
+        messages = llm.reask_messages(req.body["messages"], text, problem, "reask_json")
+        return await llm.ask_parsed(self.session.client, parse, role=role, model=req.body["model"],
+                                    messages=messages, max_tokens=req.body["max_tokens"], reask="reask_json",
+                                    max_reasks=0, top_logprobs=req.body.get("top_logprobs"))
+
+    async def _parsed(self, parse: Any, req: Request, res: Result, role: str) -> tuple[Any, list[LLMCall]]:
+        text, logprobs, _ = llm.parse_body(req.url, res.body)
+        try:
+            return parse(LLMReply(text, logprobs, [])), []
+        except ValueError as exc:
+            return await self._reasked(parse, req, text, f"{exc}; reply began {text[:80]!r}", role)
+
+    async def _score_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
+                          parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
+        assert lb.session is not None
+        eid, label, cfg, model = u["e"], u["l"], lb.cfg, lb.session.simulator_model
+        self.progress.features_done += 1
+        calls = {p: call(req, res) for p, (req, res) in parts.items()}
+        bad = [p for p, c in calls.items() if c.status == "error"]
+        if bad:
+            first = parts[bad[0]][1]
+            code = first.code if first.body is None else FailureCode.MALFORMED_RESPONSE
+            if self._live():
+                bundle = await lb._score_llm(fc, eid, label)
+                bundle.calls[:0] = call_rows(list(calls.values()), fc.dictionary_id, fc.feature, eid,
+                                             bundle.runs[0].run_id)
+                return bundle
+            if not self._exhausted(u["a"]):
+                self.progress.failed[f"simulation: {code} (to retry)"] += 1
+                return store.Bundle(calls=call_rows([calls[p] for p in bad], fc.dictionary_id, fc.feature, eid))
+            run = lb.new_run(eid, fc, model, lb.sim_hash, lb.sim_settings, lb.sim_settings_hash)
+            self.progress.failed[f"simulation: {code}"] += 1
+            failed = run.model_copy(update={"status": "failed", "code": str(code),
+                                            "error": f"{calls[bad[0]].error} (after {u['a']} batch attempt(s))"})
+            return store.Bundle(runs=[failed], calls=call_rows(list(calls.values()), fc.dictionary_id, fc.feature,
+                                                               eid, run.run_id))
+        run = lb.new_run(eid, fc, model, lb.sim_hash, lb.sim_settings, lb.sim_settings_hash)
+        contexts = scoring_contexts(fc, cfg)
+        more: list[LLMCall] = []
+        try:
+            if cfg.simulator_mode == "echo":
+                built = [simulate.echo_prompt(label, c.tokens) for c, _ in contexts]
+                logprobs = [llm.parse_body(parts[f"s{i}"][0].url, parts[f"s{i}"][1].body)[1]
+                            for i, (_, offs) in enumerate(built) if offs]
+                predicted = simulate.echo_values(built, logprobs, [])
+            else:
+                predicted = []
+                for i, (c, _) in enumerate(contexts):
+                    values, extra = await self._parsed(simulate.chat_parser(len(c.tokens)), *parts[f"s{i}"],
+                                                       "simulator")
+                    predicted.append(values)
+                    more += extra
+        except LLMFailure as exc:
+            self.progress.failed[f"simulation: {exc.code}"] += 1
+            failed = run.model_copy(update={"status": "failed", "error": str(exc)[:1000], "code": exc.code})
+            return store.Bundle(runs=[failed], calls=call_rows([*calls.values(), *more, *exc.calls],
+                                                               fc.dictionary_id, fc.feature, eid, run.run_id))
+        sims, scores = score_records(fc, run, contexts, predicted, cfg.n_boot)
+        errors: list[str] = []
+        for name in JUDGES if cfg.judge else ():
+            try:
+                ys, _, excerpts = detect.request(name, judged_view(fc, cfg), label, cfg.n_judge, 0)
+                (answers, probs), extra = await self._parsed(detect.judge_parser(len(excerpts)), *parts[name], "judge")
+                more += extra
+            except LLMFailure as exc:
+                more += exc.calls
+                errors.append(f"{name}: {exc}")
+                self.progress.failed[f"{name}: {exc.code}"] += 1
+                continue
+            scores += judge_rows(name, ys, answers, probs, run, cfg.n_boot)
+        for sc in scores:
+            if sc.value is not None:
+                self.progress.score_values.setdefault(sc.method, []).append(sc.value)
+        self.progress.scored += 1
+        run = run.model_copy(update={"error": "; ".join(errors) or None})
+        return store.Bundle(runs=[run], simulations=sims, scores=scores,
+                            calls=call_rows([*calls.values(), *more], fc.dictionary_id, fc.feature, eid, run.run_id))
+
+    # ------------------------------------------------------------ rounds
+
+    def run_stage(self, stage: str, features: list[int], score_explainers: list[str] | None = None) -> None:
+        """Rounds of batches until the stage has no pending unit (failed requests retried per the flag)."""
+        while True:
+            units = self.pending_units(stage, features, score_explainers)
+            if not units:
+                return
+            self.progress.features_total += len({u["f"] for u in units})
+            groups = self.submit(stage, units)
+            self._poll(groups)
+
+
+def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: LabelConfig, llm_cfg: LLMConfig,
+                session: LLMSession, *, explain_stage: bool = True, score_stage: bool = True,
+                on_progress: ProgressFn | None = None) -> Progress:
+    """`label_stage` through the Batch API: finish the recorded batches, then explain, then score (then the
+    null labels), each a round of batches. Baselines need no LLM and are done first, as live."""
+    from autointerp.stages.label import label_stage
+
+    if cfg.baseline:
+        label_stage(db, dictionary_id, features, cfg.model_copy(update={"null_samples": 0}), None,
+                    explain_stage=explain_stage, score_stage=score_stage)
+    base_url = (list(llm_cfg.base_urls) or [os.environ.get("OPENAI_BASE_URL", "")])[0]
+    if not base_url:
+        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+    api = llm.BatchAPI(base_url, os.environ.get("OPENAI_API_KEY"), timeout_s=llm_cfg.timeout_s)
+    prices = getattr(session.client, "prices", None)
+    run = BatchRun(db, dictionary_id, cfg, llm_cfg, session, session.explainer_model, session.simulator_model,
+                   api=api, prices=prices, on_progress=on_progress)
+    try:
+        run.resume()
+        if explain_stage:
+            run.run_stage("explain", features)
+        if score_stage:
+            run.run_stage("score", features)
+            if cfg.null_samples:
+                explainer = session.explainer_model
+                make_null_labels(db, dictionary_id, explainer, cfg.null_samples)
+                with store.open_store(db, wait_s=600) as con:
+                    nulls = sorted({e.feature for e in store.null_explanations(con, dictionary_id, explainer)})
+                run.run_stage("score", nulls, [SHUFFLED + explainer, CONSTANT])
+    finally:
+        api.close()
+    return run.progress
