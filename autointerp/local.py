@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import socket
 import subprocess
 import sys
@@ -142,6 +143,24 @@ class InProcessLogprobs:
             if len(ids) != 1:
                 raise AutointerpError(f"digit {d} is {len(ids)} tokens in this tokenizer; echo simulation needs one")
             self.digit_ids.append(ids[0])
+        self._pieces: dict[int, bytes] = {}
+
+    def _piece(self, token: int) -> bytes:
+        """A token's bytes. Not `Llama.detokenize`: its 32-byte buffer returns nothing for longer tokens
+        (a run of 42 dashes in the Python docs is one SmolLM2 token), which would lose their text."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            import llama_cpp
+
+            size = 64
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(self.llm._model.vocab, token, buf, size, 0, False)
+                if n >= 0:
+                    break
+                size = -n
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
 
     def close(self) -> None:
         with self.lock:
@@ -172,7 +191,7 @@ class InProcessLogprobs:
             if len(ids) > self.llm.n_ctx():
                 raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.llm.n_ctx()}")
             logits = self._eval(ids)
-            token_bytes = [self.llm.detokenize([t]) for t in ids]
+            token_bytes = [self._piece(t) for t in ids]
         top = logits.max(axis=1, keepdims=True)
         log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
         digit_lp = logits[:, self.digit_ids].astype(np.float64) - log_z[:, None]
