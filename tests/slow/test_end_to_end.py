@@ -37,7 +37,7 @@ def test_run_on_the_embedded_default(tmp_path):
     n_simulated = con.execute("SELECT count(*) FROM simulations WHERE simulator = 'smollm2-135m-instruct'").fetchone()[0]
     assert n_simulated == len(sims)
     llm_runs = con.execute("SELECT r.status, count(*) FROM score_runs r JOIN explanations e USING (explanation_id) "
-                           "WHERE e.explainer = 'smollm2-135m-instruct' GROUP BY 1").fetchall()
+                           "WHERE r.stage = 'simulation' AND e.explainer = 'smollm2-135m-instruct' GROUP BY 1").fetchall()
     assert llm_runs == [("ok", ok_labels)], llm_runs
     scored = con.execute("SELECT count(*) FROM labels WHERE explainer = 'smollm2-135m-instruct' "
                          "AND correlation_top_random IS NOT NULL").fetchone()[0]
