@@ -5,7 +5,7 @@ its rows in one transaction. The store connection is held only while writing, so
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,20 @@ def token_strings(tokenizer: Any) -> list[str]:
     """Each vocabulary id decoded on its own, as `show` and the contexts view present it."""
     size = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
     return list(tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False))
+
+
+def token_progress(on_progress: ProgressFn | None, stage: str, total: int) -> Callable[[int], None] | None:
+    """The collector's progress callback (tokens added) as ProgressEvents of `stage` (None: no reporting)."""
+    if on_progress is None:
+        return None
+    tokens_done = 0
+
+    def progress(n: int) -> None:
+        nonlocal tokens_done
+        tokens_done += n
+        on_progress(ProgressEvent(stage, tokens_done, total, "tok"))
+
+    return progress
 
 
 @dataclass
@@ -131,14 +145,7 @@ def collect_stage(
             seed=cfg.seed, dataset=cfg.dataset, ctx_len=cfg.ctx_len, n_features=reader.n_features,
             config_hash=config_hash, config=p.dictionary_config(cfg),
         )
-    progress = None
-    if on_progress is not None:
-        tokens_done = 0
-
-        def progress(n: int) -> None:
-            nonlocal tokens_done
-            tokens_done += n
-            on_progress(ProgressEvent("collect", tokens_done, cfg.n_tokens, "tok"))
+    progress = token_progress(on_progress, "collect", cfg.n_tokens)
 
     # Beside the database: a killed run resumes from here instead of the first token.
     checkpoint = Path(f"{db}.collect-{config_hash}.ckpt")
@@ -165,9 +172,9 @@ def collect_stage(
             with store.open_store(db, wait_s=final_write_wait_s) as con:
                 store.complete_dictionary(
                     con, dictionary_id, n_tokens=result.n_tokens, n_contexts=result.n_contexts,
-                    sequences=result.sequences.append_column("dictionary_id", _ids(result.sequences, dictionary_id)),
-                    features=result.features.append_column("dictionary_id", _ids(result.features, dictionary_id)),
-                    examples=result.examples.append_column("dictionary_id", _ids(result.examples, dictionary_id)),
+                    sequences=result.sequences.append_column("dictionary_id", id_column(result.sequences, dictionary_id)),
+                    features=result.features.append_column("dictionary_id", id_column(result.features, dictionary_id)),
+                    examples=result.examples.append_column("dictionary_id", id_column(result.examples, dictionary_id)),
                 )
         except LockTimeout as exc:
             raise LockTimeout(f"the collection finished but could not be written: {exc}. Nothing is lost: run "
@@ -178,7 +185,7 @@ def collect_stage(
                           result.resumed_contexts * cfg.ctx_len)
 
 
-def _ids(table: Any, dictionary_id: int) -> Any:
+def id_column(table: Any, dictionary_id: int) -> Any:
     import pyarrow as pa
 
     return pa.array([dictionary_id] * table.num_rows, pa.int32())

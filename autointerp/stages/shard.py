@@ -20,7 +20,7 @@ from autointerp import corpus, partial, store
 from autointerp.collect import Collector, collect_contexts
 from autointerp.config import CollectConfig
 from autointerp.errors import BadInput, LockTimeout
-from autointerp.stages.collect import FINAL_WRITE_WAIT_S, CollectOutcome, _ids, prepare
+from autointerp.stages.collect import FINAL_WRITE_WAIT_S, CollectOutcome, id_column, prepare, token_progress
 from autointerp.types import ProgressEvent, ProgressFn
 
 
@@ -86,14 +86,7 @@ def collect_shard(db: str | Path, cfg: CollectConfig, n_shards: int, index: int,
     p = prepare(cfg, model)
     directory.mkdir(parents=True, exist_ok=True)
     path = shard_path(directory, index, n_shards)
-    progress = None
-    if on_progress is not None:
-        tokens_done = 0
-
-        def progress(n: int) -> None:
-            nonlocal tokens_done
-            tokens_done += n
-            on_progress(ProgressEvent(f"shard {index}", tokens_done, (stop - start) * cfg.ctx_len, "tok"))
+    progress = token_progress(on_progress, f"shard {index}", (stop - start) * cfg.ctx_len)
 
     checkpoint = path.with_name(path.name + ".ckpt")
     ctxs = itertools.islice(corpus.contexts(corpus.pieces(cfg.dataset, cfg.text_field), p.tokenizer, cfg.ctx_len,
@@ -153,9 +146,9 @@ def merge_stage(db: str | Path, cfg: CollectConfig, n_shards: int | None = None,
                 n_features=int(first["n_features"]), config_hash=config_hash, config=first["dictionary_config"])
             store.complete_dictionary(
                 con, dictionary_id, n_tokens=result.n_tokens, n_contexts=result.n_contexts,
-                sequences=result.sequences.append_column("dictionary_id", _ids(result.sequences, dictionary_id)),
-                features=result.features.append_column("dictionary_id", _ids(result.features, dictionary_id)),
-                examples=result.examples.append_column("dictionary_id", _ids(result.examples, dictionary_id)))
+                sequences=result.sequences.append_column("dictionary_id", id_column(result.sequences, dictionary_id)),
+                features=result.features.append_column("dictionary_id", id_column(result.features, dictionary_id)),
+                examples=result.examples.append_column("dictionary_id", id_column(result.examples, dictionary_id)))
     except LockTimeout as exc:
         raise LockTimeout(f"the shards merged but could not be written: {exc}. Nothing is lost: the shards stay "
                           f"in {directory}; run the merge again", exc.holder) from exc
