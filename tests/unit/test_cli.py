@@ -125,7 +125,10 @@ def test_sae_of_the_wrong_width_is_refused(tmp_path, base_db, tiny_model, tiny_m
 def _start_collect(db: Path, model_dir: Path, corpus: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "autointerp", "collect", "--model", str(model_dir), "--hook", HOOK,
            "--dataset", str(corpus), "--tokens", "120000", "--ctx-len", "16", "--db", str(db), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Default SIGINT in the child: a test run started in the background (nohup, `&`) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_progress(proc: subprocess.Popen, min_tokens: int = 1000) -> None:
