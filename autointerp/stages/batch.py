@@ -37,10 +37,12 @@ from autointerp.stages.label import (
     LLMSession,
     Progress,
     call_rows,
+    failed_run_bundle,
     judge_rows,
     judged_view,
     make_null_labels,
     score_records,
+    scored_run_bundle,
     scoring_contexts,
 )
 from autointerp.types import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
@@ -443,10 +445,7 @@ class BatchRun:
                     predicted.append(values)
                     more += extra
         except LLMFailure as exc:
-            self.progress.failed[f"simulation: {exc.code}"] += 1
-            failed = run.model_copy(update={"status": "failed", "error": str(exc)[:1000], "code": exc.code})
-            return store.Bundle(runs=[failed], calls=call_rows([*calls.values(), *more, *exc.calls],
-                                                               fc.dictionary_id, fc.feature, eid, run.run_id))
+            return failed_run_bundle(self.progress, run, exc, [*calls.values(), *more, *exc.calls])
         sims, scores = score_records(fc, run, contexts, predicted, cfg.n_boot)
         errors: list[str] = []
         for name in JUDGES if cfg.judge else ():
@@ -460,13 +459,7 @@ class BatchRun:
                 self.progress.failed[f"{name}: {exc.code}"] += 1
                 continue
             scores += judge_rows(name, ys, answers, probs, run, cfg.n_boot)
-        for sc in scores:
-            if sc.value is not None:
-                self.progress.score_values.setdefault(sc.method, []).append(sc.value)
-        self.progress.scored += 1
-        run = run.model_copy(update={"error": "; ".join(errors) or None})
-        return store.Bundle(runs=[run], simulations=sims, scores=scores,
-                            calls=call_rows([*calls.values(), *more], fc.dictionary_id, fc.feature, eid, run.run_id))
+        return scored_run_bundle(self.progress, run, sims, scores, [*calls.values(), *more], errors)
 
     # ------------------------------------------------------------ rounds
 

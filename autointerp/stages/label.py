@@ -162,6 +162,26 @@ def judge_rows(name: str, ys: list[bool], answers: list[int], probs: list[float]
     return rows
 
 
+def failed_run_bundle(progress: Progress, run: ScoreRun, exc: LLMFailure, calls: list[LLMCall]) -> store.Bundle:
+    """A simulation run that failed: stored with its reason, code and every call it cost."""
+    progress.failed[f"simulation: {exc.code}"] += 1
+    failed = run.model_copy(update={"status": "failed", "error": str(exc)[:1000], "code": exc.code})
+    return store.Bundle(runs=[failed], calls=call_rows(calls, run.dictionary_id, run.feature, run.explanation_id,
+                                                       run.run_id))
+
+
+def scored_run_bundle(progress: Progress, run: ScoreRun, sims: list[Simulation], scores: list[ScoreRow],
+                      calls: list[LLMCall], judge_errors: list[str]) -> store.Bundle:
+    """A finished simulation run with its simulations, scores and calls (judges that could not run named)."""
+    for sc in scores:
+        if sc.value is not None:
+            progress.score_values.setdefault(sc.method, []).append(sc.value)
+    progress.scored += 1
+    run = run.model_copy(update={"error": "; ".join(judge_errors) or None})
+    return store.Bundle(runs=[run], simulations=sims, scores=scores,
+                        calls=call_rows(calls, run.dictionary_id, run.feature, run.explanation_id, run.run_id))
+
+
 @dataclass
 class Job:
     feature: int
@@ -247,23 +267,14 @@ class LabelBatch:
         try:
             predicted, calls = await fn(client, model, label, [c for c, _ in contexts])
         except LLMFailure as exc:
-            self.progress.failed[f"simulation: {exc.code}"] += 1
-            failed = run.model_copy(update={"status": "failed", "error": str(exc)[:1000], "code": exc.code})
-            return store.Bundle(runs=[failed], calls=call_rows(exc.calls, fc.dictionary_id, fc.feature, eid,
-                                                               run.run_id))
+            return failed_run_bundle(self.progress, run, exc, exc.calls)
         sims, scores = score_records(fc, run, contexts, predicted, self.cfg.n_boot)
         judge_errors: list[str] = []
         if self.cfg.judge:
             judged, judge_calls, judge_errors = await self._judge(fc, run, label)
             scores += judged
             calls = calls + judge_calls
-        for sc in scores:
-            if sc.value is not None:
-                self.progress.score_values.setdefault(sc.method, []).append(sc.value)
-        self.progress.scored += 1
-        run = run.model_copy(update={"error": "; ".join(judge_errors) or None})
-        return store.Bundle(runs=[run], simulations=sims, scores=scores,
-                            calls=call_rows(calls, fc.dictionary_id, fc.feature, eid, run.run_id))
+        return scored_run_bundle(self.progress, run, sims, scores, calls, judge_errors)
 
     async def _judge(self, fc: FeatureContexts, run: ScoreRun, label: str
                      ) -> tuple[list[ScoreRow], list[LLMCall], list[str]]:
