@@ -74,7 +74,7 @@ def captured_share(behaviour: np.ndarray, effect: np.ndarray, n_boot: int = 1000
 
 # ---------------------------------------------------------------- tables for status and compare
 
-SUMMARY_METHODS = ("correlation_top_random", "explained_variance", "behaviour", "ablation_effect")
+SUMMARY_METHODS = ("correlation_top_random", "correlation_gain", "explained_variance", "behaviour", "ablation_effect")
 
 
 def describe(d: DictionaryRow) -> str:
@@ -100,9 +100,10 @@ def label_summary(labels: list[LabelScores]) -> tuple[list[str], list[list[Any]]
 
         share, (lo, hi) = captured_share(col("behaviour"), col("ablation_effect"))
         out.append([did, expl, sim, len(group), _fmt(distribution(col("correlation_top_random"))),
-                    _fmt(distribution(col("explained_variance"))), _fmt(distribution(col("behaviour"))),
+                    _fmt(distribution(col("correlation_gain"))), _fmt(distribution(col("explained_variance"))), _fmt(distribution(col("behaviour"))),
                     "" if not np.isfinite(share) else f"{share:.3f} [{lo:.3f}, {hi:.3f}]"])
-    return ["dictionary", "explainer", "simulator", "labels", "correlation_top_random", "explained_variance",
+    return ["dictionary", "explainer", "simulator", "labels", "correlation_top_random", "correlation_gain",
+            "explained_variance",
             "behaviour", "captured"], out
 
 

@@ -104,6 +104,10 @@ class LabelConfig(Frozen):
     baseline: bool = Field(True, description="also label and score every feature with the token-lookup baseline")
     null_samples: int = Field(50, ge=0, description="features whose null labels (another feature's label, shuffled; "
                               "and a constant label) are scored like real ones, so every score has a visible zero")
+    reference: bool = Field(True, description="simulate the constant label on every scored feature too (one more "
+                            "simulation run per feature) so each label gets correlation_gain: its correlation "
+                            "minus the constant label's on the same contexts, which is 0 for a label that says "
+                            "nothing")
     retry_failed: bool = Field(False, description="make failed explanations and score runs pending again "
                                "(the failures stay as history)")
     explainers: tuple[str, ...] = Field((), description="score the labels of these explainers (repeat the option; "

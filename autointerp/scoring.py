@@ -23,12 +23,17 @@ class Score:
 
     def record(self, run: ScoreRun, note: str | None = None) -> ScoreRow:
         """This score as a `scores` row of `run`, undefined values (NaN) stored as NULL."""
+        return self.row(run.run_id, run.explanation_id, run.dictionary_id, run.feature, run.simulator, note)
+
+    def row(self, run_id: str, explanation_id: str, dictionary_id: int, feature: int, simulator: str,
+            note: str | None = None) -> ScoreRow:
+        """This score as a `scores` row of the run `run_id`, undefined values (NaN) stored as NULL."""
 
         def finite(v: float) -> float | None:
             return float(v) if np.isfinite(v) else None
 
-        return ScoreRow(run_id=run.run_id, explanation_id=run.explanation_id, dictionary_id=run.dictionary_id,
-                        feature=run.feature, simulator=run.simulator, method=self.method, value=finite(self.value),
+        return ScoreRow(run_id=run_id, explanation_id=explanation_id, dictionary_id=dictionary_id,
+                        feature=feature, simulator=simulator, method=self.method, value=finite(self.value),
                         n_examples=self.n_examples, ci_low=finite(self.ci_low), ci_high=finite(self.ci_high),
                         note=note)
 
@@ -222,3 +227,30 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0
     c = resample_counts(len(num), n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         return percentile_ci((c @ num) / (c @ den), n_boot)
+
+
+def _corr_or_zero(s: np.ndarray) -> np.ndarray:
+    """Correlation from sums, 0 where the predictions have no variance (a constant prediction explains
+    nothing) and NaN only where the truth has none."""
+    n, st, stt, spp, sp = s[..., 0], s[..., 1], s[..., 3], s[..., 4], s[..., 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_t, var_p = stt - st * st / n, spp - sp * sp / n
+    r = _corr_from_sums(s)
+    flat_p = ~(var_p > 1e-12 * np.maximum(spp, 1))
+    return np.where(np.isnan(r) & flat_p & (var_t > 1e-12 * np.maximum(stt, 1)), 0.0, r)
+
+
+def correlation_gain_score(method: str, examples: Examples, reference: Examples, n_boot: int = 1000,
+                           seed: int = 0) -> Score:
+    """Pooled correlation of `examples` minus that of `reference` (the same contexts and truths, predicted
+    from a label that says nothing), with a paired bootstrap CI: both resampled with the same draws."""
+    if len(examples) != len(reference):
+        raise ValueError(f"{len(examples)} examples against {len(reference)} reference examples")
+    ours, ref = _sums(examples), _sums(reference)
+    if len(examples) == 0:
+        return Score(method, float("nan"), 0, float("nan"), float("nan"))
+    value = float(_corr_or_zero(ours.sum(0)) - _corr_or_zero(ref.sum(0)))
+    if len(examples) < 2:
+        return Score(method, value, len(examples), float("nan"), float("nan"))
+    c = resample_counts(len(examples), n_boot, seed)
+    return Score(method, value, len(examples), *percentile_ci(_corr_or_zero(c @ ours) - _corr_or_zero(c @ ref), n_boot))

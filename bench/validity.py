@@ -30,7 +30,7 @@ from autointerp.stages.collect import collect_stage  # noqa: E402
 from autointerp.stages.label import label_stage, open_llm  # noqa: E402
 from autointerp.stages.run import control_config  # noqa: E402
 
-METHODS = ("correlation_top_random", "correlation_random", "explained_variance", "behaviour", "behaviour_random")
+METHODS = ("correlation_top_random", "correlation_gain", "correlation_random", "explained_variance", "behaviour", "behaviour_random")
 
 
 def kind(explainer: str) -> str:

@@ -103,7 +103,7 @@ def copy_db(src: Path, dst: Path) -> Path:
 
 def run_label(db: Path, url: str, features: list[int], *, dictionary_id: int = 1, explain: bool = True,
               score: bool = True, api_key: str = "sk-secret-test-key", null_samples: int = 0,
-              llm: dict | None = None, **cfg: Any) -> Any:
+              reference: bool = False, llm: dict | None = None, **cfg: Any) -> Any:
     """The label stage through its Python entry point, against the endpoint at `url` (the test price table)."""
     import json
     import tempfile
@@ -116,7 +116,8 @@ def run_label(db: Path, url: str, features: list[int], *, dictionary_id: int = 1
     llm_cfg = LLMConfig(**{"base_urls": (url,), "explainer_model": "m-explain", "simulator_model": "m-sim",
                            "concurrency": 4, "timeout_s": 2.0, "max_attempts": 4, "max_wait_s": 1.0,
                            "prices": str(prices), **(llm or {})})
-    label_cfg = LabelConfig(**{"n_sim_top": 6, "n_sim_random": 6, "n_boot": 200, "null_samples": null_samples, **cfg})
+    label_cfg = LabelConfig(**{"n_sim_top": 6, "n_sim_random": 6, "n_boot": 200, "null_samples": null_samples,
+                              "reference": reference, **cfg})
     old = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = api_key
     try:

@@ -31,8 +31,6 @@ from autointerp.errors import AutointerpError
 from autointerp.llm import LLMCall, LLMFailure, LLMReply
 from autointerp.stages.batchio import MISSING, Request, Result, custom_id, read_results, result_key
 from autointerp.stages.label import (
-    CONSTANT,
-    SHUFFLED,
     LabelBatch,
     LLMSession,
     Progress,
@@ -40,11 +38,11 @@ from autointerp.stages.label import (
     failed_run_bundle,
     judge_rows,
     judged_view,
-    make_null_labels,
     score_records,
     scored_run_bundle,
     scoring_contexts,
 )
+from autointerp.stages.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
 from autointerp.types import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
 
 CHUNK = 128
@@ -497,12 +495,11 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
             run.run_stage("explain", features)
         if score_stage:
             run.run_stage("score", features)
-            if cfg.null_samples:
-                explainer = session.explainer_model
-                make_null_labels(db, dictionary_id, explainer, cfg.null_samples)
-                with store.open_store(db, wait_s=600) as con:
-                    nulls = sorted({e.feature for e in store.null_explanations(con, dictionary_id, explainer)})
+            explainer = session.explainer_model
+            nulls = null_features(db, dictionary_id, [explainer], features, cfg.null_samples, cfg.reference)
+            if nulls:
                 run.run_stage("score", nulls, [SHUFFLED + explainer, CONSTANT])
+            reference_gains(db, dictionary_id, cfg.n_boot)
     finally:
         api.close()
     return run.progress

@@ -10,7 +10,6 @@ loader or a writer error) stops the batch with that error, after what finished h
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import threading
@@ -27,6 +26,7 @@ from autointerp import detect, explain, llm, local, prompts, scoring, simulate, 
 from autointerp.config import LabelConfig, LLMConfig, settings_hash
 from autointerp.errors import AutointerpError
 from autointerp.llm import BudgetExhausted, LLMCall, LLMClient, LLMFailure
+from autointerp.stages.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
 from autointerp.types import (
     CallRow,
     Context,
@@ -41,9 +41,6 @@ from autointerp.types import (
 
 FLUSH_S = 1.0
 CHUNK = 128
-NULL_HASH = "null-v1"
-SHUFFLED = "null:shuffled:"
-CONSTANT = "null:constant"
 
 
 @dataclass
@@ -436,37 +433,6 @@ class LabelBatch:
 # ---------------------------------------------------------------- null labels
 
 
-def _order(seed: int, feature: int) -> str:
-    return hashlib.sha256(f"{seed}:{feature}".encode()).hexdigest()
-
-
-def make_null_labels(db: str | Path, dictionary_id: int, explainer: str, n: int, seed: int = 0) -> int:
-    """Null labels for `n` features (a seeded sample of those `explainer` labelled): each gets another
-    sampled feature's label (the sample rotated by one, so never its own) and a constant label. Scored
-    like real labels, they are the zero every score is shown beside. Returns how many were added."""
-    with store.open_store(db, wait_s=600) as con:
-        labels = store.ok_labels(con, dictionary_id, explainer)
-        existing = {(e.null_kind, e.feature) for e in store.null_explanations(con, dictionary_id, explainer)}
-    chosen = sorted(labels, key=lambda f: _order(seed, f))[:n]
-    if len(chosen) < 2:
-        return 0
-    constant = prompts.render("null_constant")
-    new = []
-    for i, f in enumerate(chosen):
-        source = chosen[(i + 1) % len(chosen)]
-        for kind, name, text, of, lf in (("shuffled", SHUFFLED + explainer, labels[source], explainer, source),
-                                         ("constant", CONSTANT, constant, None, None)):
-            if (kind, f) not in existing:
-                new.append(Explanation(explanation_id=str(uuid.uuid4()), dictionary_id=dictionary_id, feature=f,
-                                       label=text, explainer=name, prompt_hash=NULL_HASH, status="ok",
-                                       null_kind=kind, null_of=of, label_feature=lf,
-                                       config=json.dumps({"seed": seed, "null_samples": n})))
-    if new:
-        with store.open_store(db, wait_s=600) as con:
-            store.write_bundles(con, [store.Bundle(explanations=new)])
-    return len(new)
-
-
 # ---------------------------------------------------------------- the entry point
 
 
@@ -477,17 +443,23 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
     (`cfg.null_samples` features). Resumable: re-running does only what is missing."""
     batch = LabelBatch(db, dictionary_id, cfg, session, features, explain_stage=explain_stage,
                        score_stage=score_stage, concurrency=concurrency, on_progress=on_progress)
-    progress = asyncio.run(batch.run())
-    if score_stage and session is not None and cfg.null_samples and progress.stopped is None:
-        explainers = llm_explainers(cfg, session)
-        null_features: set[int] = set()
-        for explainer in explainers:
-            make_null_labels(db, dictionary_id, explainer, cfg.null_samples)
-            with store.open_store(db, wait_s=600) as con:
-                null_features |= {e.feature for e in store.null_explanations(con, dictionary_id, explainer)}
-        nulls = LabelBatch(db, dictionary_id, cfg.model_copy(update={"baseline": False}), session,
-                           sorted(null_features), explain_stage=False, score_stage=True, concurrency=concurrency,
-                           score_explainers=[*(SHUFFLED + e for e in explainers), CONSTANT], on_progress=on_progress)
-        progress.nulls = asyncio.run(nulls.run())
-        progress.stopped = progress.nulls.stopped
+
+    async def both() -> Progress:
+        # One event loop for the labels and their nulls: the client's pooled connections belong to it.
+        progress = await batch.run()
+        if score_stage and session is not None and progress.stopped is None:
+            explainers = llm_explainers(cfg, session)
+            extra = null_features(db, dictionary_id, explainers, features, cfg.null_samples, cfg.reference)
+            if extra:
+                nulls = LabelBatch(db, dictionary_id, cfg.model_copy(update={"baseline": False}), session, extra,
+                                   explain_stage=False, score_stage=True, concurrency=concurrency,
+                                   score_explainers=[*(SHUFFLED + e for e in explainers), CONSTANT],
+                                   on_progress=on_progress)
+                progress.nulls = await nulls.run()
+                progress.stopped = progress.nulls.stopped
+        return progress
+
+    progress = asyncio.run(both())
+    if score_stage and session is not None:
+        reference_gains(db, dictionary_id, cfg.n_boot)
     return progress

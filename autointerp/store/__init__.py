@@ -62,11 +62,14 @@ from autointerp.store.reads import (
 )
 from autointerp.store.work import (
     Bundle,
+    GainPending,
     PendingScore,
     SimulationRunRef,
+    add_scores,
     behaviour_pending,
     explained_features,
     feature_mean,
+    gain_pending,
     null_explanations,
     ok_labels,
     simulated_contexts,
@@ -84,5 +87,5 @@ __all__ = [
     "known_migrations", "label_scores", "labels_table", "list_dictionaries", "llm_usage", "lock_holder", "migrate",
     "null_explanations", "ok_labels", "open_store", "query", "read_feature_contexts", "sandbox", "score_values",
     "select_features", "simulated_contexts", "summary_table", "transaction", "unscored_explanations", "user_query",
-    "write_bundles",
+    "write_bundles", "GainPending", "add_scores", "gain_pending",
 ]

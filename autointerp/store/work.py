@@ -116,6 +116,46 @@ def insert_bundles(con: Connection, bundles: list[Bundle]) -> int:
     return written
 
 
+# ---------------------------------------------------------------- reference gains
+
+
+@dataclass(frozen=True)
+class GainPending:
+    run_id: str  # a scored simulation run with no correlation gain yet
+    explanation_id: str
+    feature: int
+    simulator: str
+    reference_run_id: str  # the constant label's newest ok run on the same feature, simulator and settings
+
+
+def gain_pending(con: Connection, dictionary_id: int, method: str) -> list[GainPending]:
+    """Scored simulation runs without a `method` score whose feature has a reference run: the constant
+    label's newest ok simulation run with the same simulator and settings (so the same contexts)."""
+    rows = con.execute("""
+        WITH ref AS (
+            SELECT r.run_id, r.feature, r.simulator, r.settings_hash FROM score_runs r
+            JOIN explanations e USING (explanation_id)
+            WHERE r.dictionary_id = ? AND r.stage = 'simulation' AND r.status = 'ok' AND e.null_kind = 'constant'
+            QUALIFY row_number() OVER (PARTITION BY r.feature, r.simulator, r.settings_hash
+                                       ORDER BY r.created_at DESC, r.run_id) = 1)
+        SELECT n.run_id, n.explanation_id, n.feature, n.simulator, ref.run_id FROM score_runs n
+        JOIN ref ON ref.feature = n.feature AND ref.simulator = n.simulator AND ref.settings_hash = n.settings_hash
+        WHERE n.dictionary_id = ? AND n.stage = 'simulation' AND n.status = 'ok'
+          AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_id = n.run_id AND s.method = ?)
+        ORDER BY n.feature, n.run_id""", [dictionary_id, dictionary_id, method]).fetchall()
+    return [GainPending(*r) for r in rows]
+
+
+def add_scores(con: Connection, rows: list[ScoreRow]) -> int:
+    """Scores computed later for runs already written, in one transaction; a (run, method) that already
+    has a score is skipped, so two passes never write one twice. Returns the rows written."""
+    with transaction(con):
+        new = [r for r in rows if not con.execute("SELECT 1 FROM scores WHERE run_id = ? AND method = ?",
+                                                  [r.run_id, r.method]).fetchone()]
+        insert_rows(con, "scores", [r.model_dump() for r in new])
+    return len(new)
+
+
 # ---------------------------------------------------------------- behaviour
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from autointerp import local, scoring, simulate, store
+from autointerp import local, prompts, scoring, simulate, store
 from autointerp.config import CollectConfig, LabelConfig
 from autointerp.llm import LLMFailure, OpenAICompatibleClient
 from autointerp.models import smollm2_gguf_path
@@ -26,6 +26,10 @@ from tests.unit.test_simulate import HOSTILE, contexts_of
 pytestmark = pytest.mark.slow
 
 PLACEBOS = ["nothing", "mentions of fruit such as apples and bananas", "the digit 7"]
+REFERENCE = prompts.render("null_constant")  # the label stage's reference label, "nothing in particular"
+# The gain of a label that says nothing must be 0 or practically 0: |mean| within this equivalence bound and
+# its CI inside twice it. Raw placebo correlations were 0.03-0.06 (main: 0.046); good labels reach 0.5+.
+EQUIVALENCE = 0.025
 N_FEATURES = 12
 N_TOP = N_RANDOM = 5
 N_BOOT = 2000
@@ -77,18 +81,26 @@ def placebo(features, inproc) -> dict:
     results: dict[str, dict] = {}
     start = time.monotonic()
 
+    reference: dict[int, list] = {}
+
     async def run() -> None:
-        for label in PLACEBOS:
-            r: dict = results.setdefault(label, {"failures": [], "corr": [], "by_position": []})
+        for label in [REFERENCE, *PLACEBOS]:
+            r: dict = results.setdefault(label, {"failures": [], "corr": [], "gain": [], "by_position": []})
             for fc in features:
-                contexts = [c for c, _ in scoring_contexts(fc, cfg)]
+                pairs = scoring_contexts(fc, cfg)
+                contexts = [c for c, _ in pairs]
                 try:
                     predicted, _ = await simulate.simulate_echo(client, local.MODEL_NAME, label, contexts)
                 except LLMFailure as exc:
                     r["failures"].append(f"feature {fc.feature}: {exc}")
                     continue
-                examples = [(np.asarray(c.acts), np.asarray(p)) for c, p in zip(contexts, predicted, strict=True)]
-                r["corr"].append(scoring.pooled_correlation(examples))  # correlation_score's value
+                # scored as the label stage scores: the scoring contexts (the calibration ones set aside)
+                examples = [(np.asarray(c.acts), np.asarray(p))
+                            for (c, purpose), p in zip(pairs, predicted, strict=True) if purpose == "scoring"]
+                reference.setdefault(fc.feature, examples)
+                r["corr"].append(scoring.correlation_score("correlation_top_random", examples).value)
+                r["gain"].append(scoring.correlation_gain_score("correlation_gain", examples,
+                                                                reference[fc.feature]).value)
                 r["by_position"].append([float(np.mean(p)) for p in predicted])
 
     asyncio.run(run())
@@ -99,8 +111,11 @@ def placebo(features, inproc) -> dict:
         boot = np.random.default_rng(0).integers(0, len(pos), (N_BOOT, len(pos)))
         slopes = np.array([slope(pos[idx].mean(axis=0)) for idx in boot])
         r["correlation_top_random"] = ci_of_mean(c[np.isfinite(c)])
+        g = np.asarray(r["gain"])
+        r["correlation_gain"] = ci_of_mean(g[np.isfinite(g)])
         r["slope_per_position"] = (slope(pos.mean(axis=0)), *np.percentile(slopes, [2.5, 97.5]).tolist())
         report[label] = {"correlation_top_random": r["correlation_top_random"], "features": int(np.isfinite(c).sum()),
+                         "correlation_gain": r["correlation_gain"],
                          "slope_per_position": r["slope_per_position"],
                          "mean_prediction_by_position": pos.mean(axis=0).round(3).tolist(), "failures": r["failures"]}
     print(json.dumps(report, indent=1))
@@ -108,7 +123,7 @@ def placebo(features, inproc) -> dict:
 
 
 def test_no_simulation_fails(placebo):
-    for label, r in placebo.items():
+    for label, r in placebo.items():  # the reference included
         assert not r["failures"], (label, r["failures"])
         assert len(r["corr"]) == N_FEATURES
 
@@ -119,13 +134,26 @@ def test_predictions_do_not_drift_with_context_position(placebo):
         assert s_low <= 0.0 <= s_high or abs(s) < TINY_SLOPE, f"{label!r}: drift {s:.4f} [{s_low:.4f}, {s_high:.4f}]"
 
 
-@pytest.mark.xfail(strict=True, reason="measured: placebo labels still score ~0.03 (CI just above 0); the "
-                   "residual is label-independent: removing each row position's mean prediction leaves it, so "
-                   "SmolLM2-135M's digit beliefs follow token content whatever the label")
-def test_placebo_labels_score_zero(placebo):
-    for label, r in placebo.items():
-        mean, low, high = r["correlation_top_random"]
+@pytest.mark.xfail(strict=True, reason="measured: on the raw correlation placebo labels score 0.03-0.06 (CI "
+                   "above 0): SmolLM2-135M's digit beliefs follow token content whatever the label, and neurons "
+                   "follow content too. correlation_gain (next test) removes it")
+def test_placebo_labels_raw_correlation_is_zero(placebo):
+    for label in PLACEBOS:
+        mean, low, high = placebo[label]["correlation_top_random"]
         assert low <= 0.0 <= high, f"{label!r}: mean correlation {mean:.3f} [{low:.3f}, {high:.3f}] excludes 0"
+
+
+def test_placebo_labels_gain_nothing_over_the_reference(placebo):
+    """correlation_gain (the label's correlation minus the reference label's on the same contexts): 0 exactly
+    for the reference, and 0 or practically 0 for labels that say nothing about the feature."""
+    mean, low, high = placebo[REFERENCE]["correlation_gain"]
+    assert (mean, low, high) == (0.0, 0.0, 0.0)
+    raw = placebo[REFERENCE]["correlation_top_random"][0]
+    for label in PLACEBOS:
+        mean, low, high = placebo[label]["correlation_gain"]
+        assert (low <= 0.0 <= high) or (abs(mean) <= EQUIVALENCE and -2 * EQUIVALENCE <= low <= high <= 2 * EQUIVALENCE), (
+            f"{label!r}: mean gain {mean:.3f} [{low:.3f}, {high:.3f}]")
+        assert abs(mean) < max(placebo[label]["correlation_top_random"][0], raw)  # smaller than the raw bias
 
 
 def test_a_context_gets_the_same_predictions_wherever_it_is_put(features, inproc):

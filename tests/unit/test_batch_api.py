@@ -41,7 +41,8 @@ def run_batch_api(db: Path, url: str, features: list[int], *, llm: dict | None =
     llm_cfg = LLMConfig(**{"base_urls": (url,), "explainer_model": "m-explain", "simulator_model": "m-sim",
                            "timeout_s": 5.0, "max_attempts": 2, "max_wait_s": 0.2, "prices": str(prices),
                            "batch_api": True, "batch_poll_s": 0.05, **(llm or {})})
-    label_cfg = LabelConfig(**{"n_sim_top": 6, "n_sim_random": 6, "n_boot": 200, "null_samples": 0, **cfg})
+    label_cfg = LabelConfig(**{"n_sim_top": 6, "n_sim_random": 6, "n_boot": 200, "null_samples": 0, "reference": False,
+                               **cfg})
     os.environ["OPENAI_API_KEY"] = KEY
     try:
         with open_llm(llm_cfg) as session:
@@ -91,6 +92,21 @@ def test_batch_api_run_gives_the_live_rows_at_batch_prices(tmp_path, collected_d
     assert all(r[3] == r[4] and r[5] == 0 and r[7] for r in rows)
     assert sum(r[6] for r in rows) == pytest.approx(sum(r[3] for r in calls))
     assert KEY.encode() not in (tmp_path / "batch.duckdb").read_bytes()
+
+
+def test_batch_api_scores_the_reference_and_its_gains_like_live(tmp_path, collected_db):
+    from tests.unit.test_reference import length_rule, script_with
+
+    live, batch = copy_db(collected_db, tmp_path / "live.duckdb"), copy_db(collected_db, tmp_path / "batch.duckdb")
+    with LoopbackLLM(script_with(length_rule)) as server:
+        run_label(live, server.base_url, FEATURES[:4], reference=True)
+    with LoopbackLLM(script_with(length_rule), batch=BatchScript(polls=1, shuffle=True)) as server:
+        run_batch_api(batch, server.base_url, FEATURES[:4], reference=True)
+    assert labels(batch) == labels(live)
+    assert scores(batch) == scores(live)
+    gains = [r for r in scores(batch) if r[3] == "correlation_gain"]
+    assert {(r[0], r[1]) for r in gains} == {(f, e) for f in FEATURES[:4] for e in ("m-explain", "null:constant")}
+    assert all(r[4] == 0.0 for r in gains if r[1] == "null:constant")
 
 
 def explain_requests(server: LoopbackLLM) -> list[str]:

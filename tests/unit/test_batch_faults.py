@@ -125,7 +125,7 @@ def test_a_budget_hit_between_explanation_and_score_keeps_the_paid_explanation(t
     feats = live_features(db, 1)
     with LoopbackLLM(good_script) as server:
         first = label(db, server.base_url, "--where", where(feats), "--no-judge", "--no-baseline",
-                      "--concurrency", "1", "--max-cost", "1e-9")
+                      "--no-reference", "--concurrency", "1", "--max-cost", "1e-9")
         assert first.returncode == 0, first.stderr
         assert "stopped early: --max-cost" in first.stdout
         assert [is_explainer(p, r) for p, r in server.requests] == [True]  # the simulation was refused
@@ -134,7 +134,7 @@ def test_a_budget_hit_between_explanation_and_score_keeps_the_paid_explanation(t
         assert query(db, "SELECT count(*) FROM score_runs") == [(0,)]
 
         second = label(db, server.base_url, "--where", where(feats), "--no-judge", "--no-baseline",
-                       "--concurrency", "1", "--max-cost", "10")
+                       "--no-reference", "--concurrency", "1", "--max-cost", "10")
         assert second.returncode == 0, second.stderr
         # Scored (one echo request per simulated context), not explained again.
         again = [is_explainer(p, r) for p, r in server.requests[1:]]
