@@ -313,7 +313,7 @@ class BatchRun:
         gate = asyncio.Semaphore(self.llm_cfg.concurrency)
 
         def call(req: Request, res: Result) -> LLMCall:
-            usage = (0, 0)
+            usage = (0, 0, 0)
             error = res.error
             if res.body is not None:
                 try:

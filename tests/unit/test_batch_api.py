@@ -314,3 +314,21 @@ def test_batches_lists_and_cancel_stops_a_batch_whose_rest_goes_to_the_next(tmp_
     assert listing[0].startswith("batch,provider_id,dictionary,stage,url,status,requests,completed,failed,cost_usd")
     assert ",batch_0,1,explain,/v1/chat/completions,cancelled,10,5,0," in listing[1]
     assert [r[2] for r in labels(db) if r[1] == "e"] == ["ok"] * 10
+
+
+def test_cached_prompt_tokens_are_stored_for_live_and_batch_calls(tmp_path, collected_db):
+    live, batch = copy_db(collected_db, tmp_path / "live.duckdb"), copy_db(collected_db, tmp_path / "batch.duckdb")
+    with LoopbackLLM(script, prefix_cache=16) as server:
+        run_label(live, server.base_url, FEATURES)
+    with LoopbackLLM(script, prefix_cache=16) as server:
+        run_batch_api(batch, server.base_url, FEATURES)
+    for db in (live, batch):
+        rows = q(db, "SELECT role, sum(cached_tokens), sum(prompt_tokens), count(*), count(*) FILTER "
+                     "(cached_tokens > 0) FROM llm_calls GROUP BY role ORDER BY role")
+        assert [r[0] for r in rows] == ["explainer", "judge", "simulator"]
+        # The shared part of each prompt (instructions; for simulations also the label) comes first, so
+        # every request after a role's first finds its prefix cached.
+        for _, cached, prompt, n, hits in rows:
+            assert 0 < cached < prompt and hits >= n - 1
+    sim = q(batch, "SELECT sum(cached_tokens) / sum(prompt_tokens) FROM llm_calls WHERE role = 'simulator'")[0][0]
+    assert sim > 0.3
