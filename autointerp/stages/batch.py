@@ -507,6 +507,15 @@ class BatchRun:
             self.progress.tokens, self.progress.cost_usd = self.budget.tokens, self.budget.spent_usd
 
 
+def require_endpoint(llm_cfg: LLMConfig) -> str:
+    """The endpoint whose Batch API --batch-api uses (the first --base-url, else $OPENAI_BASE_URL): checked
+    before any work starts, since the embedded local server has no Batch API."""
+    base_url = (list(llm_cfg.base_urls) or [os.environ.get("OPENAI_BASE_URL", "")])[0]
+    if not base_url:
+        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+    return base_url
+
+
 def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: LabelConfig, llm_cfg: LLMConfig,
                 session: LLMSession, *, explain_stage: bool = True, score_stage: bool = True,
                 on_progress: ProgressFn | None = None) -> Progress:
@@ -517,9 +526,7 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
     if cfg.baseline:
         label_stage(db, dictionary_id, features, cfg.model_copy(update={"null_samples": 0}), None,
                     explain_stage=explain_stage, score_stage=score_stage)
-    base_url = (list(llm_cfg.base_urls) or [os.environ.get("OPENAI_BASE_URL", "")])[0]
-    if not base_url:
-        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+    base_url = require_endpoint(llm_cfg)
     api = llm.BatchAPI(base_url, os.environ.get("OPENAI_API_KEY"), timeout_s=llm_cfg.timeout_s)
     prices = getattr(session.client, "prices", None)
     run = BatchRun(db, dictionary_id, cfg, llm_cfg, session, session.explainer_model, session.simulator_model,

@@ -404,3 +404,46 @@ def test_the_real_cost_of_ingested_results_counts_against_the_budget(tmp_path, c
     assert scored == sorted(per_feature)[:k]
     assert progress.stopped is not None and f"{len(score_est) - k} score unit(s) not submitted" in progress.stopped
     assert q(db, "SELECT sum(cost_usd) FROM llm_calls")[0][0] <= budget
+
+
+def test_run_and_control_label_through_batches_then_score_behaviour(tmp_path, tiny_model_dir, corpus_file):
+    from tests.helpers import HOOK
+
+    db = tmp_path / "run.duckdb"
+    collect = ["--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--hook", HOOK, "--tokens", "1600",
+               "--ctx-len", "16", "--top-k", "6", "--quantiles", "2", "--per-quantile", "2", "--random", "6"]
+    llm_opts = ["--label-features", "0:4", "--explainer-model", "e", "--simulator-model", "s", "--sim-top", "4",
+                "--sim-random", "4", "--n-boot", "50", "--null-samples", "0", "--no-judge", "--batch-api",
+                "--batch-poll", "0.05", "--timeout", "5"]
+    with LoopbackLLM(script) as server:
+        run = subprocess.run([sys.executable, "-m", "autointerp", "run", "--db", str(db), *collect, *llm_opts,
+                              "--base-url", server.base_url], env=cli_env(), capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        control = subprocess.run([sys.executable, "-m", "autointerp", "control", "--like", "1", "--db", str(db),
+                                  *llm_opts, "--base-url", server.base_url], env=cli_env(), capture_output=True,
+                                 text=True, timeout=600)
+        assert control.returncode == 0, control.stderr[-3000:]
+        live = [p for p, _ in server.requests if p.endswith("completions")]
+        stages = sorted((b["metadata"]["autointerp_batch"], b["endpoint"]) for b in server.batches.values())
+    assert live == []  # every LLM request of both commands went through a batch
+    assert len(stages) == 4  # per dictionary: explain (chat), then simulate (completions)
+    assert "behaviour scored for 4 features" in run.stdout and "control dictionary 2" in control.stdout
+    for did in (1, 2):
+        assert q(db, "SELECT count(*) FROM explanations WHERE dictionary_id = ? AND explainer = 'e' "
+                     "AND status = 'ok'", [did])[0][0] == 4
+        calls = q(db, "SELECT count(*), count(batch_id) FROM llm_calls WHERE dictionary_id = ?", [did])[0]
+        assert calls[0] == calls[1] > 0
+        # Behaviour scores follow the batch-scored simulation runs of the LLM labels.
+        assert q(db, "SELECT count(*) FROM score_runs r JOIN score_runs s ON r.source_run_id = s.run_id "
+                     "WHERE r.dictionary_id = ? AND r.stage = 'behaviour' AND s.simulator = 's'", [did])[0][0] == 4
+    assert q(db, "SELECT count(*) FROM batches WHERE ingested_at IS NULL")[0][0] == 0
+
+
+def test_run_with_batch_api_and_no_endpoint_stops_before_collecting(tmp_path):
+    db = tmp_path / "none.duckdb"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
+    done = subprocess.run([sys.executable, "-m", "autointerp", "run", "--db", str(db), "--tokens", "1600",
+                           "--batch-api"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "--batch-api needs an endpoint with a Batch API" in done.stderr
+    assert not db.exists() or q(db, "SELECT count(*) FROM dictionaries")[0][0] == 0
