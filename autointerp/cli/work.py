@@ -270,6 +270,10 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
     With a paid endpoint and a budget:
       autointerp run --model gpt2 --hook blocks.6.mlp.hook_post --base-url https://api.openai.com/v1 \\
           --explainer-model gpt-4o-mini --simulator-model gpt-4o-mini --simulator-mode chat --max-cost 20
+    \b
+    Overnight through the Batch API (half price; the same command resumes the recorded batches):
+      autointerp run --model gpt2 --base-url https://api.openai.com/v1 --simulator-mode chat \\
+          --batch-api --max-cost 10
     """
     from autointerp.stages.run import Selection, run_stage
 
