@@ -64,6 +64,28 @@ def run_batch(db: Path, url: str, features: list[int], concurrency: int) -> tupl
     return len(features) / elapsed, cpu / len(features), n_calls / len(features)
 
 
+def run_batch_api(db: Path, url: str, features: list[int]) -> tuple[float, float, int]:
+    """The same work through the Batch API path (the loopback server's files and batches endpoints):
+    (wall seconds, our process's CPU seconds per feature: building the JSONL, polling, ingesting, batches)."""
+    import os
+
+    from autointerp.stages.batch import batch_stage
+
+    # The loopback server runs a whole batch inside the poll that finds it done: a long timeout for that poll.
+    llm_cfg = LLMConfig(base_urls=(url,), explainer_model="e", simulator_model="s", timeout_s=600, batch_api=True,
+                        batch_poll_s=0.2)
+    cfg = LabelConfig(baseline=False, null_samples=0)
+    os.environ.setdefault("OPENAI_API_KEY", "unused")
+    start, cpu = time.perf_counter(), time.process_time()
+    with open_llm(llm_cfg) as session:
+        progress = batch_stage(db, 1, features, cfg, llm_cfg, session)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    assert progress.scored == len(features), progress
+    with open_store(db, read_only=True) as con:
+        n_batches = con.execute("SELECT count(*) FROM batches").fetchone()[0]
+    return elapsed, cpu / len(features), n_batches
+
+
 class Counter:
     """Prompt tokens with the SmolLM2 tokenizer: a completions prompt as is; a chat prompt as its messages'
     contents plus 4 tokens of framing per message (OpenAI's rule of thumb, used for ours and theirs)."""
@@ -371,6 +393,15 @@ def main() -> None:
               + (f" ({rate / limit:4.0%})" if latency else "       ")
               + f"   our CPU {1000 * cpu:5.1f} ms/feature (alone: {1 / cpu:5.0f} features/s per core)"
               + f"   {per_feature:.2f} requests/feature")
+
+    if not args.skip_throughput:
+        db = tmp / "batch_api.duckdb"
+        db.write_bytes(base.read_bytes())
+        with server_process(0.0) as url:
+            wall, cpu, n_batches = run_batch_api(db, url, features)
+        results["batch_api"] = {"wall_s": wall, "client_cpu_s_per_feature": cpu, "batches": n_batches}
+        print(f"{'batch_api':20s} {len(features) / wall:8.1f} features/s (server answers at once, polls every 0.2 s)"
+              f"   our CPU {1000 * cpu:5.1f} ms/feature   {n_batches} batches")
 
     tokens = token_figures(base, features[: args.token_features], args.openai_src, args.delphi_src)
     results["tokens"] = tokens
