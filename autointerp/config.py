@@ -132,11 +132,13 @@ class LLMConfig(Frozen):
     timeout_s: float = Field(120.0, gt=0, description="per-request timeout, seconds", json_schema_extra={"flag": "timeout"})
     max_attempts: int = Field(6, gt=0, le=50, description="tries per request (429, 5xx, timeouts, dropped connections)")
     max_wait_s: float = Field(60.0, gt=0, description="longest wait between two tries of a request, seconds")
-    max_cost_usd: float | None = Field(None, gt=0, description="stop the batch cleanly at this spend (USD)",
+    max_cost_usd: float | None = Field(None, gt=0, description="stop cleanly at this spend (USD); with --batch-api, "
+                                       "batches are submitted only while their estimated cost fits",
                                        json_schema_extra={"flag": "max-cost"})
     max_tokens: int | None = Field(None, gt=0, description="stop the batch cleanly after this many tokens")
     prices: str | None = Field(None, description='JSON price table {"model": [usd_per_M_input, usd_per_M_output, '
-                               'batch_input, batch_output]} (batch columns optional: half the live prices)')
+                               'batch_input, batch_output, cached_input, batch_cached_input]} (2, 4 or 6 numbers: '
+                               'batch prices default to half the live ones, cached to the input price)')
     batch_api: bool = Field(False, description="send the work as Batch API batches (half price, results within 24 h): "
                             "explain, then simulate and judge; the same command resumes a killed run's batches")
     batch_retry: Literal["live", "next-batch"] = Field(

@@ -33,14 +33,15 @@ from autointerp.types import FailureCode
 
 T = TypeVar("T")
 
-# USD per million tokens (input, output[, batch input, batch output]). Unknown models cost 0 and say so
-# in the summary; pass --prices FILE (JSON {"model": [input, output, batch_input, batch_output]}, the
-# batch columns optional) for others. Batch prices default to half the live ones, as OpenAI's Batch API.
+# USD per million tokens: (input, output[, batch input, batch output[, cached input, batch cached input]]).
+# Unknown models cost 0 and say so in the summary; pass --prices FILE (JSON {"model": [...]}, 2, 4 or 6
+# numbers) for others. Batch prices default to half the live ones, as OpenAI's Batch API; cached prompt
+# tokens (usage.prompt_tokens_details.cached_tokens) cost the input price where no cached price is given.
 DEFAULT_PRICES: dict[str, tuple[float, ...]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4o-mini": (0.15, 0.60, 0.075, 0.30, 0.075, 0.0375),
+    "gpt-4o": (2.50, 10.00, 1.25, 5.00, 1.25, 0.625),
+    "gpt-4.1-mini": (0.40, 1.60, 0.20, 0.80, 0.10, 0.05),
+    "gpt-4.1-nano": (0.10, 0.40, 0.05, 0.20, 0.025, 0.0125),
     "gpt-3.5-turbo-instruct": (1.50, 2.00),
     "davinci-002": (2.00, 2.00),
     "babbage-002": (0.40, 0.40),
@@ -64,6 +65,7 @@ class LLMCall:
     error: str | None
     created_at: datetime
     batch_id: str | None = None  # the provider batch (or batch file) the result came from
+    cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache (of prompt_tokens)
 
 
 @dataclass
@@ -89,10 +91,16 @@ class BudgetExhausted(Exception):
 
 @dataclass
 class Budget:
+    """--max-cost / --max-tokens for one invocation. Live calls are checked before each request; batches
+    reserve their estimated cost before they are submitted (`fits`, `reserve`), and their results'
+    real costs are added as they are ingested."""
+
     max_cost_usd: float | None = None
     max_tokens: int | None = None
     spent_usd: float = 0.0
     tokens: int = 0
+    reserved_usd: float = 0.0  # submitted batches not ingested yet: their estimates
+    reserved_tokens: int = 0
 
     def check(self) -> None:
         if self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd:
@@ -103,6 +111,30 @@ class Budget:
     def add(self, call: LLMCall) -> None:
         self.spent_usd += call.cost_usd
         self.tokens += call.prompt_tokens + call.completion_tokens
+
+    def fits(self, usd: float, tokens: int) -> bool:
+        """Whether work estimated at `usd` and `tokens` fits beside what is spent and reserved."""
+        return ((self.max_cost_usd is None or self.spent_usd + self.reserved_usd + usd <= self.max_cost_usd)
+                and (self.max_tokens is None or self.tokens + self.reserved_tokens + tokens <= self.max_tokens))
+
+    def reserve(self, usd: float, tokens: int) -> None:
+        self.reserved_usd += usd
+        self.reserved_tokens += tokens
+
+    def release(self) -> None:
+        """The reserved batches are ingested: their real costs are in `spent_usd` now."""
+        self.reserved_usd, self.reserved_tokens = 0.0, 0
+
+    def left(self) -> str:
+        """What is left, for messages."""
+        parts = []
+        if self.max_cost_usd is not None:
+            parts.append(f"${max(0.0, self.max_cost_usd - self.spent_usd - self.reserved_usd):.4f} of --max-cost "
+                         f"{self.max_cost_usd}")
+        if self.max_tokens is not None:
+            parts.append(f"{max(0, self.max_tokens - self.tokens - self.reserved_tokens):,} of --max-tokens "
+                         f"{self.max_tokens}")
+        return " and ".join(parts) or "no limit"
 
 
 class LLMClient(Protocol):
@@ -223,8 +255,9 @@ class OpenAICompatibleClient:
         self.prices = {**DEFAULT_PRICES, **(prices or {})}
         self.budget = budget or Budget()
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
-        return cost(self.prices, model, prompt_tokens, completion_tokens, batch)
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, batch: bool = False,
+             cached_tokens: int = 0) -> float:
+        return cost(self.prices, model, prompt_tokens, completion_tokens, batch, cached_tokens)
 
     async def close(self) -> None:
         for _, c in self._clients:
@@ -248,9 +281,10 @@ class OpenAICompatibleClient:
                 calls.append(LLMCall(str(uuid.uuid4()), role, model, url, phash, 0, 0, time.monotonic() - start, 0.0,
                                      "error", _reason(exc, self._secret), datetime.now(UTC)))
                 raise
-            p_tok, c_tok = usage
+            p_tok, c_tok, cached = usage
             call = LLMCall(str(uuid.uuid4()), role, model, url, phash, p_tok, c_tok, time.monotonic() - start,
-                           self.cost(model, p_tok, c_tok), "ok", None, datetime.now(UTC))
+                           self.cost(model, p_tok, c_tok, cached_tokens=cached), "ok", None, datetime.now(UTC),
+                           cached_tokens=cached)
             calls.append(call)
             self.budget.add(call)
             return LLMReply(text, logprobs, calls)
@@ -317,16 +351,24 @@ def _json_body(raw: Any) -> Any:
         raise MalformedResponse(f"invalid JSON body ({exc})") from None
 
 
-def _usage_of(body: dict[str, Any]) -> tuple[int, int]:
+Usage = tuple[int, int, int]  # prompt, completion, cached prompt tokens
+
+
+def _usage_of(body: dict[str, Any]) -> Usage:
+    """(prompt, completion, cached prompt) tokens. Cached tokens are OpenAI's (and vLLM's, with prefix
+    caching) `usage.prompt_tokens_details.cached_tokens`: 0 where the server does not say."""
     usage = body.get("usage") or {}
     try:
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        p_tok = int(usage.get("prompt_tokens") or 0)
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        return p_tok, int(usage.get("completion_tokens") or 0), min(max(cached, 0), p_tok)
     except (TypeError, ValueError, AttributeError):
         raise MalformedResponse(f"unusable usage in the response: {usage!r:.100}") from None
 
 
-def parse_chat_json(body: Any) -> tuple[str, Any, tuple[int, int]]:
-    """(text, the choice's logprobs, (prompt, completion) tokens) of a chat completion body; raises
+def parse_chat_json(body: Any) -> tuple[str, Any, Usage]:
+    """(text, the choice's logprobs, (prompt, completion, cached) tokens) of a chat completion body; raises
     MalformedResponse for anything else."""
     choices = body.get("choices") if isinstance(body, dict) else None
     first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
@@ -340,7 +382,7 @@ def parse_chat_json(body: Any) -> tuple[str, Any, tuple[int, int]]:
     return text, (logprobs if isinstance(logprobs, dict) else None), _usage_of(body)
 
 
-def parse_completion_json(body: Any) -> tuple[str, Any, tuple[int, int]]:
+def parse_completion_json(body: Any) -> tuple[str, Any, Usage]:
     """(text, logprobs, tokens) of a completions body; raises MalformedResponse for anything else."""
     choices = body.get("choices") if isinstance(body, dict) else None
     if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("text"), str):
@@ -348,16 +390,41 @@ def parse_completion_json(body: Any) -> tuple[str, Any, tuple[int, int]]:
     return choices[0]["text"], choices[0].get("logprobs"), _usage_of(body)
 
 
-def parse_body(url: str, body: Any) -> tuple[str, Any, tuple[int, int]]:
+def parse_body(url: str, body: Any) -> tuple[str, Any, Usage]:
     return (parse_chat_json if url.endswith("chat/completions") else parse_completion_json)(body)
 
 
 def cost(prices: dict[str, tuple[float, ...]], model: str, prompt_tokens: int, completion_tokens: int,
-         batch: bool = False) -> float:
-    """USD for one request at live or batch prices (batch: the table's 3rd and 4th columns, else half)."""
+         batch: bool = False, cached_tokens: int = 0) -> float:
+    """USD for one request at live or batch prices (batch: the table's 3rd and 4th columns, else half).
+    `cached_tokens` (part of `prompt_tokens`) cost the cached price (5th column live, 6th batch, else half
+    the 5th) where the table has one, else the input price."""
     p = prices.get(model, (0.0, 0.0))
     p_in, p_out = (p[2], p[3]) if batch and len(p) >= 4 else ((p[0] / 2, p[1] / 2) if batch else (p[0], p[1]))
-    return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
+    p_cached = p_in
+    if len(p) >= 5:
+        p_cached = (p[5] if len(p) >= 6 else p[4] / 2) if batch else p[4]
+    cached = min(max(cached_tokens, 0), prompt_tokens)
+    return ((prompt_tokens - cached) * p_in + cached * p_cached + completion_tokens * p_out) / 1e6
+
+
+def estimate_tokens(body: dict[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens a request may cost, before it is sent: the prompt at one token per 3
+    bytes of its text (BPE tokenizers average ~4 on English; our token-per-line and marked excerpts are
+    denser, so 3 errs high), the completion at its max_tokens."""
+    if "messages" in body:  # and ~4 tokens of chat framing per message
+        text = "".join(str(m.get("content", "")) for m in body["messages"])
+        framing = 4 * len(body["messages"])
+    else:
+        text, framing = str(body.get("prompt", "")), 0
+    return -(-len(text.encode()) // 3) + framing, int(body.get("max_tokens") or 0)
+
+
+def estimate_cost(prices: dict[str, tuple[float, ...]], body: dict[str, Any], batch: bool = True
+                  ) -> tuple[float, int]:
+    """(USD, tokens) a request may cost (`estimate_tokens` at the model's live or batch prices, no cache)."""
+    p_tok, c_tok = estimate_tokens(body)
+    return cost(prices, str(body.get("model", "")), p_tok, c_tok, batch), p_tok + c_tok
 
 
 def reask_messages(messages: list[dict[str, str]], reply_text: str, problem: str, reask: str
@@ -470,10 +537,10 @@ class BatchAPI:
 
 
 def batch_call(prices: dict[str, tuple[float, ...]], *, role: str, model: str, endpoint: str, body: dict[str, Any],
-               batch_id: str, custom_id: str, usage: tuple[int, int], error: str | None) -> LLMCall:
+               batch_id: str, custom_id: str, usage: Usage, error: str | None) -> LLMCall:
     """The llm_calls record of one batch result (its id derived from the batch and request, so ingesting
     the same result twice cannot make two rows)."""
-    p_tok, c_tok = usage
+    p_tok, c_tok, cached = usage
     return LLMCall(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{batch_id}/{custom_id}")), role, model, endpoint,
-                   prompt_hash(body), p_tok, c_tok, 0.0, cost(prices, model, p_tok, c_tok, batch=True),
-                   "error" if error else "ok", error, datetime.now(UTC), batch_id)
+                   prompt_hash(body), p_tok, c_tok, 0.0, cost(prices, model, p_tok, c_tok, True, cached),
+                   "error" if error else "ok", error, datetime.now(UTC), batch_id, cached)

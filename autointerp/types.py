@@ -180,6 +180,7 @@ class CallRow(Record):
     explanation_id: str | None = None
     run_id: str | None = None
     batch_id: str | None = None  # the provider batch (or batch file) the result came from
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's prompt cache
 
     @field_validator("created_at")
     @classmethod

@@ -8,6 +8,7 @@ connections, malformed bodies. Every request is recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import json
@@ -31,6 +32,7 @@ class Reply:
     logprobs: Any = None  # completions: the logprobs object; chat: the choice's logprobs
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # reported as usage.prompt_tokens_details.cached_tokens when set
 
 
 def too_many(retry_after: float = 0.2) -> Reply:
@@ -103,10 +105,17 @@ class BatchScript:
 class LoopbackLLM:
     """Start with `with LoopbackLLM(script) as llm:`; `llm.base_url` is the endpoint; `llm.requests` the log,
     `llm.headers` each request's headers, lower-cased names (same order). With `api_key`, a request whose Authorization is not
-    `Bearer <api_key>` gets 401, as OpenAI answers it, and never reaches the script."""
+    `Bearer <api_key>` gets 401, as OpenAI answers it, and never reaches the script. With `prefix_cache`
+    (a block size in the server's tokens), every answer reports as cached the longest run of whole blocks
+    its prompt shares with the start of an earlier prompt, as vLLM's prefix caching does (live and batch
+    requests alike)."""
 
-    def __init__(self, script: Script, api_key: str | None = None, batch: BatchScript | None = None):
+    def __init__(self, script: Script, api_key: str | None = None, batch: BatchScript | None = None,
+                 prefix_cache: int | None = None):
         self.script = script
+        self.prefix_cache = prefix_cache
+        self._blocks: set[int] = set()
+        self._cache_lock = threading.Lock()  # its own: batch requests are answered under _lock
         self.api_key = api_key
         self.batch = batch or BatchScript()
         self.files: dict[str, tuple[str, bytes]] = {}
@@ -153,7 +162,7 @@ class LoopbackLLM:
                     self._send(401, b'{"error": {"message": "Incorrect API key provided", "type": '
                                b'"invalid_request_error", "code": "invalid_api_key"}}', {})
                     return
-                reply = outer.script(self.path, request)
+                reply = outer._cached(self.path, request, outer.script(self.path, request))
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.drop:
@@ -188,6 +197,22 @@ class LoopbackLLM:
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _cached(self, path: str, request: dict[str, Any], reply: Reply) -> Reply:
+        """The reply with the prompt's cached prefix (whole blocks seen at the start of an earlier prompt)."""
+        if self.prefix_cache is None or reply.cached_tokens is not None:
+            return reply
+        tokens, size = words(_prompt_text(path, request)), self.prefix_cache
+        cached, h, hit = 0, 0, True
+        with self._cache_lock:
+            for k in range(len(tokens) // size):
+                h = hash((h, tuple(tokens[k * size : (k + 1) * size])))
+                if hit and h in self._blocks:
+                    cached += size
+                else:
+                    hit = False
+                    self._blocks.add(h)
+        return dataclasses.replace(reply, cached_tokens=cached)
 
     def release(self, phase: str) -> None:
         self._release[phase].set()
@@ -298,7 +323,7 @@ class LoopbackLLM:
                 err.append({"id": f"r{i}", "custom_id": cid, "error": None, "response": {
                     "status_code": 500, "request_id": f"q{i}", "body": {"error": {"message": "scripted failure"}}}})
                 continue
-            reply = self.script(line["url"], line["body"])
+            reply = self._cached(line["url"], line["body"], self.script(line["url"], line["body"]))
             if reply.status != 200:
                 err.append({"id": f"r{i}", "custom_id": cid, "error": None, "response": {
                     "status_code": reply.status, "request_id": f"q{i}",
@@ -340,6 +365,20 @@ class LoopbackLLM:
         self._server.server_close()
 
 
+def _prompt_text(path: str, request: dict[str, Any]) -> str:
+    if path.endswith("/completions") and "chat" not in path:
+        return str(request.get("prompt", ""))
+    return " ".join(str(m.get("content", "")) for m in request.get("messages", []))
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, reply: Reply) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if reply.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(reply.cached_tokens, prompt_tokens)}
+    return usage
+
+
 def _body(path: str, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
     text = reply.content or ""
     if path.endswith("/completions") and "chat" not in path:
@@ -350,18 +389,16 @@ def _body(path: str, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
             "id": "cmpl-loopback", "object": "text_completion", "created": 0, "model": request.get("model", "loopback"),
             "choices": [{"index": 0, "text": (prompt if request.get("echo") else "") + text, "finish_reason": "stop",
                          "logprobs": reply.logprobs}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": _usage(prompt_tokens, completion_tokens, reply),
         }
-    prompt_text = " ".join(str(m.get("content", "")) for m in request.get("messages", []))
+    prompt_text = _prompt_text(path, request)
     prompt_tokens = len(words(prompt_text)) if reply.prompt_tokens is None else reply.prompt_tokens
     completion_tokens = len(words(text)) if reply.completion_tokens is None else reply.completion_tokens
     return {
         "id": "chatcmpl-loopback", "object": "chat.completion", "created": 0, "model": request.get("model", "loopback"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content},
                      "finish_reason": "stop", "logprobs": reply.logprobs}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": _usage(prompt_tokens, completion_tokens, reply),
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,7 @@ from autointerp.cli.base import (
     pick_dictionary,
 )
 from autointerp.config import RANDOM_INIT_SCHEMES, BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
-from autointerp.errors import AutointerpError, BadInput
+from autointerp.errors import BadInput
 
 
 def shard_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -155,8 +154,10 @@ def _label_command(db: str, explain_stage: bool, score_stage: bool, dictionary_i
         did = pick_dictionary(con, dictionary_id)
     features = select(db, did, Selection(feature_range, where))
     cfg, llm_cfg = build(LabelConfig, kwargs), build(LLMConfig, kwargs)
-    if llm_cfg.batch_api and not (llm_cfg.base_urls or os.environ.get("OPENAI_BASE_URL")):
-        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+    if llm_cfg.batch_api:
+        from autointerp.stages.batch import require_endpoint
+
+        require_endpoint(llm_cfg)
     with interruptible("finished features are saved; run the same command to continue.") as bars, \
             open_llm(llm_cfg) as session:
         if llm_cfg.batch_api:
@@ -239,12 +240,6 @@ def label_cmd(db: str, **kwargs: Any) -> None:
     _label_command(db, True, True, **kwargs)
 
 
-def _no_batch_api(kwargs: dict[str, Any], command: str) -> None:
-    if kwargs.get("batch_api"):
-        raise AutointerpError(f"--batch-api is for explain, score and label; `{command}` calls live. Collect, then "
-                              "run `autointerp label --batch-api`")
-
-
 def _finish_run(out: Any, db: str) -> None:
     c = out.collect
     click.echo(f"dictionary {c.dictionary_id}: {c.n_features:,} features over {c.n_tokens:,} tokens"
@@ -275,10 +270,13 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
     With a paid endpoint and a budget:
       autointerp run --model gpt2 --hook blocks.6.mlp.hook_post --base-url https://api.openai.com/v1 \\
           --explainer-model gpt-4o-mini --simulator-model gpt-4o-mini --simulator-mode chat --max-cost 20
+    \b
+    Overnight through the Batch API (half price; the same command resumes the recorded batches):
+      autointerp run --model gpt2 --base-url https://api.openai.com/v1 --simulator-mode chat \\
+          --batch-api --max-cost 10
     """
     from autointerp.stages.run import Selection, run_stage
 
-    _no_batch_api(kwargs, "run")
     behaviour_cfg = build(BehaviourConfig, kwargs) if with_behaviour else None
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
         out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where),
@@ -345,7 +343,6 @@ def control(db: str, like_id: int, init_seed: int | None, scheme: str, control_s
     """
     from autointerp.stages.run import Selection, control_stage
 
-    _no_batch_api(kwargs, "control")
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
         out = control_stage(db, like_id, Selection(label_features, label_where), build(LabelConfig, kwargs),
                             build(LLMConfig, kwargs), build(BehaviourConfig, kwargs), seed=init_seed, scheme=scheme,

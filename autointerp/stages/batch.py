@@ -61,7 +61,7 @@ class BatchRun:
     def __init__(self, db: str | Path, dictionary_id: int, cfg: LabelConfig, llm_cfg: LLMConfig,
                  session: LLMSession | None, explainer_model: str, simulator_model: str,
                  api: llm.BatchAPI | None = None, prices: dict[str, tuple[float, ...]] | None = None,
-                 on_progress: ProgressFn | None = None):
+                 on_progress: ProgressFn | None = None, budget: llm.Budget | None = None):
         self.db = db
         self.dictionary_id = dictionary_id
         self.cfg = cfg
@@ -72,6 +72,9 @@ class BatchRun:
         self.prices = {**llm.DEFAULT_PRICES, **(prices or {})}
         self.on_progress = on_progress
         self.progress = Progress()
+        # --max-cost / --max-tokens: a unit is submitted only if its estimated cost fits (reserved until its
+        # batch is ingested); results' real costs, and live retries and re-asks, are spent from it.
+        self.budget = budget or llm.Budget()
 
     # ------------------------------------------------------------ settings and units
 
@@ -163,15 +166,29 @@ class BatchRun:
 
     def _groups(self, stage: str, units: list[dict[str, Any]]) -> Iterable[tuple[str, list[dict[str, Any]],
                                                                                  list[Request]]]:
-        """Units cut into groups whose batch per endpoint stays under the request and byte limits."""
+        """Units cut into groups whose batch per endpoint stays under the request and byte limits. Units stop
+        at the first whose estimated cost does not fit in the budget (reserved as they are taken): it and
+        the rest stay pending, and `progress.stopped` says why."""
         lim_n, lim_b = self.llm_cfg.batch_max_requests, self.llm_cfg.batch_max_bytes
         group, members, reqs = uuid.uuid4().hex[:12], [], []  # type: ignore[var-annotated]
         counts: dict[str, list[int]] = {}
         for i in range(0, len(units), CHUNK):
             chunk = units[i : i + CHUNK]
             fcs = self._load(u["f"] for u in chunk)
-            for u in chunk:
+            for k, u in enumerate(chunk):
                 mine = self._requests(stage, group, u, fcs[u["f"]], self.cfg, self.models)
+                est = [llm.estimate_cost(self.prices, r.body, batch=True) for r in mine]
+                usd, tok = sum(e[0] for e in est), sum(e[1] for e in est)
+                if not self.budget.fits(usd, tok):
+                    left = len(units) - i - k
+                    self.progress.stopped = (
+                        f"budget reached: {left:,} {stage} unit(s) not submitted (the next one is estimated at "
+                        f"${usd:.4f}, {tok:,} tokens at batch prices; {self.budget.left()} left after what is "
+                        "spent and submitted)")
+                    if members:
+                        yield group, members, reqs
+                    return
+                self.budget.reserve(usd, tok)
                 add: dict[str, list[int]] = {}
                 for r in mine:
                     n_b = add.setdefault(r.url, [0, 0])
@@ -309,9 +326,13 @@ class BatchRun:
             by_unit.setdefault((int(f[1:]), e[1:]), {})[part] = (r, results.get(k, MISSING))
         costs = dict.fromkeys((x.batch_key for x in rows), 0.0)
         gate = asyncio.Semaphore(self.llm_cfg.concurrency)
+        made: dict[str, LLMCall] = {}
 
         def call(req: Request, res: Result) -> LLMCall:
-            usage = (0, 0)
+            """A result's llm_calls record, made once (its cost counted once, against the budget too)."""
+            if req.custom_id in made:
+                return made[req.custom_id]
+            usage = (0, 0, 0)
             error = res.error
             if res.body is not None:
                 try:
@@ -323,14 +344,24 @@ class BatchRun:
                                body=req.body, batch_id=mine.batch_id or mine.batch_key, custom_id=req.custom_id,
                                usage=usage, error=error)
             costs[mine.batch_key] += c.cost_usd
+            self.budget.add(c)
+            made[req.custom_id] = c
             return c
 
         async def one(u: dict[str, Any]) -> store.Bundle:
             async with gate:
                 parts = by_unit.get((u["f"], u.get("e", "-")), {})
-                if row.stage == "explain":
-                    return await self._explain_unit(lb, u, fcs[u["f"]], parts, call)
-                return await self._score_unit(lb, u, fcs[u["f"]], parts, call)
+                try:
+                    if row.stage == "explain":
+                        return await self._explain_unit(lb, u, fcs[u["f"]], parts, call)
+                    return await self._score_unit(lb, u, fcs[u["f"]], parts, call)
+                except llm.BudgetExhausted as exc:
+                    # A live retry or re-ask the budget refused: the batch results are kept as calls (they
+                    # are paid for) and the unit stays pending for the next run.
+                    self.progress.stopped = str(exc)
+                    fc = fcs[u["f"]]
+                    return store.Bundle(calls=call_rows([call(*p) for p in parts.values()], fc.dictionary_id,
+                                                        fc.feature, u.get("e")))
 
         async def all_units() -> list[store.Bundle]:
             return list(await asyncio.gather(*(one(u) for u in units)))
@@ -463,13 +494,24 @@ class BatchRun:
 
     def run_stage(self, stage: str, features: list[int], score_explainers: list[str] | None = None) -> None:
         """Rounds of batches until the stage has no pending unit (failed requests retried per the flag)."""
-        while True:
+        while self.progress.stopped is None:
             units = self.pending_units(stage, features, score_explainers)
             if not units:
                 return
             self.progress.features_total += len({u["f"] for u in units})
             groups = self.submit(stage, units)
             self._poll(groups)
+            self.budget.release()
+            self.progress.tokens, self.progress.cost_usd = self.budget.tokens, self.budget.spent_usd
+
+
+def require_endpoint(llm_cfg: LLMConfig) -> str:
+    """The endpoint whose Batch API --batch-api uses (the first --base-url, else $OPENAI_BASE_URL): checked
+    before any work starts, since the embedded local server has no Batch API."""
+    base_url = (list(llm_cfg.base_urls) or [os.environ.get("OPENAI_BASE_URL", "")])[0]
+    if not base_url:
+        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+    return base_url
 
 
 def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: LabelConfig, llm_cfg: LLMConfig,
@@ -482,13 +524,11 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
     if cfg.baseline:
         label_stage(db, dictionary_id, features, cfg.model_copy(update={"null_samples": 0}), None,
                     explain_stage=explain_stage, score_stage=score_stage)
-    base_url = (list(llm_cfg.base_urls) or [os.environ.get("OPENAI_BASE_URL", "")])[0]
-    if not base_url:
-        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+    base_url = require_endpoint(llm_cfg)
     api = llm.BatchAPI(base_url, os.environ.get("OPENAI_API_KEY"), timeout_s=llm_cfg.timeout_s)
     prices = getattr(session.client, "prices", None)
     run = BatchRun(db, dictionary_id, cfg, llm_cfg, session, session.explainer_model, session.simulator_model,
-                   api=api, prices=prices, on_progress=on_progress)
+                   api=api, prices=prices, on_progress=on_progress, budget=getattr(session.client, "budget", None))
     try:
         run.resume()
         if explain_stage:
@@ -496,10 +536,12 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
         if score_stage:
             run.run_stage("score", features)
             explainer = session.explainer_model
-            nulls = null_features(db, dictionary_id, [explainer], features, cfg.null_samples, cfg.reference)
+            nulls = (null_features(db, dictionary_id, [explainer], features, cfg.null_samples, cfg.reference)
+                     if run.progress.stopped is None else [])
             if nulls:
                 run.run_stage("score", nulls, [SHUFFLED + explainer, CONSTANT])
             reference_gains(db, dictionary_id, cfg.n_boot)
     finally:
         api.close()
+    run.progress.tokens, run.progress.cost_usd = run.budget.tokens, run.budget.spent_usd
     return run.progress

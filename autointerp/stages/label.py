@@ -79,12 +79,13 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
         prices = None
         if cfg.prices:
             try:
-                prices = {k: tuple(float(x) for x in v[:4]) for k, v in json.loads(Path(cfg.prices).read_text()).items()}
-                if any(len(v) not in (2, 4) for v in prices.values()):
-                    raise ValueError("each model needs 2 or 4 prices")
+                prices = {k: tuple(float(x) for x in v) for k, v in json.loads(Path(cfg.prices).read_text()).items()}
+                if any(len(v) not in (2, 4, 6) for v in prices.values()):
+                    raise ValueError("each model needs 2, 4 or 6 prices")
             except (ValueError, TypeError, IndexError, OSError) as exc:
                 raise AutointerpError(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
-                                      f"(, batch_input, batch_output)]}} ({exc})") from None
+                                      f"(, batch_input, batch_output(, cached_input, batch_cached_input))]}} "
+                                      f"({exc})") from None
         budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
         client: LLMClient = llm.OpenAICompatibleClient(
             urls, os.environ.get("OPENAI_API_KEY"), timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,
@@ -130,7 +131,7 @@ def call_rows(calls: list[LLMCall], dictionary_id: int, feature: int, explanatio
                     prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, latency_s=c.latency_s,
                     cost_usd=c.cost_usd, status=c.status, error=c.error, created_at=c.created_at,
                     dictionary_id=dictionary_id, feature=feature, explanation_id=explanation_id, run_id=run_id,
-                    batch_id=c.batch_id)
+                    batch_id=c.batch_id, cached_tokens=c.cached_tokens)
             for c in calls]
 
 

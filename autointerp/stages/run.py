@@ -1,5 +1,6 @@
 """`run` (collect, then label, then behaviour) and `control` (the same on a random-init copy of a
-trained dictionary's model, over the same tokens with the same settings)."""
+trained dictionary's model, over the same tokens with the same settings). With `--batch-api` the label
+step is the Batch API path (`batch.batch_stage`), the same as `autointerp label --batch-api`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from autointerp import store
 from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
 from autointerp.errors import AutointerpError
+from autointerp.stages.batch import batch_stage, require_endpoint
 from autointerp.stages.behaviour import BehaviourOutcome, behaviour_stage
 from autointerp.stages.collect import CollectOutcome, collect_stage
 from autointerp.stages.label import Progress, label_stage, open_llm
@@ -43,9 +45,14 @@ def label_and_behaviour(db: str | Path, dictionary_id: int, selection: Selection
                         llm_cfg: LLMConfig, behaviour_cfg: BehaviourConfig | None, concurrency: int | None = None,
                         on_progress: ProgressFn | None = None) -> tuple[Progress, BehaviourOutcome | None]:
     features = select(db, dictionary_id, selection)
+    if llm_cfg.batch_api:
+        require_endpoint(llm_cfg)
     with open_llm(llm_cfg) as session:
-        progress = label_stage(db, dictionary_id, features, label_cfg, session,
-                               concurrency=concurrency or llm_cfg.concurrency, on_progress=on_progress)
+        if llm_cfg.batch_api:
+            progress = batch_stage(db, dictionary_id, features, label_cfg, llm_cfg, session, on_progress=on_progress)
+        else:
+            progress = label_stage(db, dictionary_id, features, label_cfg, session,
+                                   concurrency=concurrency or llm_cfg.concurrency, on_progress=on_progress)
     outcome = None
     if behaviour_cfg is not None and progress.stopped is None:
         outcome = behaviour_stage(db, dictionary_id, behaviour_cfg, features, on_progress=on_progress)
@@ -56,6 +63,8 @@ def run_stage(db: str | Path, collect_cfg: CollectConfig, selection: Selection, 
               llm_cfg: LLMConfig, behaviour_cfg: BehaviourConfig | None,
               on_progress: ProgressFn | None = None) -> RunOutcome:
     """Collect, explain and score, then behaviour scores (None: skipped). Each step resumes where it stopped."""
+    if llm_cfg.batch_api:
+        require_endpoint(llm_cfg)  # before the collection, not after it
     collected = collect_stage(db, collect_cfg, on_progress)
     progress, outcome = label_and_behaviour(db, collected.dictionary_id, selection, label_cfg, llm_cfg,
                                             behaviour_cfg, on_progress=on_progress)

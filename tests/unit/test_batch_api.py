@@ -330,3 +330,136 @@ def test_batches_lists_and_cancel_stops_a_batch_whose_rest_goes_to_the_next(tmp_
     assert listing[0].startswith("batch,provider_id,dictionary,stage,url,status,requests,completed,failed,cost_usd")
     assert ",batch_0,1,explain,/v1/chat/completions,cancelled,10,5,0," in listing[1]
     assert [r[2] for r in labels(db) if r[1] == "e"] == ["ok"] * 10
+
+
+def test_cached_prompt_tokens_are_stored_for_live_and_batch_calls(tmp_path, collected_db):
+    live, batch = copy_db(collected_db, tmp_path / "live.duckdb"), copy_db(collected_db, tmp_path / "batch.duckdb")
+    with LoopbackLLM(script, prefix_cache=16) as server:
+        run_label(live, server.base_url, FEATURES)
+    with LoopbackLLM(script, prefix_cache=16) as server:
+        run_batch_api(batch, server.base_url, FEATURES)
+    for db in (live, batch):
+        rows = q(db, "SELECT role, sum(cached_tokens), sum(prompt_tokens), count(*), count(*) FILTER "
+                     "(cached_tokens > 0) FROM llm_calls GROUP BY role ORDER BY role")
+        assert [r[0] for r in rows] == ["explainer", "judge", "simulator"]
+        # The shared part of each prompt (instructions; for simulations also the label) comes first, so
+        # every request after a role's first finds its prefix cached.
+        for _, cached, prompt, n, hits in rows:
+            assert 0 < cached < prompt and hits >= n - 1
+    sim = q(batch, "SELECT sum(cached_tokens) / sum(prompt_tokens) FROM llm_calls WHERE role = 'simulator'")[0][0]
+    assert sim > 0.3
+
+
+def estimate(line: dict) -> float:
+    """The documented pre-submission estimate, computed here on its own: the prompt at one token per 3
+    bytes (+4 per chat message), the completion at max_tokens, at batch prices (half the test table)."""
+    body = line["body"]
+    if "messages" in body:
+        n = -(-len("".join(m["content"] for m in body["messages"]).encode()) // 3) + 4 * len(body["messages"])
+    else:
+        n = -(-len(body["prompt"].encode()) // 3)
+    p_in, p_out = PRICES[body["model"]]
+    return (n * p_in + body["max_tokens"] * p_out) / 2e6
+
+
+def uploaded(server: LoopbackLLM) -> list[dict]:
+    """Every request line of every batch the server was asked to run, in submission order."""
+    return [json.loads(line) for b in server.batches.values()
+            for line in server.files[b["input_file_id"]][1].splitlines()]
+
+
+def test_max_cost_submits_only_the_batches_that_fit_and_a_rerun_sends_the_rest(tmp_path, collected_db):
+    full, db = copy_db(collected_db, tmp_path / "full.duckdb"), copy_db(collected_db, tmp_path / "b.duckdb")
+    with LoopbackLLM(script) as server:
+        run_batch_api(full, server.base_url, FEATURES, judge=False)
+        explain_est = [estimate(x) for x in uploaded(server) if ":explain:" in x["custom_id"]]
+    budget = sum(explain_est[:4]) + explain_est[4] / 2
+    with LoopbackLLM(script) as server:
+        progress = run_batch_api(db, server.base_url, FEATURES, judge=False, llm={"max_cost_usd": budget})
+        sent = uploaded(server)
+    # Four explain requests fit; the rest stay pending and the score stage does not start.
+    assert [unit(x["custom_id"]) for x in sent] == [f"d1:f{f}:e-:explain" for f in FEATURES[:4]]
+    assert progress.stopped is not None and "6 explain unit(s) not submitted" in progress.stopped
+    assert sum(estimate(x) for x in sent) <= budget
+    real = q(db, "SELECT sum(cost_usd) FROM llm_calls")[0][0]
+    assert 0 < real <= budget and progress.cost_usd == pytest.approx(real)
+    assert [r[0] for r in labels(db) if r[1] == "m-explain"] == FEATURES[:4]
+    assert q(db, "SELECT count(*) FROM score_runs WHERE simulator = 'm-sim'")[0][0] == 0
+    # The same command without a budget sends only what was left, and ends where an unbounded run does.
+    with LoopbackLLM(script) as server:
+        run_batch_api(db, server.base_url, FEATURES, judge=False)
+        again = uploaded(server)
+    assert sorted(unit(x["custom_id"]) for x in again if ":explain:" in x["custom_id"]) == sorted(
+        f"d1:f{f}:e-:explain" for f in FEATURES[4:])
+    assert labels(db) == labels(full) and scores(db) == scores(full)
+
+
+def test_the_real_cost_of_ingested_results_counts_against_the_budget(tmp_path, collected_db):
+    full, db = copy_db(collected_db, tmp_path / "full.duckdb"), copy_db(collected_db, tmp_path / "r.duckdb")
+    with LoopbackLLM(script) as server:
+        run_batch_api(full, server.base_url, FEATURES, judge=False)
+        lines = uploaded(server)
+    explain_est = sum(estimate(x) for x in lines if ":explain:" in x["custom_id"])
+    per_feature: dict[int, float] = {}
+    for x in lines:
+        if ":explain:" not in x["custom_id"]:
+            f = int(x["custom_id"].split(":")[2][1:])
+            per_feature[f] = per_feature.get(f, 0.0) + estimate(x)
+    score_est = [per_feature[f] for f in sorted(per_feature)]
+    explain_real = q(full, "SELECT sum(cost_usd) FROM llm_calls WHERE role = 'explainer'")[0][0]
+    assert explain_real < explain_est  # the estimate errs high
+    # Enough for every explain request's estimate; what the score round may spend is what is left after
+    # the explanations' real cost, not after their estimate.
+    budget = explain_est + sum(score_est) / 3
+    k = max(j for j in range(len(score_est) + 1) if explain_real + sum(score_est[:j]) <= budget)
+    assert 0 < k < len(score_est)
+    with LoopbackLLM(script) as server:
+        progress = run_batch_api(db, server.base_url, FEATURES, judge=False, llm={"max_cost_usd": budget})
+        sent = uploaded(server)
+    scored = sorted({int(x["custom_id"].split(":")[2][1:]) for x in sent if ":explain:" not in x["custom_id"]})
+    assert scored == sorted(per_feature)[:k]
+    assert progress.stopped is not None and f"{len(score_est) - k} score unit(s) not submitted" in progress.stopped
+    assert q(db, "SELECT sum(cost_usd) FROM llm_calls")[0][0] <= budget
+
+
+def test_run_and_control_label_through_batches_then_score_behaviour(tmp_path, tiny_model_dir, corpus_file):
+    from tests.helpers import HOOK
+
+    db = tmp_path / "run.duckdb"
+    collect = ["--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--hook", HOOK, "--tokens", "1600",
+               "--ctx-len", "16", "--top-k", "6", "--quantiles", "2", "--per-quantile", "2", "--random", "6"]
+    llm_opts = ["--label-features", "0:4", "--explainer-model", "e", "--simulator-model", "s", "--sim-top", "4",
+                "--sim-random", "4", "--n-boot", "50", "--null-samples", "0", "--no-judge", "--batch-api",
+                "--batch-poll", "0.05", "--timeout", "5"]
+    with LoopbackLLM(script) as server:
+        run = subprocess.run([sys.executable, "-m", "autointerp", "run", "--db", str(db), *collect, *llm_opts,
+                              "--base-url", server.base_url], env=cli_env(), capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        control = subprocess.run([sys.executable, "-m", "autointerp", "control", "--like", "1", "--db", str(db),
+                                  *llm_opts, "--base-url", server.base_url], env=cli_env(), capture_output=True,
+                                 text=True, timeout=600)
+        assert control.returncode == 0, control.stderr[-3000:]
+        live = [p for p, _ in server.requests if p.endswith("completions")]
+        stages = sorted((b["metadata"]["autointerp_batch"], b["endpoint"]) for b in server.batches.values())
+    assert live == []  # every LLM request of both commands went through a batch
+    assert len(stages) == 4  # per dictionary: explain (chat), then simulate (completions)
+    assert "behaviour scored for 4 features" in run.stdout and "control dictionary 2" in control.stdout
+    for did in (1, 2):
+        assert q(db, "SELECT count(*) FROM explanations WHERE dictionary_id = ? AND explainer = 'e' "
+                     "AND status = 'ok'", [did])[0][0] == 4
+        calls = q(db, "SELECT count(*), count(batch_id) FROM llm_calls WHERE dictionary_id = ?", [did])[0]
+        assert calls[0] == calls[1] > 0
+        # Behaviour scores follow the batch-scored simulation runs of the LLM labels.
+        assert q(db, "SELECT count(*) FROM score_runs r JOIN score_runs s ON r.source_run_id = s.run_id "
+                     "WHERE r.dictionary_id = ? AND r.stage = 'behaviour' AND s.simulator = 's'", [did])[0][0] == 4
+    assert q(db, "SELECT count(*) FROM batches WHERE ingested_at IS NULL")[0][0] == 0
+
+
+def test_run_with_batch_api_and_no_endpoint_stops_before_collecting(tmp_path):
+    db = tmp_path / "none.duckdb"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
+    done = subprocess.run([sys.executable, "-m", "autointerp", "run", "--db", str(db), "--tokens", "1600",
+                           "--batch-api"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "--batch-api needs an endpoint with a Batch API" in done.stderr
+    assert not db.exists() or q(db, "SELECT count(*) FROM dictionaries")[0][0] == 0

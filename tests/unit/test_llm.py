@@ -112,6 +112,42 @@ def test_cost_from_the_price_table():
     assert reply.calls[0].cost_usd == pytest.approx((1000 * 2.0 + 500 * 8.0) / 1e6)
 
 
+def test_cached_prompt_tokens_are_read_and_priced_at_the_cached_price():
+    replies = [Reply(content="x", prompt_tokens=1000, completion_tokens=500, cached_tokens=768)]
+    with LoopbackLLM(scripted(*replies)) as server:
+        six = chat(client(server.base_url, prices={"m": (2.0, 8.0, 1.0, 4.0, 0.5, 0.25)})).calls[0]
+        two = chat(client(server.base_url, prices={"m": (2.0, 8.0)})).calls[0]
+    assert six.cached_tokens == two.cached_tokens == 768
+    assert six.cost_usd == pytest.approx((232 * 2.0 + 768 * 0.5 + 500 * 8.0) / 1e6)
+    # No cached price in the table: cached tokens cost the input price.
+    assert two.cost_usd == pytest.approx((1000 * 2.0 + 500 * 8.0) / 1e6)
+    # At batch prices: the 6th column; without it, half the cached price.
+    assert llm.cost({"m": (2.0, 8.0, 1.0, 4.0, 0.5, 0.25)}, "m", 1000, 500, True, 768) == pytest.approx(
+        (232 * 1.0 + 768 * 0.25 + 500 * 4.0) / 1e6)
+    assert llm.cost({"m": (2.0, 8.0, 1.0, 4.0, 0.5)}, "m", 1000, 500, True, 768) == pytest.approx(
+        (232 * 1.0 + 768 * 0.25 + 500 * 4.0) / 1e6)
+
+
+def test_a_server_that_reports_no_cache_leaves_zero_and_a_repeated_prefix_is_reported():
+    long = " ".join(f"w{i}" for i in range(100))
+    with LoopbackLLM(scripted(Reply(content="x")), prefix_cache=16) as server:
+        c = client(server.base_url)
+
+        async def go():
+            out = []
+            for tail in ("first", "second"):
+                out.append(await c.chat(role="explainer", model="m", max_tokens=5,
+                                        messages=[{"role": "user", "content": f"{long} {tail}"}]))
+            return out
+
+        first, second = asyncio.run(go())
+    with LoopbackLLM(scripted(Reply(content="x"))) as server:
+        plain = chat(client(server.base_url))
+    assert first.calls[0].cached_tokens == 0
+    assert second.calls[0].cached_tokens == 96  # the 100 shared words, in whole blocks of 16
+    assert plain.calls[0].cached_tokens == 0
+
+
 # ---------------------------------------------------------------- the explainer
 
 
