@@ -71,7 +71,7 @@ def make_reference_labels(db: str | Path, dictionary_id: int, explainers: list[s
     with store.open_store(db, wait_s=600) as con:
         labelled = set().union(*(store.ok_labels(con, dictionary_id, e) for e in explainers))
         have = {e.feature for e in store.null_explanations(con, dictionary_id, "") if e.null_kind == "constant"}
-    new = [_constant(dictionary_id, f, {"reference": True}) for f in sorted(set(features) & labelled - have)]
+    new = [_constant(dictionary_id, f, {"reference_label": True}) for f in sorted(set(features) & labelled - have)]
     _write(db, new)
     return len(new)
 

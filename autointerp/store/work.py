@@ -171,10 +171,13 @@ class SimulationRunRef:
 def behaviour_pending(con: Connection, dictionary_id: int, settings_hash: str,
                       features: list[int] | None = None, retry_failed: bool = False) -> list[SimulationRunRef]:
     """The newest ok simulation run of each explanation and simulator that has no behaviour run with these
-    settings (ok, or failed when failures are not being retried)."""
+    settings (ok, or failed when failures are not being retried). Reference labels made only for
+    correlation_gain (not in the null sample) are left out: their behaviour would double the cost."""
     rows = con.execute("""
         SELECT n.run_id, n.explanation_id, n.feature, n.simulator, n.prompt_hash FROM latest_simulation_runs n
-        WHERE n.dictionary_id = ? AND n.status = 'ok' AND NOT EXISTS (
+        JOIN explanations e USING (explanation_id)
+        WHERE n.dictionary_id = ? AND n.status = 'ok'
+          AND NOT coalesce(try_cast(json_extract(e.config, '$.reference_label') AS BOOLEAN), false) AND NOT EXISTS (
             SELECT 1 FROM score_runs b WHERE b.source_run_id = n.run_id AND b.stage = 'behaviour'
             AND b.settings_hash = ? AND (b.status = 'ok' OR NOT ?))
         ORDER BY n.feature, n.explanation_id, n.simulator""", [dictionary_id, settings_hash, retry_failed]).fetchall()

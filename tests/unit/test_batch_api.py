@@ -429,7 +429,7 @@ def test_run_and_control_label_through_batches_then_score_behaviour(tmp_path, ti
     collect = ["--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--hook", HOOK, "--tokens", "1600",
                "--ctx-len", "16", "--top-k", "6", "--quantiles", "2", "--per-quantile", "2", "--random", "6"]
     llm_opts = ["--label-features", "0:4", "--explainer-model", "e", "--simulator-model", "s", "--sim-top", "4",
-                "--sim-random", "4", "--n-boot", "50", "--null-samples", "0", "--no-judge", "--batch-api",
+                "--sim-random", "4", "--n-boot", "50", "--null-samples", "0", "--no-reference", "--no-judge", "--batch-api",
                 "--batch-poll", "0.05", "--timeout", "5"]
     with LoopbackLLM(script) as server:
         run = subprocess.run([sys.executable, "-m", "autointerp", "run", "--db", str(db), *collect, *llm_opts,

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from autointerp import scoring
+from autointerp import scoring, store
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
@@ -107,6 +107,11 @@ def test_every_label_gets_its_correlation_minus_the_reference_on_the_same_contex
     assert differs  # the reference's content rule correlates with some feature: the gain is not the raw score
     view = q(db, "SELECT feature, correlation_gain, correlation_top_random FROM labels WHERE explainer = 'm-explain'")
     assert len(view) == len(FEATURES) and all(g is not None for _, g, _ in view)
+    # Behaviour is not run on reference labels made only for the gain (it would double its cost).
+    with store.open_store(db, read_only=True) as con:
+        pending = {r.run_id for r in store.behaviour_pending(con, 1, "any settings")}
+    assert {by[(f, "label")] for f in FEATURES} <= pending
+    assert not pending & {by[(f, "reference")] for f in FEATURES}
 
 
 def test_a_label_that_only_rescales_the_reference_gains_nothing(tmp_path, collected_db):
