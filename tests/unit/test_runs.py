@@ -130,3 +130,17 @@ def test_behaviour_batched_over_features_writes_the_rows_one_feature_at_a_time_w
         for u, v in zip(x[5:8], y[5:8], strict=True):
             assert (u is None and v is None) or u == pytest.approx(v, abs=1e-5)
     assert len({r[0] for r in a}) == 8 and len({r[5] for r in a if r[4] == "behaviour"}) > 1
+
+
+def test_behaviour_in_another_dtype_loads_the_model_in_it_and_is_another_run(tmp_path, labelled, tiny_model):
+    db = copy_db(labelled, tmp_path / "d.duckdb")
+    behaviour_stage(db, 1, BehaviourConfig(n_boot=50), [0, 1], model=tiny_model)
+    out = behaviour_stage(db, 1, BehaviourConfig(n_boot=50, dtype="bfloat16", device="cpu"), [0, 1])
+    assert out.features == 2  # the model loaded from the dictionary, in bfloat16: new work beside float32's
+    rows = query(db, "SELECT json_extract_string(r.config, '$.dtype'), s.value FROM score_runs r "
+                     "JOIN scores s USING (run_id) WHERE r.stage = 'behaviour' AND s.method = 'ablation_effect' "
+                     "ORDER BY r.source_run_id, 1 NULLS FIRST")
+    assert [d for d, _ in rows[:2]] == [None, "bfloat16"]
+    for (_, f32), (_, bf16) in zip(rows[::2], rows[1::2], strict=True):
+        # bfloat16 logits carry ~0.01 nats of rounding: small ablation effects move by about that much.
+        assert f32 != bf16 and abs(bf16 - f32) < 0.01, (f32, bf16)
