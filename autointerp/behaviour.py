@@ -12,6 +12,7 @@ clean logits). Neurons are replaced at their hook; SAE latents through the SAE's
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,20 @@ def restart_layer(hook: str) -> int | None:
     return int(m.group(1)) if m and int(m.group(1)) >= 1 else None
 
 
+@dataclass(frozen=True)
+class FeatureContexts:
+    """One feature's scored contexts and the values it is set to on them: `tokens`, per context its token ids
+    with BOS first (contexts may differ in length); `ablate_value`; `simulated`, per simulation and context
+    the replacement values of the positions after BOS (on the feature's scale)."""
+
+    feature: int
+    tokens: Sequence[np.ndarray]
+    ablate_value: float
+    simulated: Sequence[Sequence[np.ndarray]]
+
+
 class Patcher:
-    """Runs a model clean and with one feature's values replaced, sharing the clean prefix of the forward pass.
+    """Runs a model clean and with features' values replaced, sharing the clean prefix of the forward pass.
 
     Neurons are set at their hook. An SAE latent is set through the SAE's own encode / decode, so its
     input normalisation and hook_z reshaping apply, and its error term stays: the activation becomes
@@ -53,21 +66,26 @@ class Patcher:
         self.hook = hook
         self.sae = sae
         self.layer = restart_layer(hook)
+        self.device = torch.device(model.cfg.device or "cpu")
 
-    def _replace_hook(self, feature: int, values: torch.Tensor):  # values: [n, T] for positions 1..T
+    def _replace_hook(self, features: torch.Tensor, values: torch.Tensor):
+        """features: [n], the feature each row replaces; values: [n, T] for positions 1..T."""
         sae = self.sae
+        rows = torch.arange(len(features), device=features.device)[:, None]
+        pos = torch.arange(1, values.shape[1] + 1, device=features.device)[None, :]
+        cols = features[:, None]
 
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
             if sae is None:
                 flat = act.clone().reshape(act.shape[0], act.shape[1], -1)
-                flat[:, 1:, feature] = values.to(act.dtype)
+                flat[rows, pos, cols] = values.to(act.dtype)
                 return flat.reshape(act.shape)
             # Each decode follows its own encode: normalisers keep per-input statistics (layer_norm,
             # constant_norm_rescale) that encode sets and decode consumes.
             z = sae.encode(act)
             error = act - sae.decode(z).to(act.dtype)
             z_new = z.clone()
-            z_new[:, 1:, feature] = values.to(z.dtype)
+            z_new[rows, pos, cols] = values.to(z.dtype)
             sae.encode(act)
             return sae.decode(z_new).to(act.dtype) + error
 
@@ -85,46 +103,109 @@ class Patcher:
             return self.model(tokens)
         return self.model(resid, start_at_layer=self.layer, tokens=tokens)
 
+    def _patched(self, tokens: torch.Tensor, resid: torch.Tensor | None, features: torch.Tensor,
+                 values: torch.Tensor) -> torch.Tensor:
+        with self.model.hooks(fwd_hooks=[(self.hook, self._replace_hook(features, values))]):
+            return self._run(tokens, resid)
+
     @torch.no_grad()
     def patched_logits(self, tokens: torch.Tensor, feature: int, values: torch.Tensor,
                        resid: torch.Tensor | None = None) -> torch.Tensor:
         """Logits with the feature set to `values` ([n, T]) after BOS; `resid` is the clean residual
         stream before the hook's block (computed when not given)."""
+        tokens = tokens.to(self.device)
         if resid is None:
             resid = self._clean_resid(tokens)
-        with self.model.hooks(fwd_hooks=[(self.hook, self._replace_hook(feature, values))]):
-            return self._run(tokens, resid)
+        features = torch.full((len(tokens),), feature, dtype=torch.long, device=self.device)
+        return self._patched(tokens, resid, features, values.to(self.device))
 
     @torch.no_grad()
     def losses(self, tokens: torch.Tensor, feature: int, ablate_value: float, simulated: list[torch.Tensor]
                ) -> list[ContextLosses]:
         """tokens: [n, T+1] with BOS; each simulated: [n, T] replacement values on the feature's scale.
         The clean and ablated passes are shared by all the simulations of one feature."""
-        resid = self._clean_resid(tokens)  # the patched passes restart at the hook's block from here
-        clean_logits = self._run(tokens, resid)
+        rows = list(tokens.cpu().numpy())
+        sims = [list(v.detach().cpu().float().numpy()) for v in simulated]
+        return self.batch_losses([FeatureContexts(feature, rows, ablate_value, sims)])[0]
 
-        def patched(values: torch.Tensor) -> torch.Tensor:
-            return self.patched_logits(tokens, feature, values, resid)
-
+    @torch.no_grad()
+    def batch_losses(self, jobs: Sequence[FeatureContexts], pad_id: int = 0) -> list[list[ContextLosses]]:
+        """Per job, per simulation, the context losses: what `losses` gives for each job alone, computed with
+        all the jobs in one batch. One clean pass over the distinct contexts of all jobs (its residual stream
+        kept at the hook's block), then one patched pass per replacement index (the ablation, then each
+        job's first, second, ... simulation), each over the rows of every job that has it, restarting at
+        the hook's block. Contexts are right-padded with `pad_id`: a causal model's real positions never
+        see the padding, and the losses average over each context's own positions only."""
+        if not jobs:
+            return []
+        # The clean pass runs each distinct context once: features share their random contexts.
+        where: dict[bytes, int] = {}
+        uniq: list[np.ndarray] = []
+        rows_of: list[torch.Tensor] = []
+        for job in jobs:
+            idx = []
+            for t in job.tokens:
+                t = np.asarray(t, dtype=np.int64)
+                idx.append(where.setdefault(t.tobytes(), len(uniq)))
+                if idx[-1] == len(uniq):
+                    uniq.append(t)
+            rows_of.append(torch.tensor(idx, dtype=torch.long, device=self.device))
+        lengths = torch.tensor([len(t) for t in uniq], device=self.device)
+        width = int(lengths.max())
+        tokens = torch.full((len(uniq), width), pad_id, dtype=torch.long)
+        for i, t in enumerate(uniq):
+            tokens[i, :len(t)] = torch.from_numpy(t)
+        tokens = tokens.to(self.device)
+        n_pred = lengths - 1  # predicted positions per context: every token after BOS
+        real = torch.arange(width - 1, device=self.device)[None, :] < n_pred[:, None]  # [U, width-1]
         targets = tokens[:, 1:].unsqueeze(-1)
-        clean_lp = clean_logits[:, :-1].log_softmax(-1)
-        clean_p = clean_lp.exp()
 
-        def nll_kl(logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-            # One log-softmax over the vocabulary per pass serves both the loss and the KL.
-            lp = logits[:, :-1].log_softmax(-1)
-            nll = -lp.gather(-1, targets).squeeze(-1).mean(-1)
-            kl = (clean_p * (clean_lp - lp)).sum(-1).mean(-1)
-            return nll.double().numpy(), kl.double().numpy()
+        resid = self._clean_resid(tokens)  # the patched passes restart at the hook's block from here
+        clean_lp = self._run(tokens, resid)[:, :-1].float().log_softmax(-1)
 
-        clean = (-clean_lp.gather(-1, targets).squeeze(-1).mean(-1)).double().numpy()
-        ablated_logits = patched(torch.full_like(tokens[:, 1:], 0, dtype=clean_logits.dtype) + ablate_value)
-        ablated, kl_ablated = nll_kl(ablated_logits)
-        out = []
-        for values in simulated:
-            sim_nll, sim_kl = nll_kl(patched(values.to(clean_logits.dtype)))
-            out.append(ContextLosses(clean, ablated, sim_nll, kl_ablated, sim_kl))
-        return out
+        def row_mean(x: torch.Tensor, rows: torch.Tensor) -> np.ndarray:  # x: [n, width-1] per position
+            x = torch.where(real[rows], x, torch.zeros_like(x))
+            return (x.sum(-1) / n_pred[rows]).double().cpu().numpy()
+
+        clean_all = -clean_lp.gather(-1, targets).squeeze(-1)
+        clean = [row_mean(clean_all[r], r) for r in rows_of]
+        n_passes = 1 + max(len(job.simulated) for job in jobs)
+        nll: list[list[np.ndarray]] = [[] for _ in jobs]
+        kl: list[list[np.ndarray]] = [[] for _ in jobs]
+        for j in range(n_passes):
+            members = [f for f, job in enumerate(jobs) if j <= len(job.simulated)]
+            rows = torch.cat([rows_of[f] for f in members])
+            features = torch.cat([torch.full_like(rows_of[f], jobs[f].feature) for f in members])
+            values = torch.zeros(len(rows), width - 1)
+            start = 0
+            for f in members:
+                job = jobs[f]
+                for k, t in enumerate(job.tokens):
+                    if j == 0:
+                        values[start + k] = job.ablate_value
+                    else:
+                        v = np.asarray(job.simulated[j - 1][k], dtype=np.float32)
+                        if len(v) != len(t) - 1:
+                            raise ValueError(f"feature {job.feature}: simulation {j} of context {k} has {len(v)} "
+                                             f"values for {len(t) - 1} tokens after BOS")
+                        values[start + k, :len(v)] = torch.from_numpy(v)
+                start += len(job.tokens)
+            logits = self._patched(tokens[rows], None if resid is None else resid[rows], features,
+                                   values.to(self.device))
+            lp = logits[:, :-1].float().log_softmax(-1)
+            del logits
+            start = 0
+            for f in members:
+                r = rows_of[f]
+                seg = lp[start:start + len(r)]
+                start += len(r)
+                # One log-softmax over the vocabulary per pass serves both the loss and the KL.
+                c_lp = clean_lp[r]
+                nll[f].append(row_mean(-seg.gather(-1, targets[r]).squeeze(-1), r))
+                kl[f].append(row_mean((c_lp.exp() * (c_lp - seg)).sum(-1), r))
+            del lp
+        return [[ContextLosses(clean[f], nll[f][0], nll[f][s], kl[f][0], kl[f][s])
+                 for s in range(1, len(job.simulated) + 1)] for f, job in enumerate(jobs)]
 
 
 def behaviour_scores(losses: ContextLosses, n_boot: int = 1000, seed: int = 0) -> list[tuple[scoring.Score, str | None]]:

@@ -158,9 +158,25 @@ class BehaviourConfig(Frozen):
         "calibrated", description="what the ablated feature is replaced by: calibrated (its mean on the run's "
         "calibration contexts: a constant label then scores 0), mean (over the corpus) or zero")
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
+    feature_batch: int = Field(8, gt=0, description="features whose contexts go through the model in one batch "
+                               "(1: one feature at a time; the scores are the same)")
+    device: str = Field("auto", description="where the model runs: auto (cuda when available, else cpu), cpu, "
+                        "cuda, cuda:N or mps")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="precision the model and SAE are loaded in for behaviour scores (another dtype is "
+        "another behaviour run)")
+
+    @model_validator(mode="after")
+    def _check(self) -> BehaviourConfig:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"unknown device '{self.device}'; use auto, cpu, cuda, cuda:N or mps")
+        return self
 
     def settings(self) -> dict[str, Any]:
-        return self.model_dump()
+        """The fields that decide the scores: batching and device do not; float32, the dtype before the field
+        existed, is left out so earlier behaviour runs keep their key."""
+        exclude = {"feature_batch", "device"} | ({"dtype"} if self.dtype == "float32" else set())
+        return self.model_dump(exclude=exclude)
 
     def settings_hash(self) -> str:
         return settings_hash(self.settings())

@@ -255,7 +255,7 @@ def _finish_run(out: Any, db: str) -> None:
 @label_selection_options
 @click.option("--behaviour/--no-behaviour", "with_behaviour", default=True, show_default=True,
               help="Also compute behaviour scores (the model re-run with each feature replaced by its simulation).")
-@config_options(BehaviourConfig, exclude=("n_boot",))
+@config_options(BehaviourConfig, exclude=("n_boot", "device", "dtype"))  # collect's --device / --dtype serve both
 @config_options(LabelConfig, LLMConfig)
 @db_option
 @friendly_errors

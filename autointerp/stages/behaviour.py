@@ -45,10 +45,10 @@ def _ablation_value(cfg: BehaviourConfig, mean_act: float, contexts: list[Simula
     return float(np.concatenate(cal).mean()) if cal else mean_act
 
 
-def _calibrated(contexts: list[SimulatedContext]) -> np.ndarray:
+def _calibrated(contexts: list[SimulatedContext]) -> list[np.ndarray]:
     cal = [(np.asarray(c.acts), np.asarray(c.predicted)) for c in contexts if c.purpose == "calibration"]
     a, b = scoring.fit_calibration(cal) if cal else (1.0, 0.0)
-    return np.stack([np.asarray(c.predicted) * a + b for c in contexts if c.purpose == "scoring"])
+    return [np.asarray(c.predicted, dtype=np.float32) * a + b for c in contexts if c.purpose == "scoring"]
 
 
 def _scores(losses: behaviour.ContextLosses, kinds: list[str], run: ScoreRun, n_boot: int) -> list[ScoreRow]:
@@ -65,14 +65,33 @@ def _scores(losses: behaviour.ContextLosses, kinds: list[str], run: ScoreRun, n_
     return rows
 
 
+Members = list[tuple[store.SimulationRunRef, list[SimulatedContext]]]
+
+
+def _jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Members, bos: int
+          ) -> list[tuple[behaviour.FeatureContexts, Members]]:
+    """The model work of one feature: runs over the same contexts with the same ablation share the clean and
+    ablated passes, so each such group is one job with a simulation per run."""
+    groups: dict[tuple, Members] = {}
+    for ref, ctxs in inputs:
+        scored = tuple(c.seq for c in ctxs if c.purpose == "scoring")
+        if scored:
+            groups.setdefault((scored, _ablation_value(cfg, mean_act, ctxs)), []).append((ref, ctxs))
+    out = []
+    for (_, ablate_value), members in groups.items():
+        tokens = [np.asarray([bos, *c.token_ids], dtype=np.int64) for c in members[0][1] if c.purpose == "scoring"]
+        out.append((behaviour.FeatureContexts(feature, tokens, ablate_value, [_calibrated(c) for _, c in members]),
+                    members))
+    return out
+
+
 def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | None = None,
                     features: list[int] | None = None, model: Any = None, retry_failed: bool = False,
                     on_progress: ProgressFn | None = None) -> BehaviourOutcome:
     """Behaviour scores for every newest simulation run of the dictionary without a behaviour run of
-    these settings (resumable: one transaction per feature). The model is the dictionary's own,
-    random-init copy included."""
-    import torch
-
+    these settings. `cfg.feature_batch` features go through the model together and are written in one
+    transaction (resumable: a batch is saved whole or not at all). The model is the dictionary's own,
+    random-init copy included, loaded on `cfg.device` in `cfg.dtype` unless given."""
     from autointerp import models
 
     cfg = cfg or BehaviourConfig()  # type: ignore[call-arg]
@@ -86,51 +105,48 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
     if not d.config.get("prepend_bos", True):
         # Replacement starts after the BOS position; without one, nothing is kept clean in front.
         raise AutointerpError("behaviour scores need the BOS position; this dictionary was collected without it")
-    sae = models.load_sae(d.sae) if d.sae else None
+    device = models.resolve_device(cfg.device)
+    sae = models.load_sae(d.sae, device, cfg.dtype) if d.sae else None
     if model is None:
         model = models.load_model(d.model, random_init=d.random_init, seed=d.seed,
                                   init_scheme=d.config.get("init_scheme", "init"),
-                                  from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None)
+                                  from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None,
+                                  device=device, dtype=cfg.dtype)
     patcher = behaviour.Patcher(model, d.hook, sae)
     bos = model.tokenizer.bos_token_id
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos
     by_feature: dict[int, list[store.SimulationRunRef]] = {}
     for p in pending:
         by_feature.setdefault(p.feature, []).append(p)
     outcome.features = len(by_feature)
-    for i, (feature, refs) in enumerate(by_feature.items()):
+    order = list(by_feature)
+    for b in range(0, len(order), cfg.feature_batch):
+        batch = order[b:b + cfg.feature_batch]
+        work: list[tuple[int, behaviour.FeatureContexts, Members]] = []
         with store.open_store(db, wait_s=600) as con:
-            mean_act = store.feature_mean(con, dictionary_id, feature)
-            inputs = [(ref, store.simulated_contexts(con, ref.run_id)) for ref in refs]
-        # Runs over the same contexts with the same ablation share the clean and ablated passes.
-        groups: dict[tuple, list[tuple[store.SimulationRunRef, list[SimulatedContext]]]] = {}
-        for ref, ctxs in inputs:
-            scored = tuple(c.seq for c in ctxs if c.purpose == "scoring")
-            if scored:
-                groups.setdefault((scored, _ablation_value(cfg, mean_act, ctxs)), []).append((ref, ctxs))
-        runs: list[ScoreRun] = []
-        rows: list[ScoreRow] = []
-        for (_, ablate_value), members in groups.items():
-            scored_ctxs = [c for c in members[0][1] if c.purpose == "scoring"]
-            ids = torch.tensor([c.token_ids for c in scored_ctxs], dtype=torch.long)
-            tokens = torch.cat([torch.full((len(ids), 1), bos), ids], 1)
-            replacements = [torch.tensor(_calibrated(ctxs), dtype=torch.float32) for _, ctxs in members]
-            results = patcher.losses(tokens, feature, ablate_value, replacements)
-            kinds = [c.kind for c in scored_ctxs]
-            for (ref, _), losses in zip(members, results, strict=True):
+            for feature in batch:
+                mean_act = store.feature_mean(con, dictionary_id, feature)
+                inputs = [(ref, store.simulated_contexts(con, ref.run_id)) for ref in by_feature[feature]]
+                work += [(feature, job, members) for job, members in _jobs(cfg, feature, mean_act, inputs, bos)]
+        results = patcher.batch_losses([job for _, job, _ in work], pad_id=pad)
+        bundles: dict[int, store.Bundle] = {f: store.Bundle() for f in batch}
+        for (feature, job, members), losses_of in zip(work, results, strict=True):
+            kinds = [c.kind for c in members[0][1] if c.purpose == "scoring"]
+            for (ref, _), losses in zip(members, losses_of, strict=True):
                 run = ScoreRun(run_id=str(uuid.uuid4()), explanation_id=ref.explanation_id,
                                dictionary_id=dictionary_id, feature=feature, stage="behaviour",
                                simulator=ref.simulator, prompt_hash=ref.prompt_hash, settings_hash=key,
-                               config=json.dumps({**cfg.settings(), "ablate_value": ablate_value,
+                               config=json.dumps({**cfg.settings(), "ablate_value": job.ablate_value,
                                                   "autointerp_version": __version__}),
                                source_run_id=ref.run_id)
-                runs.append(run)
+                bundles[feature].runs.append(run)
                 for r in _scores(losses, kinds, run, cfg.n_boot):
-                    rows.append(r)
+                    bundles[feature].scores.append(r)
                     if r.method == "behaviour":
                         outcome.scored += r.note is None
                         outcome.no_effect += r.note is not None
         with store.open_store(db, wait_s=600) as con:
-            store.write_bundles(con, [store.Bundle(runs=runs, scores=rows)])
+            store.write_bundles(con, [bundles[f] for f in batch if bundles[f].runs])
         if on_progress is not None:
-            on_progress(ProgressEvent("behaviour", i + 1, len(by_feature), "feat"))
+            on_progress(ProgressEvent("behaviour", b + len(batch), len(by_feature), "feat"))
     return outcome

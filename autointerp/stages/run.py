@@ -96,6 +96,7 @@ def control_config(db: str | Path, like_id: int, seed: int | None = None, scheme
 def control_stage(db: str | Path, like_id: int, selection: Selection, label_cfg: LabelConfig, llm_cfg: LLMConfig,
                   behaviour_cfg: BehaviourConfig, seed: int | None = None, scheme: str = "init",
                   sae: str | None = None, on_progress: ProgressFn | None = None) -> RunOutcome:
-    """A random-init control of dictionary `like_id`, collected, labelled and behaviour-scored like it."""
-    return run_stage(db, control_config(db, like_id, seed, scheme, sae), selection, label_cfg, llm_cfg,
-                     behaviour_cfg, on_progress)
+    """A random-init control of dictionary `like_id`, collected, labelled and behaviour-scored like it; the
+    collection runs on the behaviour's device (the device is not part of a collection's identity)."""
+    collect_cfg = control_config(db, like_id, seed, scheme, sae).model_copy(update={"device": behaviour_cfg.device})
+    return run_stage(db, collect_cfg, selection, label_cfg, llm_cfg, behaviour_cfg, on_progress)

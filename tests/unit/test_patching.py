@@ -4,6 +4,7 @@ against a reference SAE written out here from SAELens's definitions, the error t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -177,3 +178,99 @@ def test_an_sae_patch_equals_a_full_forward_with_the_sae_spliced_in(tiny_model, 
         # The raw decoder row ignores the normaliser: measurably wrong, so this test can fail for that bug.
         old = full_forward(model, tokens, hook, raw_decoder_row_patch(sae, feature, values))
         assert (old - want).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------- several features in one batch
+
+
+def reference_losses(model, hook: str, job: behaviour.FeatureContexts, make_edit) -> list[behaviour.ContextLosses]:
+    """Each context alone (no padding, no restart, no batch): full forward passes, clean and with the edit."""
+
+    def run(values_of) -> tuple[np.ndarray, np.ndarray]:  # per context: mean loss, mean KL to the clean logits
+        nll, kl = [], []
+        for k, t in enumerate(job.tokens):
+            tokens = torch.as_tensor(t)[None]
+            clean = full_forward(model, tokens, hook, lambda a: a)[0, :-1].log_softmax(-1)
+            edit = (lambda a: a) if values_of is None else make_edit(job.feature, values_of(k)[None])
+            lp = full_forward(model, tokens, hook, edit)[0, :-1].log_softmax(-1)
+            nll.append(float(-lp.gather(-1, tokens[0, 1:, None]).mean()))
+            kl.append(float((clean.exp() * (clean - lp)).sum(-1).mean()))
+        return np.array(nll), np.array(kl)
+
+    clean, _ = run(None)
+    ablated, kl_ablated = run(lambda k: torch.full((len(job.tokens[k]) - 1,), job.ablate_value))
+    out = []
+    for sim in job.simulated:
+        simulated, kl_simulated = run(lambda k, sim=sim: torch.as_tensor(sim[k]))
+        out.append(behaviour.ContextLosses(clean, ablated, simulated, kl_ablated, kl_simulated))
+    return out
+
+
+def ragged_jobs(model, seed: int = 0) -> list[behaviour.FeatureContexts]:
+    """Three features over contexts of different lengths, sharing a context (as features share their random
+    contexts), one of them twice (two groups of runs), with one to three simulations each, all different."""
+    g = torch.Generator().manual_seed(seed)
+    bos = model.tokenizer.bos_token_id
+
+    def context(length: int) -> np.ndarray:
+        return np.array([bos, *torch.randint(1, model.cfg.d_vocab, (length,), generator=g).tolist()])
+
+    def sim(ctxs) -> list[np.ndarray]:
+        return [(torch.rand(len(t) - 1, generator=g) * 3.0).numpy() for t in ctxs]
+
+    shared = context(9)
+    a, b, c, d = ([context(12), shared, context(5)], [shared, context(14)], [context(7), context(11), context(3)],
+                  [context(10), shared])
+    return [behaviour.FeatureContexts(5, a, 0.1, [sim(a), sim(a)]),
+            behaviour.FeatureContexts(7, b, 0.4, [sim(b)]),
+            behaviour.FeatureContexts(5, c, 0.0, [sim(c), sim(c)]),  # a feature's second group of runs
+            behaviour.FeatureContexts(11, d, 0.2, [sim(d), sim(d), sim(d)])]
+
+
+FIELDS = ("clean", "ablated", "simulated", "kl_ablated", "kl_simulated")
+
+
+def assert_same(got: list[behaviour.ContextLosses], want: list[behaviour.ContextLosses], tol: float = TOL) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        for name in FIELDS:
+            assert getattr(g, name).shape == getattr(w, name).shape
+            assert np.abs(getattr(g, name) - getattr(w, name)).max() < tol, name
+
+
+@pytest.mark.parametrize("hook", ["blocks.1.mlp.hook_post", "blocks.0.mlp.hook_post", "blocks.1.hook_resid_pre"])
+def test_features_batched_together_equal_each_feature_alone(tiny_model, hook):
+    patcher = behaviour.Patcher(tiny_model, hook)
+    jobs = ragged_jobs(tiny_model)
+    batched = patcher.batch_losses(jobs)
+    alone = [patcher.batch_losses([job])[0] for job in jobs]
+    for got, want, job in zip(batched, alone, jobs, strict=True):
+        assert_same(got, want)
+        # Against each context run alone with a full forward pass: no padding, no restart, no batch.
+        assert_same(got, reference_losses(tiny_model, hook, job, set_neuron))
+    # The composition of the batch does not matter: reversed, and with the other features' order changed.
+    for got, want in zip(patcher.batch_losses(jobs[::-1])[::-1], batched, strict=True):
+        assert_same(got, want)
+    # The test can fail for swapped rows: the features' simulations give measurably different losses.
+    sims = [s.simulated for per_job in batched for s in per_job]
+    assert min(np.abs(x - y).max() for i, x in enumerate(sims) for y in sims[i + 1:] if x.shape == y.shape) > 1e-3
+    assert all(np.abs(s.ablated - s.simulated).max() > 1e-3 for per_job in batched for s in per_job)
+
+
+def test_sae_latents_batched_together_equal_each_latent_alone(tiny_model):
+    hook = "blocks.1.hook_resid_pre"
+    sae = make_sae(hook, tiny_model.cfg.d_model, "layer_norm")
+    patcher = behaviour.Patcher(tiny_model, hook, sae)
+    jobs = ragged_jobs(tiny_model, seed=3)
+    for got, job in zip(patcher.batch_losses(jobs), jobs, strict=True):
+        assert_same(got, patcher.batch_losses([job])[0])
+        assert_same(got, reference_losses(tiny_model, hook, job,
+                                          lambda f, v: reference_splice(sae, "layer_norm", f, v)))
+
+
+def test_the_old_one_feature_entry_point_is_the_batch_of_one(gpt2_like):
+    tokens, hook = tokens_for(gpt2_like, n=4), "blocks.1.mlp.hook_post"
+    values = [values_for(tokens, seed=s) for s in (1, 2)]
+    patcher = behaviour.Patcher(gpt2_like, hook)
+    job = behaviour.FeatureContexts(5, list(tokens.numpy()), 0.2, [list(v.numpy()) for v in values])
+    assert_same(patcher.losses(tokens, 5, 0.2, values), reference_losses(gpt2_like, hook, job, set_neuron))

@@ -110,3 +110,37 @@ def test_a_constant_simulation_scores_zero_behaviour_with_the_calibrated_referen
     assert finite, values
     assert all(abs(b) < 1e-6 for b in finite)
     assert all(abs(r) < 1e-6 for _, r, _ in values if r is not None)
+
+
+def test_behaviour_batched_over_features_writes_the_rows_one_feature_at_a_time_writes(tmp_path, labelled, tiny_model):
+    one, many = copy_db(labelled, tmp_path / "one.duckdb"), copy_db(labelled, tmp_path / "many.duckdb")
+    behaviour_stage(one, 1, BehaviourConfig(n_boot=50, feature_batch=1), model=tiny_model)
+    out = behaviour_stage(many, 1, BehaviourConfig(n_boot=50, feature_batch=3), model=tiny_model)
+    assert out.features == 8  # batches of 3, 3 and 2 features
+    # Batching is not a setting of the result: the same key, so another batch size finds nothing to do.
+    again = behaviour_stage(many, 1, BehaviourConfig(n_boot=50, feature_batch=8), model=tiny_model)
+    assert again.features == 0
+    sql = ("SELECT r.feature, r.source_run_id, r.settings_hash, json_extract_string(r.config, '$.ablate_value'), "
+           "s.method, s.value, s.ci_low, s.ci_high, s.n_examples, s.note FROM score_runs r JOIN scores s USING (run_id) "
+           "WHERE r.stage = 'behaviour' ORDER BY 1, 2, 5")
+    a, b = query(one, sql), query(many, sql)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        assert x[:5] == y[:5] and x[8:] == y[8:]
+        for u, v in zip(x[5:8], y[5:8], strict=True):
+            assert (u is None and v is None) or u == pytest.approx(v, abs=1e-5)
+    assert len({r[0] for r in a}) == 8 and len({r[5] for r in a if r[4] == "behaviour"}) > 1
+
+
+def test_behaviour_in_another_dtype_loads_the_model_in_it_and_is_another_run(tmp_path, labelled, tiny_model):
+    db = copy_db(labelled, tmp_path / "d.duckdb")
+    behaviour_stage(db, 1, BehaviourConfig(n_boot=50), [0, 1], model=tiny_model)
+    out = behaviour_stage(db, 1, BehaviourConfig(n_boot=50, dtype="bfloat16", device="cpu"), [0, 1])
+    assert out.features == 2  # the model loaded from the dictionary, in bfloat16: new work beside float32's
+    rows = query(db, "SELECT json_extract_string(r.config, '$.dtype'), s.value FROM score_runs r "
+                     "JOIN scores s USING (run_id) WHERE r.stage = 'behaviour' AND s.method = 'ablation_effect' "
+                     "ORDER BY r.source_run_id, 1 NULLS FIRST")
+    assert [d for d, _ in rows[:2]] == [None, "bfloat16"]
+    for (_, f32), (_, bf16) in zip(rows[::2], rows[1::2], strict=True):
+        # bfloat16 logits carry ~0.01 nats of rounding: small ablation effects move by about that much.
+        assert f32 != bf16 and abs(bf16 - f32) < 0.01, (f32, bf16)
