@@ -95,6 +95,9 @@ class LabelConfig(Frozen):
     max_reasks: int = Field(2, ge=0, le=10, description="re-asks after an unusable explainer reply")
     n_sim_top: int = Field(10, ge=1, description="holdout top contexts simulated (odd ranks calibrate, even ranks score)", json_schema_extra={"flag": "sim-top"})
     n_sim_random: int = Field(10, ge=1, description="holdout random contexts simulated (same split rule)", json_schema_extra={"flag": "sim-random"})
+    n_sim_fewshot: int = Field(0, ge=0, le=4, description="echo simulator: worked examples before each context "
+                               "(another feature's top context with its real 0-9 values and its token-lookup "
+                               "label; never the scored feature's own)", json_schema_extra={"flag": "sim-fewshot"})
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
     judge: bool = Field(True, description="also score detection and fuzzing (Delphi), one chat request each")
     n_judge: int = Field(5, ge=1, description="positive and negative examples each for detection and fuzzing")
@@ -113,9 +116,16 @@ class LabelConfig(Frozen):
     explainers: tuple[str, ...] = Field((), description="score the labels of these explainers (repeat the option; "
                                         "e.g. the NAME of imported labels); default: the explainer model's")
 
+    @model_validator(mode="after")
+    def _fewshot_needs_echo(self) -> LabelConfig:
+        if self.n_sim_fewshot and self.simulator_mode != "echo":
+            raise ValueError("--sim-fewshot needs --simulator-mode echo (the chat simulator shows no examples)")
+        return self
+
     def simulation_settings(self, prompt_hash: str) -> dict[str, Any]:
         """What decides a simulation run's result: a run with other settings is other, pending work."""
-        return {"prompt_hash": prompt_hash, **self.model_dump(include={
+        fewshot = {"n_sim_fewshot": self.n_sim_fewshot} if self.n_sim_fewshot else {}  # 0 keeps older runs' keys
+        return {"prompt_hash": prompt_hash, **fewshot, **self.model_dump(include={
             "simulator_mode", "n_sim_top", "n_sim_random", "n_boot", "judge", "n_judge", "judge_quiet"})}
 
 

@@ -30,6 +30,7 @@ from autointerp.config import LabelConfig, LLMConfig
 from autointerp.errors import AutointerpError
 from autointerp.llm import LLMCall, LLMFailure, LLMReply
 from autointerp.stages.batchio import MISSING, Request, Result, custom_id, read_results, result_key
+from autointerp.stages.fewshot import fewshot_for
 from autointerp.stages.label import (
     LabelBatch,
     LLMSession,
@@ -127,7 +128,8 @@ class BatchRun:
         for i, (c, _) in enumerate(scoring_contexts(fc, cfg)):
             cid = custom_id(group, did, f, eid, f"s{i}", a)
             if cfg.simulator_mode == "echo":
-                prompt, offsets = simulate.echo_prompt(label, c.tokens)
+                prompt, offsets = simulate.echo_prompt(label, c.tokens,
+                                                       fewshot_for(self.db, did, f, cfg.n_sim_fewshot))
                 if offsets:
                     out.append(Request(cid, llm.COMPLETIONS_URL, "simulator", llm.completion_body(
                         model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS)))
@@ -462,7 +464,8 @@ class BatchRun:
         more: list[LLMCall] = []
         try:
             if cfg.simulator_mode == "echo":
-                built = [simulate.echo_prompt(label, c.tokens) for c, _ in contexts]
+                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, cfg.n_sim_fewshot)
+                built = [simulate.echo_prompt(label, c.tokens, fewshot) for c, _ in contexts]
                 logprobs = [llm.parse_body(parts[f"s{i}"][0].url, parts[f"s{i}"][1].body)[1]
                             for i, (_, offs) in enumerate(built) if offs]
                 predicted = simulate.echo_values(built, logprobs, [])

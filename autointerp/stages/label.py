@@ -26,6 +26,7 @@ from autointerp import detect, explain, llm, local, prompts, scoring, simulate, 
 from autointerp.config import LabelConfig, LLMConfig, settings_hash
 from autointerp.errors import AutointerpError
 from autointerp.llm import BudgetExhausted, LLMCall, LLMClient, LLMFailure
+from autointerp.stages.fewshot import fewshot_for
 from autointerp.stages.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
 from autointerp.types import (
     CallRow,
@@ -261,9 +262,13 @@ class LabelBatch:
         client, model = self.session.client, self.session.simulator_model
         run = self.new_run(eid, fc, model, self.sim_hash, self.sim_settings, self.sim_settings_hash)
         contexts = scoring_contexts(fc, self.cfg)
-        fn = simulate.simulate_echo if self.cfg.simulator_mode == "echo" else simulate.simulate_chat
         try:
-            predicted, calls = await fn(client, model, label, [c for c, _ in contexts])
+            if self.cfg.simulator_mode == "echo":
+                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, self.cfg.n_sim_fewshot)
+                predicted, calls = await simulate.simulate_echo(client, model, label, [c for c, _ in contexts],
+                                                                fewshot=fewshot)
+            else:
+                predicted, calls = await simulate.simulate_chat(client, model, label, [c for c, _ in contexts])
         except LLMFailure as exc:
             return failed_run_bundle(self.progress, run, exc, exc.calls)
         sims, scores = score_records(fc, run, contexts, predicted, self.cfg.n_boot)
