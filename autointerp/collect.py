@@ -58,6 +58,31 @@ def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor
     return hash_uniform(seed, _SALT_SPLIT, seqs) < holdout_frac
 
 
+class _Batch:
+    """A batch's activations [B, L, F], read as per-(context, feature) rows of L values. Few rows are gathered
+    from acts directly (L cache lines each, F floats apart); many, from one transposed copy [B, F, L] made on
+    first need (a pass over the batch): early in a run nearly every context enters every feature's buffers."""
+
+    def __init__(self, acts: torch.Tensor):
+        self.acts = acts
+        self._by_feature: torch.Tensor | None = None
+
+    def _transposed(self) -> torch.Tensor:
+        if self._by_feature is None:
+            self._by_feature = self.acts.transpose(1, 2).contiguous()
+        return self._by_feature
+
+    def rows(self, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """[n, L]: the activations of context b[i] for feature f[i]."""
+        if self._by_feature is None and len(b) * 8 <= self.acts.shape[0] * self.acts.shape[2]:
+            return self.acts[b, :, f]
+        return self._transposed()[b, f]
+
+    def contexts(self, b: torch.Tensor) -> torch.Tensor:
+        """[F, n, L]: every feature's activations on contexts b."""
+        return self._transposed()[b].transpose(0, 1)
+
+
 @dataclass
 class _Ranked:
     """Per-feature best-K entries. Keys are kept sorted; the payload (context index, max, activations) sits in
@@ -85,30 +110,38 @@ class _Ranked:
     def worst(self) -> torch.Tensor:
         return self.key[:, -1]
 
-    def merge(self, new_key: torch.Tensor, seqs: torch.Tensor, ctx_max: torch.Tensor, acts: torch.Tensor,
-              feats: torch.Tensor) -> None:
-        """new_key, ctx_max: [b, F]; acts: [b, L, F]; only the features in `feats` can change."""
+    def merge(self, new_key: torch.Tensor, seqs: torch.Tensor, ctx_max: torch.Tensor, batch: _Batch,
+              rows: torch.Tensor, feats: torch.Tensor) -> None:
+        """new_key, ctx_max: [b, F]; batch: the whole batch, context i of the others being its row rows[i]
+        (no copy of a split's contexts is made); only the features in `feats` can change."""
         size = self.key.shape[1]
-        merged = torch.cat([self.key[feats], new_key[:, feats].T], dim=1)  # [n, K + b]
+        # When most features change (early in a run, nearly all), sorting every row beats gathering and scattering
+        # the rows of `feats`: a feature none of whose new keys beats its worst keeps its entries either way.
+        every = 2 * len(feats) > self.key.shape[0]
+        key, old_slot = (self.key, self.slot) if every else (self.key[feats], self.slot[feats])
+        merged = torch.cat([key, (new_key if every else new_key[:, feats]).T], dim=1)  # [n, K + b]
         # A stable sort keeps kept entries (earlier contexts) first among equal keys: ties go to the smaller index.
         top, order = merged.sort(dim=1, descending=self.largest, stable=True)
         top, order = top[:, :size], order[:, :size]
         is_new = order >= size
-        old_slot = self.slot[feats]
-        retained = torch.zeros((len(feats), size + 1), dtype=torch.bool, device=self.key.device)
+        retained = torch.zeros((len(key), size + 1), dtype=torch.bool, device=self.key.device)
         retained.scatter_(1, torch.where(is_new, size, order), True)
         free_rows, free_pos = (~retained[:, :size]).nonzero(as_tuple=True)
         new_rows, new_pos = is_new.nonzero(as_tuple=True)  # row-major, same count per row as free_*
         physical = old_slot[free_rows, free_pos]
         new_slot = old_slot.gather(1, order.clamp(max=size - 1))
         new_slot[new_rows, new_pos] = physical
-        self.key[feats] = top
-        self.slot[feats] = new_slot
-        f = feats[new_rows]
+        if every:
+            self.key, self.slot = top, new_slot
+            f = new_rows
+        else:
+            self.key[feats] = top
+            self.slot[feats] = new_slot
+            f = feats[new_rows]
         b = order[new_rows, new_pos] - size
         self.seq[f, physical] = seqs[b]
         self.max[f, physical] = ctx_max[b, f]
-        self.acts[f, physical] = acts[b, :, f]
+        self.acts[f, physical] = batch.rows(rows[b], f)
 
     def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(key, seq, max, acts) in sorted order, as numpy arrays (on the host)."""
@@ -126,8 +159,9 @@ class _SplitBuffers:
     top: _Ranked  # by the context's max activation
     res: _Ranked  # uniform reservoir of active contexts: smallest hash keys
     rnd_key: torch.Tensor  # [r] sorted ascending; shared by all features
-    rnd_seq: torch.Tensor
-    rnd_acts: torch.Tensor  # [F, r, L]
+    rnd_seq: torch.Tensor  # [r] in the order of rnd_key
+    rnd_acts: torch.Tensor  # [F, r, L] by physical slot: a new random context is written over the one it evicts
+    rnd_slot: torch.Tensor  # [r] physical slot of each sorted position
 
     @classmethod
     def empty(cls, n_features: int, cfg: CollectConfig, device: torch.device) -> _SplitBuffers:
@@ -138,7 +172,12 @@ class _SplitBuffers:
             rnd_key=torch.full((r,), math.inf, dtype=torch.float64, device=device),
             rnd_seq=torch.full((r,), -1, dtype=torch.int64, device=device),
             rnd_acts=torch.zeros((f, r, length), device=device),
+            rnd_slot=torch.arange(r, device=device),
         )
+
+    def rnd_sorted(self) -> torch.Tensor:
+        """[F, r, L] the random contexts' activations in the order of rnd_key."""
+        return self.rnd_acts[:, self.rnd_slot]
 
     def referenced(self) -> torch.Tensor:
         return torch.cat([self.top.seq.flatten(), self.res.seq.flatten(), self.rnd_seq])
@@ -183,8 +222,8 @@ class Collector:
             for name, ranked in (("top", buf.top), ("res", buf.res)):
                 for part, a in zip(_RANKED_PARTS, ranked.sorted_view(), strict=True):
                     arrays[f"{split}.{name}.{part}"] = a
-            for part in _SPLIT_PARTS:
-                arrays[f"{split}.{part}"] = getattr(buf, part).cpu().numpy()
+            arrays[f"{split}.rnd_key"], arrays[f"{split}.rnd_seq"] = buf.rnd_key.cpu().numpy(), buf.rnd_seq.cpu().numpy()
+            arrays[f"{split}.rnd_acts"] = buf.rnd_sorted().cpu().numpy()
         for part in _STATS_PARTS:
             arrays[f"stats.{part}"] = getattr(self.stats, part).cpu().numpy()
         seqs = sorted(self.tokens_of)
@@ -216,6 +255,7 @@ class Collector:
                 ranked.load_sorted(*(take(f"{split}.{name}.{p}", getattr(ranked, p)) for p in _RANKED_PARTS))
             for part in _SPLIT_PARTS:
                 setattr(buf, part, take(f"{split}.{part}", getattr(buf, part)))
+            buf.rnd_slot = torch.arange(len(buf.rnd_key), device=collector.device)
         for part in _STATS_PARTS:
             setattr(collector.stats, part, take(f"stats.{part}", getattr(collector.stats, part)))
         seqs, ids = arrays.get("tokens_of.seq"), arrays.get("tokens_of.ids")
@@ -265,42 +305,53 @@ class Collector:
         self.n_contexts += len(seqs)
         for s, t in zip(seqs.tolist(), tokens, strict=True):
             self.tokens_of[s] = t
-        self.stats.update(acts.reshape(-1, self.n_features), cfg.threshold)
+        ctx_max = acts.amax(1)  # [b, F]
+        batch = _Batch(acts)
+        self.stats.update(acts, ctx_max, cfg.threshold)
         holdout = split_of(cfg.seed, cfg.holdout_frac, seqs)
         for name, mask in (("explain", ~holdout), ("holdout", holdout)):
             if mask.any():
-                self._add_split(self.buffers[name], seqs[mask], acts[mask])
+                rows = mask.nonzero().squeeze(1)
+                self._add_split(self.buffers[name], seqs[rows], batch, rows, ctx_max[rows])
         self._batches += 1
         if self._batches % 64 == 0:
             self.prune_tokens()
 
-    def _add_split(self, buf: _SplitBuffers, seqs: torch.Tensor, acts: torch.Tensor) -> None:
+    def _add_split(self, buf: _SplitBuffers, seqs: torch.Tensor, batch: _Batch, rows: torch.Tensor,
+                   ctx_max: torch.Tensor) -> None:
+        """seqs, ctx_max: [b], [b, F] of this split's contexts, rows [b] of the batch."""
         cfg = self.cfg
-        ctx_max = acts.amax(1)  # [b, F]
         active = ctx_max > cfg.threshold
 
         # Top-k by the context's max activation, over active contexts.
         cand = torch.where(active, ctx_max, -math.inf)
         feats = (cand.amax(0) > buf.top.worst()).nonzero().squeeze(1)
         if len(feats):
-            buf.top.merge(cand, seqs, ctx_max, acts, feats)
+            buf.top.merge(cand, seqs, ctx_max, batch, rows, feats)
 
         # Uniform reservoir of active contexts: keep the smallest hash keys.
         keys = hash_uniform(cfg.seed, _SALT_RESERVOIR, seqs, self.feature_ids)  # [b, F]
         keys = torch.where(active, keys, math.inf)
         feats = (keys.amin(0) < buf.res.worst()).nonzero().squeeze(1)
         if len(feats):
-            buf.res.merge(keys, seqs, ctx_max, acts, feats)
+            buf.res.merge(keys, seqs, ctx_max, batch, rows, feats)
 
         # Random contexts, the same for every feature: the smallest per-context hash keys.
         rkeys = hash_uniform(cfg.seed, _SALT_RANDOM, seqs)
         if rkeys.min() < buf.rnd_key[-1]:
-            merged = torch.cat([buf.rnd_key, rkeys])
-            top, order = merged.sort(stable=True)
-            top, order = top[: len(buf.rnd_key)], order[: len(buf.rnd_key)]
-            buf.rnd_key = top
+            size = len(buf.rnd_key)
+            top, order = torch.cat([buf.rnd_key, rkeys]).sort(stable=True)
+            top, order = top[:size], order[:size]
+            is_new = order >= size
+            retained = torch.zeros(size, dtype=torch.bool, device=order.device)
+            retained[order[~is_new]] = True
+            free = buf.rnd_slot[~retained]  # physical slots of the evicted entries, as many as come in
+            slot = torch.empty_like(buf.rnd_slot)
+            slot[~is_new] = buf.rnd_slot[order[~is_new]]
+            slot[is_new] = free
+            buf.rnd_acts[:, free] = batch.contexts(rows[order[is_new] - size])
+            buf.rnd_key, buf.rnd_slot = top, slot
             buf.rnd_seq = torch.cat([buf.rnd_seq, seqs])[order]
-            buf.rnd_acts = torch.cat([buf.rnd_acts, acts.permute(2, 0, 1)], dim=1)[:, order]
 
     def prune_tokens(self) -> None:
         keep = set(torch.cat([b.referenced() for b in self.buffers.values()]).unique().tolist())
@@ -354,7 +405,7 @@ class Collector:
         valid = rnd_seq >= 0
         r = int(valid.sum())
         if r:
-            acts = buf.rnd_acts.cpu().numpy()[:, valid]  # [F, r, L]
+            acts = buf.rnd_sorted().cpu().numpy()[:, valid]  # [F, r, L]
             f_all = np.repeat(np.arange(self.n_features), r)
             parts.append({
                 "feature": fid[f_all], "kind": np.full(len(f_all), "random"), "rank": np.tile(np.arange(r), self.n_features),
