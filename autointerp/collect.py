@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from autointerp.collect_stats import HIST_BINS as HIST_BINS_
 from autointerp.collect_stats import Stats, limb_total
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureFn
@@ -414,33 +415,59 @@ class Collector:
                 "bin_low": np.full(len(f_all), np.nan), "bin_high": np.full(len(f_all), np.nan),
             })
         # quantiles: equal-count rank bins of the reservoir (minus the top-k), per_quantile from each
-        q_rows: dict[str, list] = {k: [] for k in ("feature", "rank", "seq", "max_act", "acts", "quantile", "bin_low", "bin_high")}
         _, res_seq, res_max, res_acts = buf.res.sorted_view()
-        for f in range(self.n_features):
-            keep = (res_seq[f] >= 0) & ~np.isin(res_seq[f], top_seq[f])
-            slots = keep.nonzero()[0]  # in key order: already a uniformly random order
-            if len(slots) < cfg.n_quantiles:
-                continue
-            by_act = slots[np.argsort(res_max[f, slots], kind="stable")]
-            for q, group in enumerate(np.array_split(by_act, cfg.n_quantiles)):
-                low, high = float(res_max[f, group].min()), float(res_max[f, group].max())
-                chosen = np.sort(group)[: cfg.per_quantile]  # lowest slots = smallest keys: a uniform pick
-                for rank_in_bin, slot in enumerate(chosen):
-                    q_rows["feature"].append(fid[f]); q_rows["rank"].append(rank_in_bin)  # noqa: E702
-                    q_rows["seq"].append(res_seq[f, slot]); q_rows["max_act"].append(res_max[f, slot])  # noqa: E702
-                    q_rows["acts"].append(res_acts[f, slot]); q_rows["quantile"].append(q)  # noqa: E702
-                    q_rows["bin_low"].append(low); q_rows["bin_high"].append(high)  # noqa: E702
-        if q_rows["feature"]:
-            n = len(q_rows["feature"])
-            parts.append({
-                "feature": np.asarray(q_rows["feature"]), "kind": np.full(n, "quantile"), "rank": np.asarray(q_rows["rank"]),
-                "seq": np.asarray(q_rows["seq"]), "max_act": np.asarray(q_rows["max_act"]),
-                "acts": np.stack(q_rows["acts"]), "quantile": np.asarray(q_rows["quantile"]),
-                "bin_low": np.asarray(q_rows["bin_low"]), "bin_high": np.asarray(q_rows["bin_high"]),
-            })
+        chunk = max(1, 2**25 // max(1, res_seq.shape[1] * top_seq.shape[1]))  # bounds the [f, R, K] comparison
+        for lo in range(0, self.n_features, chunk):
+            rows = _quantile_rows(res_seq[lo : lo + chunk], res_max[lo : lo + chunk], top_seq[lo : lo + chunk],
+                                  cfg.n_quantiles, cfg.per_quantile)
+            if rows is not None:
+                f_idx, slot, quantile, rank, low, high = rows
+                f_abs = f_idx + lo
+                parts.append({
+                    "feature": fid[f_abs], "kind": np.full(len(f_abs), "quantile"), "rank": rank,
+                    "seq": res_seq[f_abs, slot], "max_act": res_max[f_abs, slot], "acts": res_acts[f_abs, slot],
+                    "quantile": quantile, "bin_low": low, "bin_high": high,
+                })
         for p in parts:
             p["split"] = np.full(len(p["feature"]), split)
         return parts
+
+
+def _quantile_rows(res_seq: np.ndarray, res_max: np.ndarray, top_seq: np.ndarray, n_quantiles: int,
+                   per_quantile: int) -> tuple[np.ndarray, ...] | None:
+    """The quantile samples of features [f, R] reservoirs in key order (top-k contexts left out): each feature
+    with at least n_quantiles entries has them sorted by max (ties: key order) and cut into n_quantiles
+    equal-count bins as np.array_split cuts (the first n % q bins one longer); from each bin the per_quantile
+    entries of smallest key (a uniform pick). Returns (feature, slot, quantile, rank in bin, bin low, bin high)
+    rows ordered by feature, quantile and rank, or None when no feature has enough."""
+    n_feat, size = res_seq.shape
+    keep = (res_seq >= 0) & ~(res_seq[:, :, None] == top_seq[:, None, :]).any(-1)
+    n = keep.sum(1, keepdims=True)  # [f, 1]
+    pos = np.broadcast_to(np.arange(size), res_seq.shape)
+    order = np.lexsort((pos, res_max, ~keep), axis=-1)  # kept first, by max, then key order
+    by_max = np.take_along_axis(res_max, order, axis=1)
+    r = pos
+    valid = (r < n) & (n >= n_quantiles)
+    if not valid.any():
+        return None
+    s, m = np.maximum(n // n_quantiles, 1), n % n_quantiles
+    big = m * (s + 1)  # ranks in the first m (longer) bins
+    q = np.where(r < big, r // (s + 1), m + (r - big) // s)
+    start = np.where(q < m, q * (s + 1), big + (q - m) * s)
+    end = start + np.where(q < m, s + 1, s) - 1
+    f_idx, rank_pos = np.nonzero(valid)
+    slot, quantile = order[f_idx, rank_pos], q[f_idx, rank_pos]
+    low = by_max[f_idx, start[f_idx, rank_pos]]
+    high = by_max[f_idx, np.minimum(end[f_idx, rank_pos], size - 1)]
+    pick = np.lexsort((slot, quantile, f_idx))
+    f_idx, slot, quantile, low, high = f_idx[pick], slot[pick], quantile[pick], low[pick], high[pick]
+    first = np.ones(len(f_idx), dtype=bool)
+    first[1:] = (f_idx[1:] != f_idx[:-1]) | (quantile[1:] != quantile[:-1])
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(f_idx)), 0))
+    rank = np.arange(len(f_idx)) - group_start
+    chosen = rank < per_quantile
+    return (f_idx[chosen], slot[chosen], quantile[chosen], rank[chosen], low[chosen].astype(np.float64),
+            high[chosen].astype(np.float64))
 
 
 def _concat_examples(parts: list[dict[str, np.ndarray]], ctx_len: int) -> pa.Table:
@@ -554,3 +581,36 @@ def collect_contexts(
         # The finished state too: until the database commits it, a failed or blocked write loses nothing.
         collector.save(checkpoint)
     return collector, skip
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a collection holds beyond the model and the SAE (README, Memory)."""
+
+    buffers: int  # top-k, reservoir, random contexts and statistics: for the whole run
+    batch: int  # one batch's activations and the working copies the reduction makes of them
+    examples: int  # the result's example rows (per-token activations), built once at the end
+
+    @property
+    def collect(self) -> int:
+        """While contexts are fed: the buffers and one batch."""
+        return self.buffers + self.batch
+
+    @property
+    def result(self) -> int:
+        """While the result tables are built: the buffers, a sorted copy of them and the example rows."""
+        return 2 * self.buffers + self.examples
+
+
+def collect_memory(cfg: CollectConfig, n_features: int) -> MemoryEstimate:
+    """The README's memory formula for `cfg` over `n_features` features, in bytes."""
+    f, length, k, res, r = n_features, cfg.ctx_len, cfg.top_k, cfg.reservoir_size, cfg.n_random
+    act = 4 * length  # one context's float32 activations
+    # per feature and split: top (key f32, slot, seq, max f32), reservoir (key f64, slot, seq, max f32), random
+    per_split = k * (24 + act) + res * (28 + act) + r * act
+    stats = 2 * 8 + 8 + 4 + 8 * HIST_BINS_ + 8
+    buffers = f * (2 * per_split + stats)
+    batch = 4 * cfg.batch_size * length * f * 4  # acts, the SAE's pre-activations / the histogram's bins, ...
+    rows = 2 * f * (k + r + cfg.n_quantiles * cfg.per_quantile)
+    examples = 2 * rows * (act + 40)  # the numpy columns, then the Arrow table built from them
+    return MemoryEstimate(buffers, batch, examples)

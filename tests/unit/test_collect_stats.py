@@ -68,3 +68,34 @@ def test_every_batching_and_order_gives_the_same_state_bit_for_bit():
     for st in (_fed(acts, [1, 2, 3, 11]), _fed(acts, list(range(1, len(acts)))), _fed(shuffled, [7])):
         for part in ("limbs", "n_active", "max_act", "hist", "bin_width"):
             assert torch.equal(getattr(st, part), getattr(ref, part)), part
+
+
+def _quantiles_one_feature_at_a_time(res_seq, res_max, top_seq, n_q, per):
+    rows = []
+    for f in range(len(res_seq)):
+        slots = np.flatnonzero((res_seq[f] >= 0) & ~np.isin(res_seq[f], top_seq[f]))
+        if len(slots) < n_q:
+            continue
+        by_max = slots[np.argsort(res_max[f, slots], kind="stable")]
+        for q, group in enumerate(np.array_split(by_max, n_q)):
+            for rank, slot in enumerate(np.sort(group)[:per]):
+                rows.append((f, slot, q, rank, res_max[f, group].min(), res_max[f, group].max()))
+    return rows
+
+
+@pytest.mark.parametrize(("n_q", "per"), [(10, 5), (3, 2), (4, 9)])
+def test_vectorised_quantile_samples_equal_the_per_feature_loop(n_q, per):
+    from autointerp.collect import _quantile_rows
+
+    rng = np.random.default_rng(n_q)
+    n_feat, size, k = 40, 30, 6
+    res_seq = rng.integers(0, 60, (n_feat, size))
+    res_seq[rng.random((n_feat, size)) < 0.3] = -1  # unfilled slots
+    res_seq[:5, 3:] = -1  # features with too few entries
+    res_max = rng.integers(0, 8, (n_feat, size)).astype(np.float32)  # many ties
+    top_seq = rng.integers(-1, 60, (n_feat, k))
+    got = _quantile_rows(res_seq, res_max, top_seq, n_q, per)
+    assert got is not None
+    assert list(zip(*(a.tolist() for a in got), strict=True)) == \
+        [tuple(float(v) if i >= 4 else int(v) for i, v in enumerate(r)) for r in
+         _quantiles_one_feature_at_a_time(res_seq, res_max, top_seq, n_q, per)]
