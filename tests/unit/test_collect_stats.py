@@ -99,3 +99,40 @@ def test_vectorised_quantile_samples_equal_the_per_feature_loop(n_q, per):
     assert list(zip(*(a.tolist() for a in got), strict=True)) == \
         [tuple(float(v) if i >= 4 else int(v) for i, v in enumerate(r)) for r in
          _quantiles_one_feature_at_a_time(res_seq, res_max, top_seq, n_q, per)]
+
+
+def _collector(n_feat: int, offset: int, acts: torch.Tensor):
+    from autointerp.collect import Collector
+    from autointerp.config import CollectConfig
+
+    cfg = CollectConfig(hook="x", n_tokens=64, ctx_len=acts.shape[1], top_k=3, n_quantiles=2, per_quantile=2,
+                        n_random=4)
+    c = Collector(cfg, n_feat, offset)
+    tokens = np.arange(acts.shape[0] * acts.shape[1]).reshape(acts.shape[:2]) % 50
+    for lo in range(0, len(acts), 5):
+        c.add(torch.arange(lo, min(lo + 5, len(acts))), tokens[lo : lo + 5], acts[lo : lo + 5, :, offset : offset + n_feat])
+    return c, cfg
+
+
+def test_feature_ranges_joined_equal_the_whole_run():
+    from autointerp import partial
+    from autointerp.collect import Collector
+
+    acts = _acts(4, n_ctx=150, length=6)  # 7 features, ranges [0, 3) and [3, 7); contexts some range lacks
+    whole, cfg = _collector(7, 0, acts)
+    low, _ = _collector(3, 0, acts)
+    high, _ = _collector(4, 3, acts)
+    for c in (low, high):
+        c.prune_tokens()  # as a shard does before writing its state: each keeps the contexts it refers to
+    arrays, meta = partial.concat_features([high.state(), low.state()])  # any order
+    joined = Collector.from_state(cfg, 7, 0, arrays, meta)
+    assert set(low.tokens_of) != set(high.tokens_of)  # the union of token ids is needed
+    strings = [f"t{i}" for i in range(50)]
+    a, b = whole.result(strings), joined.result(strings)
+    for name in ("sequences", "features", "examples"):
+        assert getattr(a, name).equals(getattr(b, name)), name
+    with pytest.raises(ValueError, match="overlap or leave a gap"):
+        partial.concat_features([low.state(), low.state()])
+    other, _ = _collector(4, 3, acts[:145])
+    with pytest.raises(ValueError, match="same contexts"):
+        partial.concat_features([low.state(), other.state()])
