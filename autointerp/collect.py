@@ -396,7 +396,7 @@ class Collector:
         _, top_seq, top_max, top_acts = buf.top.sorted_view()
         f_idx, rank = (top_seq >= 0).nonzero()
         parts.append({
-            "feature": fid[f_idx], "kind": np.full(len(f_idx), "top"), "rank": rank,
+            "feature": fid[f_idx], "kind": np.full(len(f_idx), _KINDS.index("top"), np.int8), "rank": rank,
             "seq": top_seq[f_idx, rank], "max_act": top_max[f_idx, rank],
             "acts": top_acts[f_idx, rank], "quantile": np.full(len(f_idx), -1),
             "bin_low": np.full(len(f_idx), np.nan), "bin_high": np.full(len(f_idx), np.nan),
@@ -409,7 +409,7 @@ class Collector:
             acts = buf.rnd_sorted().cpu().numpy()[:, valid]  # [F, r, L]
             f_all = np.repeat(np.arange(self.n_features), r)
             parts.append({
-                "feature": fid[f_all], "kind": np.full(len(f_all), "random"), "rank": np.tile(np.arange(r), self.n_features),
+                "feature": fid[f_all], "kind": np.full(len(f_all), _KINDS.index("random"), np.int8), "rank": np.tile(np.arange(r), self.n_features),
                 "seq": np.tile(rnd_seq[valid], self.n_features), "max_act": acts.max(-1).reshape(-1),
                 "acts": acts.reshape(-1, cfg.ctx_len), "quantile": np.full(len(f_all), -1),
                 "bin_low": np.full(len(f_all), np.nan), "bin_high": np.full(len(f_all), np.nan),
@@ -424,12 +424,12 @@ class Collector:
                 f_idx, slot, quantile, rank, low, high = rows
                 f_abs = f_idx + lo
                 parts.append({
-                    "feature": fid[f_abs], "kind": np.full(len(f_abs), "quantile"), "rank": rank,
+                    "feature": fid[f_abs], "kind": np.full(len(f_abs), _KINDS.index("quantile"), np.int8), "rank": rank,
                     "seq": res_seq[f_abs, slot], "max_act": res_max[f_abs, slot], "acts": res_acts[f_abs, slot],
                     "quantile": quantile, "bin_low": low, "bin_high": high,
                 })
         for p in parts:
-            p["split"] = np.full(len(p["feature"]), split)
+            p["split"] = np.full(len(p["feature"]), SPLITS.index(split), np.int8)
         return parts
 
 
@@ -470,20 +470,28 @@ def _quantile_rows(res_seq: np.ndarray, res_max: np.ndarray, top_seq: np.ndarray
             high[chosen].astype(np.float64))
 
 
+_KINDS = ("top", "random", "quantile")  # example kinds, held as int8 codes until the table is built
+
+
+def _names(names: Sequence[str], codes: np.ndarray | None) -> pa.Array:
+    """String column from int8 codes into `names` (Arrow's take: no Python string per row)."""
+    return pa.array(names).take(pa.array(codes if codes is not None else np.zeros(0, np.int8)))
+
+
 def _concat_examples(parts: list[dict[str, np.ndarray]], ctx_len: int) -> pa.Table:
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     if not cols or len(cols["feature"]) == 0:
         acts_flat = np.zeros(0, np.float32)
         n = 0
     else:
-        acts_flat = cols["acts"].astype(np.float32).reshape(-1)
+        acts_flat = cols["acts"].astype(np.float32, copy=False).reshape(-1)
         n = len(cols["feature"])
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * ctx_len)
     quantile = cols.get("quantile", np.zeros(0, np.int64))
     return pa.table({
         "feature": pa.array(cols.get("feature", np.zeros(0)).astype(np.int32)),
-        "split": pa.array(cols.get("split", np.zeros(0, dtype=str)).astype(str)),
-        "kind": pa.array(cols.get("kind", np.zeros(0, dtype=str)).astype(str)),
+        "split": _names(SPLITS, cols.get("split")),
+        "kind": _names(_KINDS, cols.get("kind")),
         "rank": pa.array(cols.get("rank", np.zeros(0)).astype(np.int32)),
         "seq": pa.array(cols.get("seq", np.zeros(0)).astype(np.int64)),
         "max_act": pa.array(cols.get("max_act", np.zeros(0)).astype(np.float32)),

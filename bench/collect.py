@@ -67,9 +67,15 @@ class PeakRSS:
         self.peak = max(self.peak, rss_now())
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
+CPU: dict[str, float] = {}  # process CPU seconds of the last timed call of each name (all threads of this process)
+
+
+def timed(fn: Callable[[], Any], name: str = "") -> float:
+    """Wall seconds of fn(); its process CPU seconds go to CPU[name]. On shared cores the CPU time is the
+    steadier measure of work: wall time also counts waiting for a core."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
+    CPU[name] = time.process_time() - c
     return time.perf_counter() - t
 
 
@@ -125,15 +131,15 @@ def main() -> None:
         out["collector"], _ = collect_contexts(cfg, reader, reader.n_features, iter(ctxs), bos)
 
     with PeakRSS() as mem_collect:
-        buffers_s = timed(run)
+        buffers_s = timed(run, "buffers")
     collector = out.pop("collector")
     with PeakRSS() as mem_result:
-        result_s = timed(lambda c=collector: out.update(result=c.result(strings)))
+        result_s = timed(lambda c=collector: out.update(result=c.result(strings)), "result")
     del collector
     result = out.pop("result")
     collect_s = buffers_s + result_s
-    read_s = timed(read)
-    to_hook_s = timed(lambda: forward(stop))
+    read_s = timed(read, "read")
+    to_hook_s = timed(lambda: forward(stop), "to_hook")
     full_s = timed(lambda: forward(None)) if not args.skip_full else float("nan")
     db = Path(tempfile.mkdtemp()) / "bench.duckdb"
 
@@ -163,6 +169,8 @@ def main() -> None:
         "collect_tok_s": n_tok / collect_s,
         "collect_buffers_s": buffers_s, "collect_result_s": result_s,
         "collect_vs_reader": read_s / collect_s,
+        "cpu_s": dict(CPU),
+        "collect_vs_reader_cpu": CPU["read"] / (CPU["buffers"] + CPU["result"]),
         "collect_vs_forward_to_hook": to_hook_s / collect_s,
         "collect_vs_full_forward": full_s / collect_s,
         "duckdb_write_s": write_s,
@@ -182,6 +190,8 @@ def main() -> None:
     print(f"  collect                {rows['collect_tok_s']:9.0f} tok/s   = {rows['collect_vs_reader']:.2f}x the limit "
           f"(goal >= 0.80), {rows['collect_vs_forward_to_hook']:.2f}x the forward to the hook; buffers "
           f"{buffers_s:.1f} s + result tables {result_s:.1f} s")
+    print(f"  by process CPU time    reader {CPU['read']:.1f} s, collect {CPU['buffers']:.1f} + {CPU['result']:.1f} s "
+          f"= {rows['collect_vs_reader_cpu']:.2f}x the limit (goal >= 0.80)")
     print(f"  write to DuckDB        {write_s:9.2f} s for {result.examples.num_rows:,} example rows")
     print(f"  RSS before collecting  {base_rss / GIB:9.2f} GiB (model {n_params / GIB:.2f} GiB of weights, tokens, "
           "one batch)")
