@@ -620,5 +620,5 @@ def collect_memory(cfg: CollectConfig, n_features: int) -> MemoryEstimate:
     buffers = f * (2 * per_split + stats)
     batch = 4 * cfg.batch_size * length * f * 4  # acts, the SAE's pre-activations / the histogram's bins, ...
     rows = 2 * f * (k + r + cfg.n_quantiles * cfg.per_quantile)
-    examples = 2 * rows * (act + 40)  # the numpy columns, then the Arrow table built from them
+    examples = rows * (act + 40)  # the numpy columns; the Arrow table shares their activations (no copy)
     return MemoryEstimate(buffers, batch, examples)
