@@ -158,7 +158,7 @@ def main() -> None:
                                       sequences=ids(result.sequences), features=ids(result.features),
                                       examples=ids(result.examples))
 
-    write_s = timed(write)
+    write_s = timed(write, "duckdb_write")
     formula = collect_memory(cfg, reader.n_features)
     rows: dict[str, Any] = {
         "tokens": n_tok, "features": reader.n_features, "hook": args.hook, "sae_width": args.sae_width,
