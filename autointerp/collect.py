@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from autointerp.collect_stats import HIST_BINS as HIST_BINS_
 from autointerp.collect_stats import Stats, limb_total
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureFn
@@ -58,6 +59,31 @@ def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor
     return hash_uniform(seed, _SALT_SPLIT, seqs) < holdout_frac
 
 
+class _Batch:
+    """A batch's activations [B, L, F], read as per-(context, feature) rows of L values. Few rows are gathered
+    from acts directly (L cache lines each, F floats apart); many, from one transposed copy [B, F, L] made on
+    first need (a pass over the batch): early in a run nearly every context enters every feature's buffers."""
+
+    def __init__(self, acts: torch.Tensor):
+        self.acts = acts
+        self._by_feature: torch.Tensor | None = None
+
+    def _transposed(self) -> torch.Tensor:
+        if self._by_feature is None:
+            self._by_feature = self.acts.transpose(1, 2).contiguous()
+        return self._by_feature
+
+    def rows(self, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """[n, L]: the activations of context b[i] for feature f[i]."""
+        if self._by_feature is None and len(b) * 8 <= self.acts.shape[0] * self.acts.shape[2]:
+            return self.acts[b, :, f]
+        return self._transposed()[b, f]
+
+    def contexts(self, b: torch.Tensor) -> torch.Tensor:
+        """[F, n, L]: every feature's activations on contexts b."""
+        return self._transposed()[b].transpose(0, 1)
+
+
 @dataclass
 class _Ranked:
     """Per-feature best-K entries. Keys are kept sorted; the payload (context index, max, activations) sits in
@@ -85,30 +111,38 @@ class _Ranked:
     def worst(self) -> torch.Tensor:
         return self.key[:, -1]
 
-    def merge(self, new_key: torch.Tensor, seqs: torch.Tensor, ctx_max: torch.Tensor, acts: torch.Tensor,
-              feats: torch.Tensor) -> None:
-        """new_key, ctx_max: [b, F]; acts: [b, L, F]; only the features in `feats` can change."""
+    def merge(self, new_key: torch.Tensor, seqs: torch.Tensor, ctx_max: torch.Tensor, batch: _Batch,
+              rows: torch.Tensor, feats: torch.Tensor) -> None:
+        """new_key, ctx_max: [b, F]; batch: the whole batch, context i of the others being its row rows[i]
+        (no copy of a split's contexts is made); only the features in `feats` can change."""
         size = self.key.shape[1]
-        merged = torch.cat([self.key[feats], new_key[:, feats].T], dim=1)  # [n, K + b]
+        # When most features change (early in a run, nearly all), sorting every row beats gathering and scattering
+        # the rows of `feats`: a feature none of whose new keys beats its worst keeps its entries either way.
+        every = 2 * len(feats) > self.key.shape[0]
+        key, old_slot = (self.key, self.slot) if every else (self.key[feats], self.slot[feats])
+        merged = torch.cat([key, (new_key if every else new_key[:, feats]).T], dim=1)  # [n, K + b]
         # A stable sort keeps kept entries (earlier contexts) first among equal keys: ties go to the smaller index.
         top, order = merged.sort(dim=1, descending=self.largest, stable=True)
         top, order = top[:, :size], order[:, :size]
         is_new = order >= size
-        old_slot = self.slot[feats]
-        retained = torch.zeros((len(feats), size + 1), dtype=torch.bool, device=self.key.device)
+        retained = torch.zeros((len(key), size + 1), dtype=torch.bool, device=self.key.device)
         retained.scatter_(1, torch.where(is_new, size, order), True)
         free_rows, free_pos = (~retained[:, :size]).nonzero(as_tuple=True)
         new_rows, new_pos = is_new.nonzero(as_tuple=True)  # row-major, same count per row as free_*
         physical = old_slot[free_rows, free_pos]
         new_slot = old_slot.gather(1, order.clamp(max=size - 1))
         new_slot[new_rows, new_pos] = physical
-        self.key[feats] = top
-        self.slot[feats] = new_slot
-        f = feats[new_rows]
+        if every:
+            self.key, self.slot = top, new_slot
+            f = new_rows
+        else:
+            self.key[feats] = top
+            self.slot[feats] = new_slot
+            f = feats[new_rows]
         b = order[new_rows, new_pos] - size
         self.seq[f, physical] = seqs[b]
         self.max[f, physical] = ctx_max[b, f]
-        self.acts[f, physical] = acts[b, :, f]
+        self.acts[f, physical] = batch.rows(rows[b], f)
 
     def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(key, seq, max, acts) in sorted order, as numpy arrays (on the host)."""
@@ -126,8 +160,9 @@ class _SplitBuffers:
     top: _Ranked  # by the context's max activation
     res: _Ranked  # uniform reservoir of active contexts: smallest hash keys
     rnd_key: torch.Tensor  # [r] sorted ascending; shared by all features
-    rnd_seq: torch.Tensor
-    rnd_acts: torch.Tensor  # [F, r, L]
+    rnd_seq: torch.Tensor  # [r] in the order of rnd_key
+    rnd_acts: torch.Tensor  # [F, r, L] by physical slot: a new random context is written over the one it evicts
+    rnd_slot: torch.Tensor  # [r] physical slot of each sorted position
 
     @classmethod
     def empty(cls, n_features: int, cfg: CollectConfig, device: torch.device) -> _SplitBuffers:
@@ -138,7 +173,12 @@ class _SplitBuffers:
             rnd_key=torch.full((r,), math.inf, dtype=torch.float64, device=device),
             rnd_seq=torch.full((r,), -1, dtype=torch.int64, device=device),
             rnd_acts=torch.zeros((f, r, length), device=device),
+            rnd_slot=torch.arange(r, device=device),
         )
+
+    def rnd_sorted(self) -> torch.Tensor:
+        """[F, r, L] the random contexts' activations in the order of rnd_key."""
+        return self.rnd_acts[:, self.rnd_slot]
 
     def referenced(self) -> torch.Tensor:
         return torch.cat([self.top.seq.flatten(), self.res.seq.flatten(), self.rnd_seq])
@@ -183,8 +223,8 @@ class Collector:
             for name, ranked in (("top", buf.top), ("res", buf.res)):
                 for part, a in zip(_RANKED_PARTS, ranked.sorted_view(), strict=True):
                     arrays[f"{split}.{name}.{part}"] = a
-            for part in _SPLIT_PARTS:
-                arrays[f"{split}.{part}"] = getattr(buf, part).cpu().numpy()
+            arrays[f"{split}.rnd_key"], arrays[f"{split}.rnd_seq"] = buf.rnd_key.cpu().numpy(), buf.rnd_seq.cpu().numpy()
+            arrays[f"{split}.rnd_acts"] = buf.rnd_sorted().cpu().numpy()
         for part in _STATS_PARTS:
             arrays[f"stats.{part}"] = getattr(self.stats, part).cpu().numpy()
         seqs = sorted(self.tokens_of)
@@ -216,6 +256,7 @@ class Collector:
                 ranked.load_sorted(*(take(f"{split}.{name}.{p}", getattr(ranked, p)) for p in _RANKED_PARTS))
             for part in _SPLIT_PARTS:
                 setattr(buf, part, take(f"{split}.{part}", getattr(buf, part)))
+            buf.rnd_slot = torch.arange(len(buf.rnd_key), device=collector.device)
         for part in _STATS_PARTS:
             setattr(collector.stats, part, take(f"stats.{part}", getattr(collector.stats, part)))
         seqs, ids = arrays.get("tokens_of.seq"), arrays.get("tokens_of.ids")
@@ -265,42 +306,53 @@ class Collector:
         self.n_contexts += len(seqs)
         for s, t in zip(seqs.tolist(), tokens, strict=True):
             self.tokens_of[s] = t
-        self.stats.update(acts.reshape(-1, self.n_features), cfg.threshold)
+        ctx_max = acts.amax(1)  # [b, F]
+        batch = _Batch(acts)
+        self.stats.update(acts, ctx_max, cfg.threshold)
         holdout = split_of(cfg.seed, cfg.holdout_frac, seqs)
         for name, mask in (("explain", ~holdout), ("holdout", holdout)):
             if mask.any():
-                self._add_split(self.buffers[name], seqs[mask], acts[mask])
+                rows = mask.nonzero().squeeze(1)
+                self._add_split(self.buffers[name], seqs[rows], batch, rows, ctx_max[rows])
         self._batches += 1
         if self._batches % 64 == 0:
             self.prune_tokens()
 
-    def _add_split(self, buf: _SplitBuffers, seqs: torch.Tensor, acts: torch.Tensor) -> None:
+    def _add_split(self, buf: _SplitBuffers, seqs: torch.Tensor, batch: _Batch, rows: torch.Tensor,
+                   ctx_max: torch.Tensor) -> None:
+        """seqs, ctx_max: [b], [b, F] of this split's contexts, rows [b] of the batch."""
         cfg = self.cfg
-        ctx_max = acts.amax(1)  # [b, F]
         active = ctx_max > cfg.threshold
 
         # Top-k by the context's max activation, over active contexts.
         cand = torch.where(active, ctx_max, -math.inf)
         feats = (cand.amax(0) > buf.top.worst()).nonzero().squeeze(1)
         if len(feats):
-            buf.top.merge(cand, seqs, ctx_max, acts, feats)
+            buf.top.merge(cand, seqs, ctx_max, batch, rows, feats)
 
         # Uniform reservoir of active contexts: keep the smallest hash keys.
         keys = hash_uniform(cfg.seed, _SALT_RESERVOIR, seqs, self.feature_ids)  # [b, F]
         keys = torch.where(active, keys, math.inf)
         feats = (keys.amin(0) < buf.res.worst()).nonzero().squeeze(1)
         if len(feats):
-            buf.res.merge(keys, seqs, ctx_max, acts, feats)
+            buf.res.merge(keys, seqs, ctx_max, batch, rows, feats)
 
         # Random contexts, the same for every feature: the smallest per-context hash keys.
         rkeys = hash_uniform(cfg.seed, _SALT_RANDOM, seqs)
         if rkeys.min() < buf.rnd_key[-1]:
-            merged = torch.cat([buf.rnd_key, rkeys])
-            top, order = merged.sort(stable=True)
-            top, order = top[: len(buf.rnd_key)], order[: len(buf.rnd_key)]
-            buf.rnd_key = top
+            size = len(buf.rnd_key)
+            top, order = torch.cat([buf.rnd_key, rkeys]).sort(stable=True)
+            top, order = top[:size], order[:size]
+            is_new = order >= size
+            retained = torch.zeros(size, dtype=torch.bool, device=order.device)
+            retained[order[~is_new]] = True
+            free = buf.rnd_slot[~retained]  # physical slots of the evicted entries, as many as come in
+            slot = torch.empty_like(buf.rnd_slot)
+            slot[~is_new] = buf.rnd_slot[order[~is_new]]
+            slot[is_new] = free
+            buf.rnd_acts[:, free] = batch.contexts(rows[order[is_new] - size])
+            buf.rnd_key, buf.rnd_slot = top, slot
             buf.rnd_seq = torch.cat([buf.rnd_seq, seqs])[order]
-            buf.rnd_acts = torch.cat([buf.rnd_acts, acts.permute(2, 0, 1)], dim=1)[:, order]
 
     def prune_tokens(self) -> None:
         keep = set(torch.cat([b.referenced() for b in self.buffers.values()]).unique().tolist())
@@ -344,7 +396,7 @@ class Collector:
         _, top_seq, top_max, top_acts = buf.top.sorted_view()
         f_idx, rank = (top_seq >= 0).nonzero()
         parts.append({
-            "feature": fid[f_idx], "kind": np.full(len(f_idx), "top"), "rank": rank,
+            "feature": fid[f_idx], "kind": np.full(len(f_idx), _KINDS.index("top"), np.int8), "rank": rank,
             "seq": top_seq[f_idx, rank], "max_act": top_max[f_idx, rank],
             "acts": top_acts[f_idx, rank], "quantile": np.full(len(f_idx), -1),
             "bin_low": np.full(len(f_idx), np.nan), "bin_high": np.full(len(f_idx), np.nan),
@@ -354,42 +406,76 @@ class Collector:
         valid = rnd_seq >= 0
         r = int(valid.sum())
         if r:
-            acts = buf.rnd_acts.cpu().numpy()[:, valid]  # [F, r, L]
+            acts = buf.rnd_sorted().cpu().numpy()[:, valid]  # [F, r, L]
             f_all = np.repeat(np.arange(self.n_features), r)
             parts.append({
-                "feature": fid[f_all], "kind": np.full(len(f_all), "random"), "rank": np.tile(np.arange(r), self.n_features),
+                "feature": fid[f_all], "kind": np.full(len(f_all), _KINDS.index("random"), np.int8), "rank": np.tile(np.arange(r), self.n_features),
                 "seq": np.tile(rnd_seq[valid], self.n_features), "max_act": acts.max(-1).reshape(-1),
                 "acts": acts.reshape(-1, cfg.ctx_len), "quantile": np.full(len(f_all), -1),
                 "bin_low": np.full(len(f_all), np.nan), "bin_high": np.full(len(f_all), np.nan),
             })
         # quantiles: equal-count rank bins of the reservoir (minus the top-k), per_quantile from each
-        q_rows: dict[str, list] = {k: [] for k in ("feature", "rank", "seq", "max_act", "acts", "quantile", "bin_low", "bin_high")}
         _, res_seq, res_max, res_acts = buf.res.sorted_view()
-        for f in range(self.n_features):
-            keep = (res_seq[f] >= 0) & ~np.isin(res_seq[f], top_seq[f])
-            slots = keep.nonzero()[0]  # in key order: already a uniformly random order
-            if len(slots) < cfg.n_quantiles:
-                continue
-            by_act = slots[np.argsort(res_max[f, slots], kind="stable")]
-            for q, group in enumerate(np.array_split(by_act, cfg.n_quantiles)):
-                low, high = float(res_max[f, group].min()), float(res_max[f, group].max())
-                chosen = np.sort(group)[: cfg.per_quantile]  # lowest slots = smallest keys: a uniform pick
-                for rank_in_bin, slot in enumerate(chosen):
-                    q_rows["feature"].append(fid[f]); q_rows["rank"].append(rank_in_bin)  # noqa: E702
-                    q_rows["seq"].append(res_seq[f, slot]); q_rows["max_act"].append(res_max[f, slot])  # noqa: E702
-                    q_rows["acts"].append(res_acts[f, slot]); q_rows["quantile"].append(q)  # noqa: E702
-                    q_rows["bin_low"].append(low); q_rows["bin_high"].append(high)  # noqa: E702
-        if q_rows["feature"]:
-            n = len(q_rows["feature"])
-            parts.append({
-                "feature": np.asarray(q_rows["feature"]), "kind": np.full(n, "quantile"), "rank": np.asarray(q_rows["rank"]),
-                "seq": np.asarray(q_rows["seq"]), "max_act": np.asarray(q_rows["max_act"]),
-                "acts": np.stack(q_rows["acts"]), "quantile": np.asarray(q_rows["quantile"]),
-                "bin_low": np.asarray(q_rows["bin_low"]), "bin_high": np.asarray(q_rows["bin_high"]),
-            })
+        chunk = max(1, 2**25 // max(1, res_seq.shape[1] * top_seq.shape[1]))  # bounds the [f, R, K] comparison
+        for lo in range(0, self.n_features, chunk):
+            rows = _quantile_rows(res_seq[lo : lo + chunk], res_max[lo : lo + chunk], top_seq[lo : lo + chunk],
+                                  cfg.n_quantiles, cfg.per_quantile)
+            if rows is not None:
+                f_idx, slot, quantile, rank, low, high = rows
+                f_abs = f_idx + lo
+                parts.append({
+                    "feature": fid[f_abs], "kind": np.full(len(f_abs), _KINDS.index("quantile"), np.int8), "rank": rank,
+                    "seq": res_seq[f_abs, slot], "max_act": res_max[f_abs, slot], "acts": res_acts[f_abs, slot],
+                    "quantile": quantile, "bin_low": low, "bin_high": high,
+                })
         for p in parts:
-            p["split"] = np.full(len(p["feature"]), split)
+            p["split"] = np.full(len(p["feature"]), SPLITS.index(split), np.int8)
         return parts
+
+
+def _quantile_rows(res_seq: np.ndarray, res_max: np.ndarray, top_seq: np.ndarray, n_quantiles: int,
+                   per_quantile: int) -> tuple[np.ndarray, ...] | None:
+    """The quantile samples of features [f, R] reservoirs in key order (top-k contexts left out): each feature
+    with at least n_quantiles entries has them sorted by max (ties: key order) and cut into n_quantiles
+    equal-count bins as np.array_split cuts (the first n % q bins one longer); from each bin the per_quantile
+    entries of smallest key (a uniform pick). Returns (feature, slot, quantile, rank in bin, bin low, bin high)
+    rows ordered by feature, quantile and rank, or None when no feature has enough."""
+    n_feat, size = res_seq.shape
+    keep = (res_seq >= 0) & ~(res_seq[:, :, None] == top_seq[:, None, :]).any(-1)
+    n = keep.sum(1, keepdims=True)  # [f, 1]
+    pos = np.broadcast_to(np.arange(size), res_seq.shape)
+    order = np.lexsort((pos, res_max, ~keep), axis=-1)  # kept first, by max, then key order
+    by_max = np.take_along_axis(res_max, order, axis=1)
+    r = pos
+    valid = (r < n) & (n >= n_quantiles)
+    if not valid.any():
+        return None
+    s, m = np.maximum(n // n_quantiles, 1), n % n_quantiles
+    big = m * (s + 1)  # ranks in the first m (longer) bins
+    q = np.where(r < big, r // (s + 1), m + (r - big) // s)
+    start = np.where(q < m, q * (s + 1), big + (q - m) * s)
+    end = start + np.where(q < m, s + 1, s) - 1
+    f_idx, rank_pos = np.nonzero(valid)
+    slot, quantile = order[f_idx, rank_pos], q[f_idx, rank_pos]
+    low = by_max[f_idx, start[f_idx, rank_pos]]
+    high = by_max[f_idx, np.minimum(end[f_idx, rank_pos], size - 1)]
+    pick = np.lexsort((slot, quantile, f_idx))
+    f_idx, slot, quantile, low, high = f_idx[pick], slot[pick], quantile[pick], low[pick], high[pick]
+    first = np.ones(len(f_idx), dtype=bool)
+    first[1:] = (f_idx[1:] != f_idx[:-1]) | (quantile[1:] != quantile[:-1])
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(f_idx)), 0))
+    rank = np.arange(len(f_idx)) - group_start
+    chosen = rank < per_quantile
+    return (f_idx[chosen], slot[chosen], quantile[chosen], rank[chosen], low[chosen].astype(np.float64),
+            high[chosen].astype(np.float64))
+
+
+_KINDS = ("top", "random", "quantile")  # example kinds, held as int8 codes until the table is built
+
+
+def _names(names: Sequence[str], codes: np.ndarray | None) -> pa.Array:
+    """String column from int8 codes into `names` (Arrow's take: no Python string per row)."""
+    return pa.array(names).take(pa.array(codes if codes is not None else np.zeros(0, np.int8)))
 
 
 def _concat_examples(parts: list[dict[str, np.ndarray]], ctx_len: int) -> pa.Table:
@@ -398,14 +484,14 @@ def _concat_examples(parts: list[dict[str, np.ndarray]], ctx_len: int) -> pa.Tab
         acts_flat = np.zeros(0, np.float32)
         n = 0
     else:
-        acts_flat = cols["acts"].astype(np.float32).reshape(-1)
+        acts_flat = cols["acts"].astype(np.float32, copy=False).reshape(-1)
         n = len(cols["feature"])
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * ctx_len)
     quantile = cols.get("quantile", np.zeros(0, np.int64))
     return pa.table({
         "feature": pa.array(cols.get("feature", np.zeros(0)).astype(np.int32)),
-        "split": pa.array(cols.get("split", np.zeros(0, dtype=str)).astype(str)),
-        "kind": pa.array(cols.get("kind", np.zeros(0, dtype=str)).astype(str)),
+        "split": _names(SPLITS, cols.get("split")),
+        "kind": _names(_KINDS, cols.get("kind")),
         "rank": pa.array(cols.get("rank", np.zeros(0)).astype(np.int32)),
         "seq": pa.array(cols.get("seq", np.zeros(0)).astype(np.int64)),
         "max_act": pa.array(cols.get("max_act", np.zeros(0)).astype(np.float32)),
@@ -503,3 +589,36 @@ def collect_contexts(
         # The finished state too: until the database commits it, a failed or blocked write loses nothing.
         collector.save(checkpoint)
     return collector, skip
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a collection holds beyond the model and the SAE (README, Memory)."""
+
+    buffers: int  # top-k, reservoir, random contexts and statistics: for the whole run
+    batch: int  # one batch's activations and the working copies the reduction makes of them
+    examples: int  # the result's example rows (per-token activations), built once at the end
+
+    @property
+    def collect(self) -> int:
+        """While contexts are fed: the buffers and one batch."""
+        return self.buffers + self.batch
+
+    @property
+    def result(self) -> int:
+        """While the result tables are built: the buffers, a sorted copy of them and the example rows."""
+        return 2 * self.buffers + self.examples
+
+
+def collect_memory(cfg: CollectConfig, n_features: int) -> MemoryEstimate:
+    """The README's memory formula for `cfg` over `n_features` features, in bytes."""
+    f, length, k, res, r = n_features, cfg.ctx_len, cfg.top_k, cfg.reservoir_size, cfg.n_random
+    act = 4 * length  # one context's float32 activations
+    # per feature and split: top (key f32, slot, seq, max f32), reservoir (key f64, slot, seq, max f32), random
+    per_split = k * (24 + act) + res * (28 + act) + r * act
+    stats = 2 * 8 + 8 + 4 + 8 * HIST_BINS_ + 8
+    buffers = f * (2 * per_split + stats)
+    batch = 4 * cfg.batch_size * length * f * 4  # acts, the SAE's pre-activations / the histogram's bins, ...
+    rows = 2 * f * (k + r + cfg.n_quantiles * cfg.per_quantile)
+    examples = rows * (act + 40)  # the numpy columns; the Arrow table shares their activations (no copy)
+    return MemoryEstimate(buffers, batch, examples)

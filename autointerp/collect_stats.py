@@ -13,12 +13,30 @@ import torch
 HIST_BINS = 64
 
 
-# Sums are order-free: each activation is cut on a fixed grid, its whole part and its fraction in units of
-# 2^-FRAC_BITS (what lies below 2^-40 is dropped: at most 1e-12 per token), both added as int64. Integer
-# addition does not depend on the order, so any batching or sharding gives the same sum, bit for bit.
+# Sums are order-free: each context's sum over its positions is taken in float64 by a fixed pairwise tree (a
+# function of that context's activations alone, whatever batch or shard it comes in), then cut on a fixed grid,
+# its whole part and its fraction in units of 2^-FRAC_BITS (what lies below 2^-40 is dropped: at most 1e-12 per
+# context), both added as int64. Integer addition does not depend on the order, so any batching or sharding gives
+# the same sum, bit for bit. Only [contexts, F] values meet the grid, not [tokens, F]: 64x less integer work.
 SUM_LIMBS = 2  # [whole units, units of 2^-FRAC_BITS]
 FRAC_BITS = 40
-MAX_ABS = float(2**40)  # activations are clamped to +-2^40 for the sum only (an overflow guard)
+MAX_ABS = float(2**40)  # context sums are clamped to +-2^40 for the sum only (an overflow guard)
+
+
+def context_sums(acts: torch.Tensor) -> torch.Tensor:
+    """[b, L, F] float32 -> [b, F] float64: each context's sum by a fixed pairwise tree over its L positions
+    (position i paired with i + ceil(n/2) at every level). Elementwise IEEE additions only, so the result for a
+    context does not depend on which other contexts share its batch, nor on the device."""
+    length = acts.shape[1]
+    half = (length + 1) // 2
+    tree = acts[:, :half].to(torch.float64, copy=True)
+    tree[:, : length - half] += acts[:, half:]
+    while tree.shape[1] > 1:
+        n = tree.shape[1]
+        h = (n + 1) // 2
+        tree[:, : n - h] += tree[:, h:]
+        tree = tree[:, :h]
+    return tree[:, 0]
 
 
 def limb_total(limbs: np.ndarray) -> np.ndarray:
@@ -53,33 +71,31 @@ class Stats:
         self.hist = torch.zeros((f, HIST_BINS), dtype=torch.int64, device=dev)
         self.bin_width = torch.zeros(f, dtype=torch.float64, device=dev)  # 0 until a positive activation is seen
 
-    def update(self, flat: torch.Tensor, threshold: float) -> None:
-        """flat: [tokens, F] float32."""
-        self.n_tokens += flat.shape[0]
-        nonzero = flat != 0
-        sparse = int(nonzero.sum()) * 4 < flat.numel()  # SAE latents: only the non-zero entries (zeros add nothing)
-        if sparse:
-            rows, cols = nonzero.nonzero(as_tuple=True)
-            x = flat[rows, cols].double().clamp_(-MAX_ABS, MAX_ABS)
-        else:
-            x = flat.double().clamp_(-MAX_ABS, MAX_ABS)
+    def update(self, acts: torch.Tensor, ctx_max: torch.Tensor, threshold: float) -> None:
+        """acts: [b, L, F] float32 (whole contexts); ctx_max: [b, F], acts' maximum over positions."""
+        b, length, _ = acts.shape
+        self.n_tokens += b * length
+        x = context_sums(acts).clamp_(-MAX_ABS, MAX_ABS)
         whole = x.trunc()
         frac = ((x - whole) * 2.0**FRAC_BITS).trunc_()  # exact float64 steps; bits below 2^-40 dropped
-        for limb, part in enumerate((whole.long(), frac.long())):
-            if sparse:
-                self.limbs[:, limb].index_add_(0, cols, part)
-            else:
-                self.limbs[:, limb] += part.sum(0)
+        self.limbs[:, 0] += whole.long().sum(0)
+        self.limbs[:, 1] += frac.long().sum(0)
         carry = torch.div(self.limbs[:, 1], 2**FRAC_BITS, rounding_mode="floor")  # keeps the fraction limb small
         self.limbs[:, 1] -= carry * 2**FRAC_BITS
         self.limbs[:, 0] += carry
-        self.n_active += (flat > threshold).sum(0)
-        self.max_act = torch.maximum(self.max_act, flat.amax(0))
-        self._hist_update(flat)
+        self.max_act = torch.maximum(self.max_act, ctx_max.amax(0))
+        positive = (acts > 0).sum((0, 1), dtype=torch.int32)
+        self._hist_update(acts, positive)
+        self.n_active += positive if threshold == 0.0 else (acts > threshold).sum((0, 1), dtype=torch.int32)
 
-    def _hist_update(self, flat: torch.Tensor) -> None:
-        # Exact histogram of positive activations over [0, HIST_BINS * width), width doubling as the max
-        # grows (adjacent bins merge), so no pass over the data is needed to know the range.
+    def _hist_update(self, acts: torch.Tensor, positive: torch.Tensor) -> None:
+        """Adds acts' positive activations (`positive` of them per feature) to the histogram.
+
+        Exact histogram of positive activations over [0, HIST_BINS * width), bin j holding [j*width, (j+1)*width),
+        width doubling as the max grows (adjacent bins merge), so no pass over the data is needed to know the
+        range. One floor bins everything (x / width is exact: width is a power of two); negative activations go to
+        an extra column that is dropped, and zeros land in bin 0's column beside the positives under width, so
+        bin 0 is what the other bins leave of `positive`."""
         width = hist_width(self.max_act)
         grow = (self.bin_width > 0) & (width > self.bin_width)
         if grow.any():
@@ -91,10 +107,16 @@ class Stats:
                 merged = self.hist[sel].view(len(sel), HIST_BINS // mm, mm).sum(-1)
                 self.hist[sel] = torch.nn.functional.pad(merged, (0, HIST_BINS - merged.shape[1]))
         self.bin_width = width
-        # Bin every entry at once; non-positive ones go to an extra column that is dropped.
+        n_features = self.n_features
+        cols = HIST_BINS + 1  # column 0: negative (dropped); column j + 1: bin j (and zeros in column 1)
         w = torch.where(width > 0, width, 1.0).float()
-        bins = (flat / w).floor_().clamp_(0, HIST_BINS - 1).long()
-        bins = torch.where(flat > 0, bins, HIST_BINS)
-        bins += torch.arange(self.n_features, device=flat.device) * (HIST_BINS + 1)
-        counts = torch.bincount(bins.view(-1), minlength=self.n_features * (HIST_BINS + 1))
-        self.hist += counts.view(self.n_features, HIST_BINS + 1)[:, :HIST_BINS]
+        bins = acts / w
+        bins.floor_().clamp_(-1, HIST_BINS - 1)
+        if n_features * cols < 2**24:  # feature offsets added in float32 stay exact integers
+            bins += torch.arange(1, n_features * cols, cols, device=acts.device, dtype=torch.float32)
+            flat = bins.reshape(-1).to(torch.int32)
+        else:
+            flat = (bins.to(torch.int64) + torch.arange(1, n_features * cols, cols, device=acts.device)).reshape(-1)
+        counts = torch.bincount(flat, minlength=n_features * cols).view(n_features, cols)
+        self.hist[:, 1:] += counts[:, 2:]
+        self.hist[:, 0] += positive - counts[:, 2:].sum(1)

@@ -5,7 +5,8 @@ A shard of a collection (the contexts with index in [start, stop)) ends with the
 shared random contexts, the statistics as exact integer sums, and the tokens of the contexts they refer
 to. `write` stores it as Arrow IPC files (Feather v2) plus a JSON description, never a pickle; `read`
 loads it back; `merge` combines two states into the state one process would have reached over both
-sets of contexts, bit for bit:
+sets of contexts, bit for bit (`concat_features` joins states of the same contexts over consecutive feature
+ranges the same way):
 
 - top-k and reservoir: the best k under the collector's own total order, (key, then context index);
 - random contexts: the r smallest (hash key, index), shared by all features;
@@ -99,6 +100,37 @@ def merge(a: State, b: State) -> State:
     out["tokens_of.ids"] = np.stack([tokens[s] for s in seqs]) if seqs else arrays_a["tokens_of.ids"]
     meta = {"n_features": meta_a["n_features"],
             **{k: int(meta_a[k]) + int(meta_b[k]) for k in ("n_tokens", "n_contexts", "batches")}}
+    return out, meta
+
+
+def concat_features(states: list[State]) -> State:
+    """The state of one collector over all the features of `states`: collections of the same contexts (same
+    config and seed) over consecutive feature ranges (`--features START:STOP`), in any order. Per-feature
+    arrays are stacked, the shared random contexts must agree, token ids are united. ValueError when the
+    ranges overlap or leave a gap, or the states are not of the same contexts."""
+    if not states:
+        raise ValueError("no states to join")
+    ordered = sorted(states, key=lambda st: int(st[0]["feature_ids"][0]) if len(st[0]["feature_ids"]) else 0)
+    ids = np.concatenate([st[0]["feature_ids"] for st in ordered])
+    if len(ids) and not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+        raise ValueError("the feature ranges overlap or leave a gap")
+    first_arrays, first_meta = ordered[0]
+    shared = [f"{split}.{part}" for split in SPLITS for part in ("rnd_key", "rnd_seq")]
+    for arrays, meta in ordered[1:]:
+        if any(int(meta[k]) != int(first_meta[k]) for k in ("n_tokens", "n_contexts")) or \
+                any(not np.array_equal(arrays[k], first_arrays[k]) for k in shared):
+            raise ValueError("the feature ranges were not collected over the same contexts")
+    out: dict[str, np.ndarray] = {k: first_arrays[k] for k in shared}
+    for key in first_arrays:
+        if key not in shared and not key.startswith("tokens_of."):
+            out[key] = np.concatenate([arrays[key] for arrays, _ in ordered])
+    tokens: dict[int, np.ndarray] = {}
+    for arrays, _ in ordered:
+        tokens.update(zip(arrays["tokens_of.seq"].tolist(), arrays["tokens_of.ids"], strict=True))
+    seqs = sorted(tokens)
+    out["tokens_of.seq"] = np.asarray(seqs, dtype=np.int64)
+    out["tokens_of.ids"] = np.stack([tokens[q] for q in seqs]) if seqs else first_arrays["tokens_of.ids"]
+    meta = {**first_meta, "n_features": int(len(ids))}
     return out, meta
 
 
