@@ -65,6 +65,17 @@ def words(text: str) -> list[str]:
     return re.findall(r"\n|[^\S\n]*[^\s]+|[^\S\n]+", text)
 
 
+def placeholder_row(i: int, tok: str, tokens: list[str]) -> str | None:
+    """The row text before placeholder token `tok` (at index i) of an echo simulation prompt, or None when
+    `tok` is not a placeholder: what a scripted simulator reads to decide a prediction."""
+    if not re.fullmatch(r"[^\S\n]*\tunknown", tok):
+        return None
+    j = i
+    while j > 0 and tokens[j - 1] != "\n":
+        j -= 1
+    return "".join(tokens[j:i]) + tok[: tok.rindex("\t")]
+
+
 def echo_logprobs(prompt: str, top: Callable[[int, str, list[str]], dict[str, float]]) -> dict[str, Any]:
     """A completions `logprobs` object for an echoed prompt: tokens, offsets, and top_logprobs from `top(i, token, tokens)`."""
     tokens = words(prompt)

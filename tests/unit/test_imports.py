@@ -34,20 +34,11 @@ from autointerp.cli import main
 from autointerp.stages.imports import import_labels
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
-from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
+from tests.llm_server import LoopbackLLM, Reply, echo_logprobs, placeholder_row
 from tests.unit.test_labelling import LABEL, judge_reply
 
 FEATURES = list(range(6))
 THEIRS = "words made of letters"  # a label of theirs unlike ours, so its scores must differ
-
-
-def _row_token(i: int, tok: str, tokens: list[str]) -> str | None:
-    if not re.fullmatch(r"[^\S\n]*\tunknown", tok):
-        return None
-    j = i
-    while j > 0 and tokens[j - 1] != "\n":
-        j -= 1
-    return "".join(tokens[j:i]) + tok[: tok.rindex("\t")]
 
 
 def label_aware(path: str, request: dict) -> Reply:
@@ -60,7 +51,7 @@ def label_aware(path: str, request: dict) -> Reply:
     about_digits = "digit" in label
 
     def top(i: int, tok: str, tokens: list[str]) -> dict[str, float]:
-        row = _row_token(i, tok, tokens)
+        row = placeholder_row(i, tok, tokens)
         if row is None:
             return {"x": -1.0}
         hit = any(ch.isdigit() for ch in row) if about_digits else row.strip().isalpha()

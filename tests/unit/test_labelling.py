@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +12,17 @@ import pytest
 from autointerp import scoring
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
-from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
+from tests.llm_server import LoopbackLLM, Reply, echo_logprobs, placeholder_row
 
 LABEL = "digits and numbers"
 
 
 def digit_rule(i: int, tok: str, tokens: list[str]) -> dict[str, float]:
     """The scripted simulator: 9 on rows whose token contains a digit, 0 elsewhere (read at each placeholder)."""
-    if not re.fullmatch(r"[^\S\n]*\tunknown", tok):
+    row = placeholder_row(i, tok, tokens)
+    if row is None:
         return {"x": -1.0}
-    j = i
-    while j > 0 and tokens[j - 1] != "\n":
-        j -= 1
-    row_token = "".join(tokens[j:i]) + tok[: tok.rindex("\t")]
-    return {"9": math.log(0.9), "0": math.log(0.1)} if any(ch.isdigit() for ch in row_token) else {"0": 0.0}
+    return {"9": math.log(0.9), "0": math.log(0.1)} if any(ch.isdigit() for ch in row) else {"0": 0.0}
 
 
 def judge_reply(request: dict) -> Reply | None:

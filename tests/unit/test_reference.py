@@ -5,7 +5,6 @@ test_batch_api)."""
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
@@ -13,25 +12,16 @@ import pytest
 from autointerp import scoring, store
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
-from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
+from tests.llm_server import LoopbackLLM, Reply, echo_logprobs, placeholder_row
 from tests.unit.test_labelling import digit_rule, judge_reply
 
 LABEL = "digits and numbers"
 FEATURES = list(range(6))
 
 
-def row_token(i: int, tok: str, tokens: list[str]) -> str | None:
-    if not re.fullmatch(r"[^\S\n]*\tunknown", tok):
-        return None
-    j = i
-    while j > 0 and tokens[j - 1] != "\n":
-        j -= 1
-    return "".join(tokens[j:i]) + tok[: tok.rindex("\t")]
-
-
 def half_digit_rule(i: int, tok: str, tokens: list[str]) -> dict[str, float]:
     """The digit rule at a smaller scale (4.5 vs 0): an affine function of the label's predictions."""
-    text = row_token(i, tok, tokens)
+    text = placeholder_row(i, tok, tokens)
     if text is None:
         return {"x": -1.0}
     return {"9": math.log(0.5), "0": math.log(0.5)} if any(ch.isdigit() for ch in text) else {"0": 0.0}
@@ -39,7 +29,7 @@ def half_digit_rule(i: int, tok: str, tokens: list[str]) -> dict[str, float]:
 
 def length_rule(i: int, tok: str, tokens: list[str]) -> dict[str, float]:
     """Content the label does not mention: 9 on tokens of even length, 0 elsewhere."""
-    text = row_token(i, tok, tokens)
+    text = placeholder_row(i, tok, tokens)
     if text is None:
         return {"x": -1.0}
     return {"9": 0.0} if len(text) % 2 == 0 else {"0": 0.0}
