@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -481,6 +481,7 @@ class FeatureReader:
     sae: Any | None = None
     start: int = 0
     stop: int | None = None
+    width: int = field(init=False, default=0)  # features the hook or SAE has in all, [start, stop) among them
 
     def __post_init__(self) -> None:
         if self.hook not in self.model.hook_dict:
@@ -495,6 +496,7 @@ class FeatureReader:
                 "wrong SAE for this hook or model"
             )
         full = int(self.sae.cfg.d_sae) if self.sae is not None else width
+        self.width = full
         if self.stop is None:
             self.stop = full
         if not (0 <= self.start < self.stop <= full):

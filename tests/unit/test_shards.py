@@ -18,7 +18,14 @@ from autointerp.cli import main
 from autointerp.config import CollectConfig
 from autointerp.errors import BadInput
 from autointerp.stages.collect import collect_stage
-from autointerp.stages.shard import collect_shard, merge_stage, shard_dir, shard_path, sharded_collect_stage
+from autointerp.stages.shard import (
+    check_feature_parts,
+    collect_shard,
+    merge_stage,
+    shard_dir,
+    shard_path,
+    sharded_collect_stage,
+)
 from tests.helpers import TINY_COLLECT, make_sae_dir, query
 
 TABLES = {
@@ -185,6 +192,80 @@ def test_cli_shard_index_then_merge(tmp_path, single, tiny_model_dir, corpus_fil
     assert_same_tables(db_one, db)
     r = runner.invoke(main, ["collect", *args, "--shard-index", "1"])
     assert r.exit_code == 2 and "need --shards N" in r.output
+
+
+def _collect_part(db: Path, cfg: CollectConfig, part: tuple[int, int], n_shards: int, model) -> None:
+    part_cfg = cfg.model_copy(update={"features": part})
+    for i in range(n_shards):
+        collect_shard(db, part_cfg, n_shards, i, model=model)
+
+
+def test_feature_parts_merge_into_the_single_full_run(tmp_path, tiny_model, single):
+    db_one, cfg = single  # every one of the hook's 64 neurons
+    db = tmp_path / "parts.duckdb"
+    _collect_part(db, cfg, (0, 24), 2, tiny_model)  # each part in its own number of context shards
+    _collect_part(db, cfg, (24, 64), 3, tiny_model)
+    assert not db.exists()  # workers never open the database
+    events = []
+    out = merge_stage(db, cfg, feature_parts=[(24, 64), (0, 24)], on_progress=events.append)  # any order
+    assert (out.n_features, out.n_contexts, out.already_complete) == (64, 100, False)
+    assert [e.done for e in events] == [1, 2, 3, 4, 5] and {e.total for e in events} == {5}
+    # The config, hash and feature count say the whole range: the same row as the single run's.
+    assert query(db, "SELECT n_features, config_hash FROM dictionaries") == [(64, cfg.config_hash())]
+    assert_same_tables(db_one, db)
+    assert not list(tmp_path.glob("parts.duckdb.shards-*"))  # every part's directory merged and removed
+    again = merge_stage(db, cfg, feature_parts=[(0, 24), (24, 64)])
+    assert again.already_complete and again.dictionary_id == out.dictionary_id
+
+
+def test_feature_parts_of_a_feature_range_equal_that_range_collected_at_once(tmp_path, tiny_model, single):
+    _, cfg = single
+    ranged = cfg.model_copy(update={"features": (8, 40)})
+    db_one = tmp_path / "one.duckdb"
+    collect_stage(db_one, ranged, model=tiny_model)
+    db = tmp_path / "parts.duckdb"
+    _collect_part(db, cfg, (8, 30), 1, tiny_model)
+    _collect_part(db, cfg, (30, 40), 2, tiny_model)
+    merge_stage(db, ranged, feature_parts=[(8, 30), (30, 40)])
+    assert query(db, "SELECT min(feature), max(feature) FROM features") == [(8, 39)]
+    assert_same_tables(db_one, db)
+
+
+@pytest.mark.parametrize(("parts", "features", "message"), [
+    ([(0, 24), (20, 64)], None, r"0:24 and 20:64 overlap \(features 20:24 are in both\)"),
+    ([(0, 24), (0, 24)], None, r"0:24 and 0:24 overlap"),
+    ([(0, 24), (30, 64)], None, r"features 24:30 are in no part \(a gap between 0:24 and 30:64\)"),
+    ([(8, 24), (24, 64)], None, r"starting at feature 0, but the parts start at 8: features 0:8 are in no part"),
+    ([(0, 24), (24, 40)], (0, 48), r"ending at feature 48, but the parts end at 40: features 40:48 are in no part"),
+    ([(0, 24), (24, 64)], (0, 48), r"ending at feature 48, but the parts end at 64: features 48:64 are outside it"),
+    ([], None, r"give the feature ranges"),
+])
+def test_feature_parts_with_gaps_or_overlaps_are_refused(single, parts, features, message):
+    _, cfg = single
+    with pytest.raises(BadInput, match=message):
+        check_feature_parts(cfg.model_copy(update={"features": features}), parts)
+
+
+def test_feature_parts_that_are_missing_short_or_of_other_settings_are_refused(tmp_path, tiny_model, single):
+    _, cfg = single
+    db = tmp_path / "refused.duckdb"
+    _collect_part(db, cfg, (0, 24), 1, tiny_model)
+    # The parts end before the hook's last neuron: known only from what the shards say of the hook.
+    with pytest.raises(BadInput, match=r"the hook or SAE has 64 features but the parts end at 24: features 24:64 "):
+        merge_stage(db, cfg, feature_parts=[(0, 24)])
+    # A part never collected, then collected with another seed, then half of it.
+    with pytest.raises(BadInput, match=r"feature part 24:64: no shards of this collection in .*shards-\w+: run"):
+        merge_stage(db, cfg, feature_parts=[(0, 24), (24, 64)])
+    other = cfg.model_copy(update={"seed": 4})
+    _collect_part(db, other, (24, 64), 1, tiny_model)
+    with pytest.raises(BadInput, match=r"feature part 24:64: no shards .*holds shards of these features with "
+                                       r"seed=4 \(now 3\)"):
+        merge_stage(db, cfg, feature_parts=[(0, 24), (24, 64)])
+    collect_shard(db, cfg.model_copy(update={"features": (24, 64)}), 2, 1, model=tiny_model)
+    with pytest.raises(BadInput, match=r"feature part 24:64: 1 of 2 shards are not written yet \(--shard-index 0\)"):
+        merge_stage(db, cfg, feature_parts=[(0, 24), (24, 64)])
+    assert query(db, "SELECT count(*) FROM dictionaries") == [(0,)]  # nothing written
+    assert shard_dir(db, cfg.model_copy(update={"features": (0, 24)})).is_dir()  # the parts are kept
 
 
 def test_ray_missing_is_a_clear_error_naming_the_extra(tmp_path, tiny_model_dir, corpus_file):
