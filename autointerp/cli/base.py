@@ -86,6 +86,21 @@ class RangeType(click.ParamType):
         return value if value is None or isinstance(value, tuple) else parse_range(value)
 
 
+class RangesType(click.ParamType):
+    """Comma-separated START:STOP ranges, e.g. 0:8192,8192:16384."""
+
+    name = "START:STOP,..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or isinstance(value, list):
+            return value
+        ranges = [parse_range(v.strip()) for v in str(value).split(",") if v.strip()]
+        for r in ranges:
+            if r is not None and not 0 <= r[0] < r[1]:
+                self.fail(f"'{r[0]}:{r[1]}' is empty or negative: use START:STOP with 0 <= START < STOP", param, ctx)
+        return ranges
+
+
 def field_option(name: str, field: FieldInfo) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option for one config field: flag from the field (or its json_schema_extra 'flag'),
     help from its description, default from its default, type from its annotation."""

@@ -10,6 +10,7 @@ import click
 
 from autointerp import store
 from autointerp.cli.base import (
+    RangesType,
     RangeType,
     build,
     config_options,
@@ -107,21 +108,30 @@ def _collected(out: Any, db: str, secs: float) -> None:
 @config_options(CollectConfig)
 @click.option("--shards", "n_shards", type=click.IntRange(min=1), default=None,
               help="The shard count the shards were written with (default: what the shard directory says).")
+@click.option("--feature-parts", type=RangesType(), default=None,
+              help="Merge the shards of feature ranges collected apart (`collect --features START:STOP --shards N "
+                   "--shard-index I`, the other options the same) into one dictionary of the whole range "
+                   "(--features, else every feature of the hook or SAE): every range, in order, no gaps or overlaps.")
 @db_option
 @friendly_errors
-def merge(db: str, n_shards: int | None, **kwargs: Any) -> None:
+def merge(db: str, n_shards: int | None, feature_parts: list[tuple[int, int]] | None, **kwargs: Any) -> None:
     """Merge the shards written by `collect --shards N --shard-index I` into one dictionary (the only step
     that writes the database). Give the same collection options as the shards.
 
     \b
     Example:
       autointerp merge --tokens 10000000 --shards 8
+    \b
+    A wide SAE collected in two feature ranges (each in 8 context shards), merged into one dictionary:
+      autointerp collect --sae ./sae --tokens 10000000 --features 0:65536 --shards 8 --shard-index 0
+      ...
+      autointerp merge --sae ./sae --tokens 10000000 --feature-parts 0:65536,65536:131072
     """
     from autointerp.stages.shard import merge_stage
 
     t0 = time.monotonic()
     with interruptible("nothing was written; the shards are kept: run the same command again.") as bars:
-        out = merge_stage(db, build(CollectConfig, kwargs), n_shards, on_progress=bars)
+        out = merge_stage(db, build(CollectConfig, kwargs), n_shards, on_progress=bars, feature_parts=feature_parts)
     _collected(out, db, time.monotonic() - t0)
 
 

@@ -231,6 +231,25 @@ def test_feature_parts_of_a_feature_range_equal_that_range_collected_at_once(tmp
     assert_same_tables(db_one, db)
 
 
+def test_cli_sae_feature_slices_then_one_merge(tmp_path, sae_single, tiny_model_dir, corpus_file):
+    db_one, cfg = sae_single  # 40 latents
+    db = tmp_path / "cli.duckdb"
+    args = ["--model", str(tiny_model_dir), "--dataset", str(corpus_file), "--sae", str(cfg.sae),
+            "--tokens", "1600", "--ctx-len", "16", "--top-k", "6", "--quantiles", "2", "--per-quantile", "2",
+            "--random", "6", "--seed", "3", "--batch-size", "5", "--device", "cpu", "--db", str(db)]
+    runner = CliRunner()
+    for part, n, i in [("0:16", 1, 0), ("16:40", 2, 1), ("16:40", 2, 0)]:  # a Slurm array: slices x shards
+        r = runner.invoke(main, ["collect", *args, "--features", part, "--shards", str(n), "--shard-index", str(i)])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["merge", *args, "--feature-parts", "0:16,20:40"])
+    assert r.exit_code == 2 and "--feature-parts: features 16:20 are in no part" in r.output
+    r = runner.invoke(main, ["merge", *args, "--feature-parts", "0:16,16:40"])
+    assert r.exit_code == 0, r.output
+    assert "40 features" in r.output
+    assert query(db, "SELECT kind, n_features FROM dictionaries") == [("sae", 40)]
+    assert_same_tables(db_one, db)
+
+
 @pytest.mark.parametrize(("parts", "features", "message"), [
     ([(0, 24), (20, 64)], None, r"0:24 and 20:64 overlap \(features 20:24 are in both\)"),
     ([(0, 24), (0, 24)], None, r"0:24 and 0:24 overlap"),
