@@ -211,7 +211,7 @@ def merge_stage(db: str | Path, cfg: CollectConfig, n_shards: int | None = None,
         first["dictionary_config"]
     if feature_parts is not None:
         offset, n_features = _check_width(cfg, ordered, found)
-        # The config the single run over the whole range writes: each part's, but for its range.
+        # The config the single run over the whole range writes: the first part's, with the merged range.
         dictionary_config = {**dictionary_config, "features": list(cfg.features) if cfg.features else None,
                              "feature_offset": offset}
     state, strings = _merge_parts(dirs, counts, on_progress)

@@ -241,6 +241,8 @@ def test_cli_sae_feature_slices_then_one_merge(tmp_path, sae_single, tiny_model_
     for part, n, i in [("0:16", 1, 0), ("16:40", 2, 1), ("16:40", 2, 0)]:  # a Slurm array: slices x shards
         r = runner.invoke(main, ["collect", *args, "--features", part, "--shards", str(n), "--shard-index", str(i)])
         assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["merge", *args, "--feature-parts", "0:16,40:16"])
+    assert r.exit_code == 2 and "'40:16' is empty or negative" in r.output
     r = runner.invoke(main, ["merge", *args, "--feature-parts", "0:16,20:40"])
     assert r.exit_code == 2 and "--feature-parts: features 16:20 are in no part" in r.output
     r = runner.invoke(main, ["merge", *args, "--feature-parts", "0:16,16:40"])
