@@ -24,7 +24,9 @@ def scale(acts: list[float], max_act: float) -> list[int]:
     return [min(9, max(0, round(9 * a / max_act))) for a in acts]
 
 
-def format_excerpts(contexts: list[Context], max_act: float) -> str:
+def format_excerpts_full(contexts: list[Context], max_act: float) -> str:
+    """The first excerpt format ("full", kept for comparison): each whole context, every token at a
+    nonzero 0-9 level marked on its own, then all of them listed with their levels."""
     blocks = []
     for i, c in enumerate(contexts, 1):
         levels = scale(c.acts, max_act)
@@ -33,6 +35,57 @@ def format_excerpts(contexts: list[Context], max_act: float) -> str:
         active = ", ".join(f'"{prompts.escape_data(t).strip()}" {s}' for t, s in zip(c.tokens, levels, strict=True) if s > 0)
         blocks.append(f"<excerpt {i}>\n{text}\n</excerpt {i}>\nActive tokens: {active or 'none'}")
     return "\n\n".join(blocks)
+
+
+MARK_FRACTION = 0.3  # Delphi's explainer threshold: marked tokens reach 30% of their excerpt's max
+WINDOW_BEFORE = 16  # tokens shown before an excerpt's peak (what leads up to it matters most)
+WINDOW_AFTER = 4  # and after it
+MAX_LISTED = 4  # strongest marked tokens listed per excerpt
+
+
+def window(acts: list[float]) -> range:
+    """The token positions shown: WINDOW_BEFORE before the excerpt's peak (its first maximum) to
+    WINDOW_AFTER after it, clipped to the context."""
+    peak = max(range(len(acts)), key=lambda k: (acts[k], -k))
+    return range(max(0, peak - WINDOW_BEFORE), min(len(acts), peak + WINDOW_AFTER + 1))
+
+
+def format_excerpts_compact(contexts: list[Context], max_act: float) -> str:
+    """The compact excerpt format: a window around each context's peak; runs of tokens at or above
+    MARK_FRACTION of that context's max marked as one <<run>> (Delphi's highlighting); then the
+    MAX_LISTED strongest marked tokens with their 0-9 level on the feature's scale. '…' stands for
+    text cut off by the window. A context with no positive activation is shown whole, unmarked."""
+    blocks = []
+    for i, c in enumerate(contexts, 1):
+        top = max(c.acts, default=0.0)
+        shown = window(c.acts) if top > 0 and c.tokens else range(len(c.tokens))
+        marked = {k for k in shown if top > 0 and c.acts[k] >= MARK_FRACTION * top}
+        text = "…" if shown.start > 0 else ""
+        for k in shown:
+            opens, closes = k in marked and k - 1 not in marked, k in marked and k + 1 not in marked
+            text += ("<<" if opens else "") + prompts.escape_data(c.tokens[k]) + (">>" if closes else "")
+        text += "…" if shown.stop < len(c.tokens) else ""
+        levels = scale(c.acts, max_act)
+        strongest = sorted(marked, key=lambda k: (-c.acts[k], k))[:MAX_LISTED]
+        listed = ", ".join(f'"{prompts.escape_data(c.tokens[k]).strip()}" {levels[k]}' for k in strongest)
+        blocks.append(f"<excerpt {i}>{text}</excerpt>\nStrongest: {listed or 'none'}")
+    return "\n".join(blocks)
+
+
+# The excerpt formats by name; the format's version goes into the explanation's prompt hash, since the
+# format lives in code, not in the template files.
+EXCERPT_FORMATS = {"compact": format_excerpts_compact, "full": format_excerpts_full}
+FORMAT_VERSIONS = {"compact": "excerpts-compact-v1", "full": ""}
+EXCERPT_FORMAT = "compact"
+
+
+def format_excerpts(contexts: list[Context], max_act: float, fmt: str = EXCERPT_FORMAT) -> str:
+    return EXCERPT_FORMATS[fmt](contexts, max_act)
+
+
+def prompt_hash(fmt: str = EXCERPT_FORMAT) -> str:
+    """The hash stored with every LLM explanation: the templates and the excerpt format's version."""
+    return prompts.templates_hash(*EXPLAIN_TEMPLATES, version=FORMAT_VERSIONS[fmt])
 
 
 def spread_over_bins(contexts: list[Context], n: int) -> list[Context]:
@@ -91,14 +144,16 @@ def explanation(fc: FeatureContexts, explainer: str, phash: str, label: str | No
 MAX_TOKENS = 60
 
 
-def explain_messages(fc: FeatureContexts, n_top: int, n_quantile: int) -> list[dict[str, str]] | None:
+def explain_messages(fc: FeatureContexts, n_top: int, n_quantile: int,
+                     fmt: str = EXCERPT_FORMAT) -> list[dict[str, str]] | None:
     """The explainer's request (system + user message), or None when the feature has nothing to show."""
     contexts = explain_contexts(fc, n_top, n_quantile)
     if not contexts:
         return None
     return [
         {"role": "system", "content": prompts.render("explain.system")},
-        {"role": "user", "content": prompts.render("explain.user", excerpts=format_excerpts(contexts, fc.max_act))},
+        {"role": "user", "content": prompts.render("explain.user",
+                                                   excerpts=format_excerpts(contexts, fc.max_act, fmt))},
     ]
 
 
@@ -107,11 +162,13 @@ NO_CONTEXTS = "no explain-split contexts: the feature never activated"
 
 async def explain_with_llm(fc: FeatureContexts, client: LLMClient, model: str, *, n_top: int = 10,
                            n_quantile: int = 10, max_reasks: int = 2, max_tokens: int = MAX_TOKENS,
-                           messages: list[dict[str, str]] | None = None) -> tuple[Explanation, list[LLMCall]]:
+                           messages: list[dict[str, str]] | None = None,
+                           fmt: str = EXCERPT_FORMAT) -> tuple[Explanation, list[LLMCall]]:
     """Ask for a label; re-ask a bounded number of times on unusable output; then a failed row with the reason.
-    `messages` continues a conversation begun elsewhere (a batch reply being re-asked)."""
-    phash = prompts.templates_hash(*EXPLAIN_TEMPLATES)
-    messages = messages or explain_messages(fc, n_top, n_quantile)
+    `messages` continues a conversation begun elsewhere (a batch reply being re-asked); `fmt` names the
+    excerpt format (EXCERPT_FORMATS)."""
+    phash = prompt_hash(fmt)
+    messages = messages or explain_messages(fc, n_top, n_quantile, fmt)
     if messages is None:
         return explanation(fc, model, phash, None, NO_CONTEXTS, FailureCode.NO_CONTEXTS), []
     try:

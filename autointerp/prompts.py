@@ -22,11 +22,14 @@ def render(name: str, **values: object) -> str:
     return Template(template(name)).substitute({k: str(v) for k, v in values.items()}).strip("\n")
 
 
-def templates_hash(*names: str) -> str:
-    """The hash stored with every result made from these templates."""
+def templates_hash(*names: str, version: str = "") -> str:
+    """The hash stored with every result made from these templates; `version` names a format built in
+    code (excerpt layout) that the templates do not show, so changing it changes the hash."""
     h = hashlib.sha256()
     for n in names:
         h.update(n.encode() + b"\0" + template(n).encode() + b"\0")
+    if version:
+        h.update(b"format\0" + version.encode() + b"\0")
     return h.hexdigest()[:16]
 
 

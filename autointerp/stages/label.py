@@ -209,7 +209,7 @@ class LabelBatch:
         # Cancelling the writer task does not stop a flush already running in its thread: the final
         # flush waits for it, else both write the same bundles (a duplicate explanation_id).
         self._flush_lock = threading.Lock()
-        self.explain_hash = prompts.templates_hash(*explain.EXPLAIN_TEMPLATES)
+        self.explain_hash = explain.prompt_hash()
         templates = simulate.SIM_TEMPLATES if cfg.simulator_mode == "echo" else simulate.CHAT_TEMPLATES
         if cfg.judge:
             templates = (*templates, *detect.DETECT_TEMPLATES, *detect.FUZZ_TEMPLATES)
