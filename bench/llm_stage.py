@@ -199,18 +199,8 @@ def delphi_builders(src: Path):
     def highlight(tokens, acts, threshold: float = 0.3) -> str:
         # Delphi's explainer format (Explainer._highlight, threshold 0.3 of the max): runs of active
         # tokens in one pair of << >>; then up to 11 ("token" : 0-10 activation) pairs.
-        cut, out, i = max(acts) * threshold, "", 0
-        while i < len(tokens):
-            if acts[i] > cut:
-                out += "<<"
-                while i < len(tokens) and acts[i] > cut:
-                    out += tokens[i]
-                    i += 1
-                out += ">>"
-            else:
-                out += tokens[i]
-                i += 1
-        return out
+        cut = max(acts) * threshold
+        return marked(tokens, {i for i, a in enumerate(acts) if a > cut})
 
     def explain_prompt(contexts, max_act: float):
         parts = []
