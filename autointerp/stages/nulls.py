@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from autointerp import prompts, scoring, store
-from autointerp.types import Explanation, ScoreRow
+from autointerp.types import Explanation, ScoreRow, SimulatedContext
 
 NULL_HASH = "null-v1"
 SHUFFLED = "null:shuffled:"
@@ -102,11 +102,14 @@ def reference_gains(db: str | Path, dictionary_id: int, n_boot: int = 1000) -> i
     with store.open_store(db, wait_s=600) as con:
         rows: list[ScoreRow] = []
         pending = store.gain_pending(con, dictionary_id, GAINS[0][0])
+        refs: dict[str, list[SimulatedContext]] = {}  # a feature's reference run serves each of its labels: read it once
         for p in pending:
-            ours, ref = store.simulated_contexts(con, p.run_id), store.simulated_contexts(con, p.reference_run_id)
-            keys = [(c.seq, c.kind, c.purpose) for c in ours]
+            ours = store.simulated_contexts(con, p.run_id)
+            ref = refs.get(p.reference_run_id) or refs.setdefault(
+                p.reference_run_id, store.simulated_contexts(con, p.reference_run_id))
+            same = [(c.seq, c.kind, c.purpose) for c in ours] == [(c.seq, c.kind, c.purpose) for c in ref]
             for method, kinds in GAINS:
-                if keys != [(c.seq, c.kind, c.purpose) for c in ref]:
+                if not same:
                     score = scoring.Score(method, float("nan"), 0, float("nan"), float("nan"))
                     note: str | None = f"contexts differ from reference run {p.reference_run_id}"
                 else:
