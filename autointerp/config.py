@@ -21,6 +21,12 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_device(device: str) -> None:
+    """The devices collect, behaviour and control accept (whether one exists is checked when loading)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps")
+
+
 class CollectConfig(Frozen):
     """What `autointerp collect` does. Defaults follow Delphi and OpenAI's neuron explainer (README: Collection)."""
 
@@ -61,8 +67,7 @@ class CollectConfig(Frozen):
             raise ValueError(f"features range {self.features} is empty or negative; use START:STOP with START < STOP")
         if self.init_scheme not in RANDOM_INIT_SCHEMES:
             raise ValueError(f"unknown init_scheme '{self.init_scheme}'; use one of: {', '.join(RANDOM_INIT_SCHEMES)}")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ValueError(f"unknown device '{self.device}'; use auto, cpu, cuda, cuda:N or mps")
+        _check_device(self.device)
         if self.init_scheme != "init" and not self.random_init:
             raise ValueError(f"init_scheme '{self.init_scheme}' needs random_init: it says how to randomise the model")
         return self
@@ -178,8 +183,7 @@ class BehaviourConfig(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> BehaviourConfig:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ValueError(f"unknown device '{self.device}'; use auto, cpu, cuda, cuda:N or mps")
+        _check_device(self.device)
         return self
 
     def settings(self) -> dict[str, Any]:
