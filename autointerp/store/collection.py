@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from autointerp import __version__
 from autointerp.errors import AutointerpError
-from autointerp.store.db import Connection, insert_rows, transaction
+from autointerp.store.db import Connection, insert_rows, register, transaction
 from autointerp.types import Context, FeatureContexts
 
 # ---------------------------------------------------------------- dictionaries
@@ -173,7 +173,7 @@ def read_feature_contexts(
     """FeatureContexts records for the given features of a dictionary."""
     if not features:
         return {}
-    con.register("_wanted", pa.table({"feature": pa.array(features, pa.int32())}))
+    register(con, "_wanted", pa.table({"feature": pa.array(features, pa.int32())}))
     try:
         stats = dict(con.execute(
             "SELECT f.feature, f.max_act FROM features f JOIN _wanted USING (feature) WHERE f.dictionary_id = ?",

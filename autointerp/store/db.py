@@ -270,12 +270,19 @@ def select_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, where: s
         raise BadInput(f"bad --where condition on features: {exc}") from exc
 
 
+def register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Register an Arrow table as a view. DuckDB refuses while a result of this connection is unread (a
+    `fetchone()` of a one-row lookup leaves one), so that result is run to its end first."""
+    con.complete()
+    con.register(name, table)
+
+
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table | list[dict[str, Any]]) -> None:
     """Insert an Arrow table or dict rows (all with the same keys), inside the caller's transaction."""
     arrow = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
     if arrow.num_rows == 0:
         return
-    con.register("_incoming", arrow)
+    register(con, "_incoming", arrow)
     try:
         cols = ", ".join(arrow.column_names)
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")

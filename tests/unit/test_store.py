@@ -80,3 +80,16 @@ def test_incomplete_dictionary_is_reused_by_the_same_config(tmp_path):
         c = store.begin_dictionary(con, config_hash="other", **kw)
         assert a == b != c
         assert [d.status for d in store.list_dictionaries(con)] == ["incomplete", "incomplete"]
+
+
+def test_reads_and_inserts_work_after_a_one_row_lookup(tmp_path):
+    """A `fetchone()` leaves its result unread; DuckDB then refuses to register the Arrow tables that
+    inserts and context reads go through, unless the store finishes that result first."""
+    db = tmp_path / "x.duckdb"
+    with store.open_store(db) as con:
+        con.execute("CREATE TABLE t (x INTEGER)")
+        con.execute("INSERT INTO t VALUES (1), (2)")
+        assert con.execute("SELECT x FROM t ORDER BY x").fetchone() == (1,)
+        store.insert_rows(con, "t", [{"x": 3}])
+        assert con.execute("SELECT count(*) FROM t").fetchone() == (3,)
+        assert store.read_feature_contexts(con, 1, [0]) == {}
