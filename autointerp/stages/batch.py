@@ -129,7 +129,7 @@ class BatchRun:
             cid = custom_id(group, did, f, eid, f"s{i}", a)
             if cfg.simulator_mode == "echo":
                 prompt, offsets = simulate.echo_prompt(label, c.tokens,
-                                                       fewshot_for(self.db, did, f, cfg.n_sim_fewshot))
+                                                       fewshot_for(self.db, did, f, cfg.fewshot))
                 if offsets:
                     out.append(Request(cid, llm.COMPLETIONS_URL, "simulator", llm.completion_body(
                         model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS)))
@@ -464,7 +464,7 @@ class BatchRun:
         more: list[LLMCall] = []
         try:
             if cfg.simulator_mode == "echo":
-                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, cfg.n_sim_fewshot)
+                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, cfg.fewshot)
                 built = [simulate.echo_prompt(label, c.tokens, fewshot) for c, _ in contexts]
                 logprobs = [llm.parse_body(parts[f"s{i}"][0].url, parts[f"s{i}"][1].body)[1]
                             for i, (_, offs) in enumerate(built) if offs]

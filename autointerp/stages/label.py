@@ -264,7 +264,7 @@ class LabelBatch:
         contexts = scoring_contexts(fc, self.cfg)
         try:
             if self.cfg.simulator_mode == "echo":
-                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, self.cfg.n_sim_fewshot)
+                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, self.cfg.fewshot)
                 predicted, calls = await simulate.simulate_echo(client, model, label, [c for c, _ in contexts],
                                                                 fewshot=fewshot)
             else:

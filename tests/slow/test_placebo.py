@@ -1,6 +1,7 @@
 """Placebo labels on the real simulator: SmolLM2-135M-Instruct in-process (llama.cpp) simulating held-out
-contexts of SmolLM2-135M's layer-6 MLP neurons, collected by autointerp's own collect stage. A label that
-says nothing about a feature must score about 0, and no prediction may drift with a context's position.
+contexts of SmolLM2-135M's layer-6 MLP neurons, collected by autointerp's own collect stage, with the
+label stage's default worked examples (two other features' top contexts). A label that says nothing about
+a feature must score 0 within its CI, and no prediction may drift with a context's position.
 Also: hostile tokens through the real tokenizer, and the in-process path against llama-cpp-python's own
 echo logprobs served over HTTP. A few minutes on 2 cores; run with -s to see the numbers."""
 
@@ -19,6 +20,7 @@ from autointerp.config import CollectConfig, LabelConfig
 from autointerp.llm import LLMFailure, OpenAICompatibleClient
 from autointerp.models import smollm2_gguf_path
 from autointerp.stages.collect import collect_stage
+from autointerp.stages.fewshot import fewshot_for
 from autointerp.stages.label import scoring_contexts
 from tests.llm_server import LoopbackLLM, Reply
 from tests.unit.test_simulate import HOSTILE, contexts_of
@@ -27,9 +29,6 @@ pytestmark = pytest.mark.slow
 
 PLACEBOS = ["nothing", "mentions of fruit such as apples and bananas", "the digit 7"]
 REFERENCE = prompts.render("null_constant")  # the label stage's reference label, "nothing in particular"
-# The gain of a label that says nothing must be 0 or practically 0: |mean| within this equivalence bound and
-# its CI inside twice it. Raw placebo correlations were 0.03-0.06 (main: 0.046); good labels reach 0.5+.
-EQUIVALENCE = 0.025
 N_FEATURES = 12
 N_TOP = N_RANDOM = 5
 N_BOOT = 2000
@@ -44,14 +43,19 @@ def inproc():
 
 
 @pytest.fixture(scope="module")
-def features(tmp_path_factory) -> list:
+def collected(tmp_path_factory) -> tuple:
     db = tmp_path_factory.mktemp("placebo") / "placebo.duckdb"
     out = collect_stage(db, CollectConfig(hook="blocks.6.mlp.hook_post", n_tokens=40_000, ctx_len=32,
                                           features=(0, N_FEATURES), top_k=N_TOP, n_random=N_RANDOM, n_quantiles=2,
                                           per_quantile=2))
     with store.open_store(db, read_only=True) as con:
         records = store.read_feature_contexts(con, out.dictionary_id, list(range(N_FEATURES)))
-    return [records[f] for f in sorted(records)]
+    return db, [records[f] for f in sorted(records)]
+
+
+@pytest.fixture(scope="module")
+def features(collected) -> list:
+    return collected[1]
 
 
 def embedded_client(inproc: local.InProcessLogprobs) -> local.EmbeddedClient:
@@ -72,11 +76,18 @@ def slope(means: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def placebo(features, inproc) -> dict:
-    """Every placebo label simulated on every feature's held-out top + random contexts (top first, as the
-    label stage passes them): per label the failures, each feature's pooled correlation, and the mean
-    prediction at each context position per feature."""
+def placebo(collected, inproc) -> dict:
+    """Every placebo label simulated on every feature's held-out top + random contexts with the label
+    stage's worked examples: per label the failures, each feature's pooled correlation, and the mean
+    prediction at each position in the order the contexts were sent.
+
+    The order is a seeded shuffle per feature (the same for every label), so a position is not a kind of
+    context: sent top first, as the label stage sends them, the slope measured which contexts were last
+    (the 5 random ones, the same texts for every feature; one of them got 1.66 where the others got ~1.45)
+    rather than where they were."""
+    db, features = collected
     cfg = LabelConfig(n_sim_top=N_TOP, n_sim_random=N_RANDOM)
+    assert cfg.fewshot == 2  # the default the label stage uses
     client = embedded_client(inproc)
     results: dict[str, dict] = {}
     start = time.monotonic()
@@ -88,12 +99,17 @@ def placebo(features, inproc) -> dict:
             r: dict = results.setdefault(label, {"failures": [], "corr": [], "gain": [], "by_position": []})
             for fc in features:
                 pairs = scoring_contexts(fc, cfg)
-                contexts = [c for c, _ in pairs]
+                order = np.random.default_rng(fc.feature).permutation(len(pairs))
+                contexts = [pairs[i][0] for i in order]
+                fewshot = fewshot_for(db, fc.dictionary_id, fc.feature, cfg.fewshot)
                 try:
-                    predicted, _ = await simulate.simulate_echo(client, local.MODEL_NAME, label, contexts)
+                    sent, _ = await simulate.simulate_echo(client, local.MODEL_NAME, label, contexts, fewshot=fewshot)
                 except LLMFailure as exc:
                     r["failures"].append(f"feature {fc.feature}: {exc}")
                     continue
+                predicted: list = [None] * len(pairs)
+                for position, i in enumerate(order):
+                    predicted[i] = sent[position]
                 # scored as the label stage scores: the scoring contexts (the calibration ones set aside)
                 examples = [(np.asarray(c.acts), np.asarray(p))
                             for (c, purpose), p in zip(pairs, predicted, strict=True) if purpose == "scoring"]
@@ -101,7 +117,7 @@ def placebo(features, inproc) -> dict:
                 r["corr"].append(scoring.correlation_score("correlation_top_random", examples).value)
                 r["gain"].append(scoring.correlation_gain_score("correlation_gain", examples,
                                                                 reference[fc.feature]).value)
-                r["by_position"].append([float(np.mean(p)) for p in predicted])
+                r["by_position"].append([float(np.mean(p)) for p in sent])
 
     asyncio.run(run())
     report: dict = {"seconds": round(time.monotonic() - start, 1)}
@@ -134,26 +150,24 @@ def test_predictions_do_not_drift_with_context_position(placebo):
         assert s_low <= 0.0 <= s_high or abs(s) < TINY_SLOPE, f"{label!r}: drift {s:.4f} [{s_low:.4f}, {s_high:.4f}]"
 
 
-@pytest.mark.xfail(strict=True, reason="measured: on the raw correlation placebo labels score 0.03-0.06 (CI "
-                   "above 0): SmolLM2-135M's digit beliefs follow token content whatever the label, and neurons "
-                   "follow content too. correlation_gain (next test) removes it")
 def test_placebo_labels_raw_correlation_is_zero(placebo):
-    for label in PLACEBOS:
+    """The raw score of a label that says nothing is the simulator's own prior (which tokens it rates high
+    whatever the label) correlated with the feature: on these features its CI contains 0. On neurons 12-24
+    it only just does (bench/placebo.py); the gain (next test) is the zero that holds wherever."""
+    for label in [REFERENCE, *PLACEBOS]:
         mean, low, high = placebo[label]["correlation_top_random"]
         assert low <= 0.0 <= high, f"{label!r}: mean correlation {mean:.3f} [{low:.3f}, {high:.3f}] excludes 0"
 
 
 def test_placebo_labels_gain_nothing_over_the_reference(placebo):
     """correlation_gain (the label's correlation minus the reference label's on the same contexts): 0 exactly
-    for the reference, and 0 or practically 0 for labels that say nothing about the feature."""
+    for the reference, and 0 within its CI for labels that say nothing about the feature. Without worked
+    examples the fruit label gained 0.019 [0.008, 0.031] here: it raised predictions on content words."""
     mean, low, high = placebo[REFERENCE]["correlation_gain"]
     assert (mean, low, high) == (0.0, 0.0, 0.0)
-    raw = placebo[REFERENCE]["correlation_top_random"][0]
     for label in PLACEBOS:
         mean, low, high = placebo[label]["correlation_gain"]
-        assert (low <= 0.0 <= high) or (abs(mean) <= EQUIVALENCE and -2 * EQUIVALENCE <= low <= high <= 2 * EQUIVALENCE), (
-            f"{label!r}: mean gain {mean:.3f} [{low:.3f}, {high:.3f}]")
-        assert abs(mean) < max(placebo[label]["correlation_top_random"][0], raw)  # smaller than the raw bias
+        assert low <= 0.0 <= high, f"{label!r}: mean gain {mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def test_a_context_gets_the_same_predictions_wherever_it_is_put(features, inproc):

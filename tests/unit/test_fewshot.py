@@ -43,7 +43,7 @@ def test_the_label_stage_shows_the_examples_and_keys_runs_by_them(tmp_path, coll
         run_label(db, llm.base_url, [0, 1, 2], judge=False, n_sim_fewshot=1)
         echo = [r["prompt"] for p, r in llm.requests if p.endswith("/completions") and "prompt" in r]
         runs_before = q(db, "SELECT count(*) FROM score_runs WHERE simulator = 'm-sim'")[0][0]
-        run_label(db, llm.base_url, [0, 1, 2], judge=False, explain=False)  # no examples: other settings
+        run_label(db, llm.base_url, [0, 1, 2], judge=False, explain=False, n_sim_fewshot=0)  # other settings
     labels = {ex.label for f in range(3) for ex in fewshot.fewshot_for(collected_db, 1, f, 1)}
     assert echo and all(sum(simulate.show(lab) in p for lab in labels) >= 1 for p in echo)
     assert all(re.search(r"\t[0-9]\n", p) for p in echo)  # the example's real values
@@ -68,3 +68,13 @@ def test_batch_api_shows_the_same_examples_as_live(tmp_path, collected_db):
 def test_examples_need_the_echo_simulator():
     with pytest.raises(ValueError, match="sim-fewshot needs --simulator-mode echo"):
         LabelConfig(n_sim_fewshot=1, simulator_mode="chat")
+
+
+def test_echo_shows_two_examples_unless_told_otherwise():
+    """The default: OpenAI's simulator shows worked examples, and without them placebo labels gained over
+    the reference on SmolLM2 (README: Scores you can trust). Chat shows none; 0 turns them off and keeps the
+    settings (and so the run keys) of runs made before examples existed."""
+    echo, chat, off = LabelConfig(), LabelConfig(simulator_mode="chat"), LabelConfig(n_sim_fewshot=0)
+    assert (echo.fewshot, chat.fewshot, off.fewshot) == (2, 0, 0)
+    assert echo.simulation_settings("h")["n_sim_fewshot"] == 2
+    assert "n_sim_fewshot" not in off.simulation_settings("h") and "n_sim_fewshot" not in chat.simulation_settings("h")
