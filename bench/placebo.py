@@ -79,7 +79,9 @@ def main() -> None:
 
     result: dict = {"features": [start, stop], "settings": {}}
     for n in [int(x) for x in args.fewshot.split(",")]:
+        t = time.time()
         corr = asyncio.run(run(n))
+        result.setdefault("simulation_s", {})[f"fewshot={n}"] = round(time.time() - t, 1)
         result["settings"][f"fewshot={n}"] = {
             label: {"correlation_top_random": ci(v), "correlation_gain": ci(v - corr[reference]),
                     "per_feature": v.round(4).tolist()} for label, v in corr.items()}
@@ -93,7 +95,8 @@ def main() -> None:
             raw, gain = r["correlation_top_random"], r["correlation_gain"]
             print(f"  {setting:10} {label[:32]:32} raw {raw[0]:+.3f} [{raw[1]:+.3f}, {raw[2]:+.3f}]"
                   f"   gain {gain[0]:+.3f} [{gain[1]:+.3f}, {gain[2]:+.3f}]")
-    print(f"\n{result['wall_s']:.0f} s; written to {out_path}")
+    print(f"\nsimulation seconds per setting: {result['simulation_s']}")
+    print(f"{result['wall_s']:.0f} s; written to {out_path}")
 
 
 if __name__ == "__main__":
