@@ -2,7 +2,8 @@
 
 A planted feature is a token rule (the word 'the', digits, commas, ...) on real contexts of the default
 corpus: activation 1 on the tokens the rule matches, 0 elsewhere. Each is simulated by the echo
-simulator (SmolLM2-135M-Instruct in-process, the embedded default) with four labels: the rule's own
+simulator (the endpoint of $OPENAI_BASE_URL with --simulator-model, else the embedded default:
+SmolLM2-135M-Instruct in-process) with four labels: the rule's own
 description (the ceiling), the label stage's reference label "nothing in particular" (the zero),
 an unrelated placebo (fruit), and another rule's description (a wrong label). Half the contexts hold a
 match, half are random. Reported per few-shot setting (`--sim-fewshot`): each label kind's mean
@@ -10,6 +11,7 @@ pooled correlation over the rules with a bootstrap 95% CI, and the paired differ
 A simulator whose true labels score no better than the reference measures its own prior, not labels.
 
     python bench/planted_sim.py --fewshot 0,2 --contexts 8
+    OPENAI_BASE_URL=http://host:8000/v1 python bench/planted_sim.py --simulator-model my-model
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autointerp import local, prompts, scoring, simulate, store  # noqa: E402
-from autointerp.config import CollectConfig  # noqa: E402
-from autointerp.llm import OpenAICompatibleClient  # noqa: E402
-from autointerp.models import smollm2_gguf_path  # noqa: E402
+from autointerp import prompts, scoring, simulate, store  # noqa: E402
+from autointerp.config import CollectConfig, LLMConfig  # noqa: E402
+from autointerp.llm import LLMClient  # noqa: E402
 from autointerp.stages.collect import collect_stage  # noqa: E402
 from autointerp.stages.fewshot import fewshot_for  # noqa: E402
+from autointerp.stages.label import open_llm  # noqa: E402
 from autointerp.types import Context  # noqa: E402
 
 RULES: dict[str, Callable[[str], bool]] = {
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--fewshot", default="0,2", help="few-shot settings to compare, comma-separated")
     ap.add_argument("--contexts", type=int, default=8, help="contexts with a match per rule (as many random ones)")
     ap.add_argument("--tokens", type=int, default=30_000)
+    ap.add_argument("--simulator-model", default=None, help="default: the endpoint's default model")
     ap.add_argument("--out", default="bench/results/planted_sim.json")
     args = ap.parse_args()
     t0 = time.time()
@@ -71,12 +74,10 @@ def main() -> None:
         records = store.read_feature_contexts(con, out.dictionary_id, list(range(16)))
     pool = list({c.seq: c for fc in records.values() for c in fc.contexts}.values())
     rules = list(RULES)
-    lp = local.InProcessLogprobs(str(smollm2_gguf_path()), n_ctx=4096)
-    client = local.EmbeddedClient(OpenAICompatibleClient(["http://127.0.0.1:9/v1"]), lp)
     reference = prompts.render("null_constant")
     result: dict = {"rules": rules, "contexts_per_rule": 2 * args.contexts, "settings": {}}
 
-    async def run(n_fewshot: int) -> dict[str, list[float]]:
+    async def run(client: LLMClient, model: str, n_fewshot: int) -> dict[str, list[float]]:
         rng = np.random.default_rng(0)
         corr: dict[str, list[float]] = {"true label": [], "reference": [], "placebo (fruit)": [], "wrong rule": []}
         # a donor feature that is none of the planted ones; its examples are real activations
@@ -86,7 +87,7 @@ def main() -> None:
             labels = {"true label": name, "reference": reference, "placebo (fruit)": PLACEBO,
                       "wrong rule": rules[(i + 1) % len(rules)]}
             for kind, label in labels.items():
-                predicted, _ = await simulate.simulate_echo(client, local.MODEL_NAME, label, contexts, fewshot=fewshot)
+                predicted, _ = await simulate.simulate_echo(client, model, label, contexts, fewshot=fewshot)
                 examples = [(np.asarray(c.acts), np.asarray(p)) for c, p in zip(contexts, predicted, strict=True)]
                 corr[kind].append(scoring.correlation_score("correlation_top_random", examples).value)
             print(f"  fewshot {n_fewshot} {name:40}" + "  ".join(f"{k} {v[-1]:+.3f}" for k, v in corr.items()), flush=True)
@@ -96,12 +97,17 @@ def main() -> None:
         low, high = scoring.bootstrap(lambda idx: float(np.mean(values[idx])), len(values), N_BOOT)
         return [float(values.mean()), low, high]
 
-    for n in [int(x) for x in args.fewshot.split(",")]:
-        corr = asyncio.run(run(n))
-        true, ref = np.asarray(corr["true label"]), np.asarray(corr["reference"])
-        result["settings"][f"fewshot={n}"] = {
-            **{k: ci(np.asarray(v)) for k, v in corr.items()}, "true - reference": ci(true - ref), "per_rule": corr}
-    lp.close()
+    settings = [int(x) for x in args.fewshot.split(",")]
+    with open_llm(LLMConfig(simulator_model=args.simulator_model)) as session:
+        result["simulator"] = session.simulator_model
+
+        async def every_setting() -> list[dict[str, list[float]]]:  # one event loop: the client's connections
+            return [await run(session.client, session.simulator_model, n) for n in settings]
+
+        for n, corr in zip(settings, asyncio.run(every_setting()), strict=True):
+            true, ref = np.asarray(corr["true label"]), np.asarray(corr["reference"])
+            result["settings"][f"fewshot={n}"] = {**{k: ci(np.asarray(v)) for k, v in corr.items()},
+                                                  "true - reference": ci(true - ref), "per_rule": corr}
     result["wall_s"] = time.time() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
