@@ -3,8 +3,11 @@ through a real llama.cpp server on 127.0.0.1, simulated in-process. Minutes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -12,16 +15,27 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def llama_servers() -> set[str]:
-    return set(subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout.split())
+def llama_servers(tag: str) -> set[str]:
+    """llama.cpp servers started under the command with this tag in its environment (which they inherit):
+    a demo or bench running beside the suite has servers of its own, started at any moment."""
+    pids = subprocess.run(["pgrep", "-f", "llama_cpp.server"], capture_output=True, text=True).stdout.split()
+    ours = set()
+    for pid in pids:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone already
+            continue
+        if f"AUTOINTERP_E2E_TAG={tag}".encode() in environ:
+            ours.add(pid)
+    return ours
 
 
 def test_run_on_the_embedded_default(tmp_path):
     db = tmp_path / "e2e.duckdb"
-    others = llama_servers()  # servers of other processes on this machine (a demo, a bench) are not ours
+    tag = uuid.uuid4().hex
     cmd = [sys.executable, "-m", "autointerp", "run", "--db", str(db), "--tokens", "12800", "--ctx-len", "32",
            "--label-features", "0:3", "--sim-top", "4", "--sim-random", "4", "--concurrency", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, "AUTOINTERP_E2E_TAG": tag})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3/3 features done" in proc.stdout
     con = duckdb.connect(str(db), read_only=True)
@@ -51,4 +65,4 @@ def test_run_on_the_embedded_default(tmp_path):
                          "AND correlation_top_random IS NOT NULL").fetchone()[0]
     assert scores >= 3  # every baseline label is scored
     con.close()
-    assert not llama_servers() - others, "the local llama.cpp server outlived the command"
+    assert not llama_servers(tag), "the local llama.cpp server outlived the command"
