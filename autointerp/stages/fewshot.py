@@ -1,8 +1,8 @@
 """Worked examples for the echo simulator (`--sim-fewshot N`), as OpenAI's simulator shows them: another
-feature's top context (explain split) with its real activations on the 0-9 scale and that feature's
-token-lookup label. The donors are a fixed seeded sample of the dictionary's active features, so a
-feature's examples do not depend on which features are labelled together, and a feature is never its
-own donor: its examples cannot show its activations."""
+feature's top context (explain split), cut to the explainer's compact window around its peak, with its
+real activations on the 0-9 scale and that feature's token-lookup label. The donors are a fixed seeded
+sample of the dictionary's active features, so a feature's examples do not depend on which features are
+labelled together, and a feature is never its own donor: its examples cannot show its activations."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def _example(fc: FeatureContexts) -> FewShot | None:
     if not top or top[0].max_act <= 0:
         return None
     c = top[0]
-    values = [min(9, max(0, round(9 * a / c.max_act))) for a in c.acts]
-    return FewShot(list(c.tokens), values, explain.explain_baseline(fc).label)
+    shown = explain.window(c.acts)  # the explainer's compact window around the peak: a third of the tokens at 64
+    values = [min(9, max(0, round(9 * c.acts[i] / c.max_act))) for i in shown]
+    return FewShot([c.tokens[i] for i in shown], values, explain.explain_baseline(fc).label)
 
 
 @functools.lru_cache(maxsize=32)

@@ -24,8 +24,9 @@ def test_examples_come_from_other_features_with_their_real_values(collected_db):
         contexts = store.read_feature_contexts(con, 1, [f for f, _ in pool])
     for f, ex in pool:
         top = min(contexts[f].select("explain", "top"), key=lambda c: c.rank)
-        assert ex.tokens == list(top.tokens) and max(ex.values) == 9
-        assert ex.values == [min(9, max(0, round(9 * a / top.max_act))) for a in top.acts]  # negatives: 0
+        shown = explain.window(top.acts)  # the compact window: 16 tokens before the peak, 4 after
+        assert len(shown) < len(top.tokens) and ex.tokens == [top.tokens[i] for i in shown] and max(ex.values) == 9
+        assert ex.values == [min(9, max(0, round(9 * top.acts[i] / top.max_act))) for i in shown]  # negatives: 0
         assert ex.label == explain.explain_baseline(contexts[f]).label
     donors = [f for f, _ in pool]
     for f in range(8):
