@@ -107,8 +107,8 @@ class LabelConfig(Frozen):
     n_sim_top: int = Field(10, ge=1, description="holdout top contexts simulated (odd ranks calibrate, even ranks score)", json_schema_extra={"flag": "sim-top"})
     n_sim_random: int = Field(10, ge=1, description="holdout random contexts simulated (same split rule)", json_schema_extra={"flag": "sim-random"})
     n_sim_fewshot: int | None = Field(None, ge=0, le=4, description="echo simulator: worked examples before each "
-                                      "context (another feature's top context with its real 0-9 values and its "
-                                      "token-lookup label; never the scored feature's own); default: "
+                                      "context (another feature's top context, cut to a window around its peak, with its real "
+                                      "0-9 values and its token-lookup label; never the scored feature's own); default: "
                                       f"{DEFAULT_FEWSHOT} with echo, 0 with chat", json_schema_extra={"flag": "sim-fewshot"})
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
     judge: bool = Field(True, description="also score detection and fuzzing (Delphi), one chat request each")

@@ -25,7 +25,7 @@ def _example(fc: FeatureContexts) -> FewShot | None:
         return None
     c = top[0]
     shown = explain.window(c.acts)  # the explainer's compact window around the peak: a third of the tokens at 64
-    values = [min(9, max(0, round(9 * c.acts[i] / c.max_act))) for i in shown]
+    values = explain.scale([c.acts[i] for i in shown], c.max_act)
     return FewShot([c.tokens[i] for i in shown], values, explain.explain_baseline(fc).label)
 
 

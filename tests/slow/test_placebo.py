@@ -152,8 +152,9 @@ def test_predictions_do_not_drift_with_context_position(placebo):
 
 def test_placebo_labels_raw_correlation_is_zero(placebo):
     """The raw score of a label that says nothing is the simulator's own prior (which tokens it rates high
-    whatever the label) correlated with the feature: on these features its CI contains 0. On neurons 12-24
-    it only just does (bench/placebo.py); the gain (next test) is the zero that holds wherever."""
+    whatever the label) correlated with the feature, so it moves with the features and the prompt: without
+    examples the reference scored 0.038 [0.000, 0.081] here (bench/placebo.py). The gain (next test) is the
+    zero that does not depend on them."""
     for label in [REFERENCE, *PLACEBOS]:
         mean, low, high = placebo[label]["correlation_top_random"]
         assert low <= 0.0 <= high, f"{label!r}: mean correlation {mean:.3f} [{low:.3f}, {high:.3f}] excludes 0"
