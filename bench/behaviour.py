@@ -30,11 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autointerp import behaviour, models, store  # noqa: E402
+from autointerp import models, store
+from autointerp.behaviour import patcher as behaviour  # noqa: E402
+from autointerp.behaviour.stage import behaviour_stage  # noqa: E402
+from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig  # noqa: E402
-from autointerp.stages.behaviour import behaviour_stage  # noqa: E402
-from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.label import label_stage  # noqa: E402
+from autointerp.label.stage import label_stage  # noqa: E402
 
 GOAL = 2.0  # behaviour per feature at most this many bare forward passes
 

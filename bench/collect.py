@@ -34,10 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autointerp import corpus, models, store  # noqa: E402
-from autointerp.collect import collect_contexts, collect_memory  # noqa: E402
+from autointerp import models, store
+from autointerp.collect import corpus  # noqa: E402
+from autointerp.collect.collector import collect_contexts, collect_memory  # noqa: E402
+from autointerp.collect.stage import collect_stage, token_strings  # noqa: E402
 from autointerp.config import CollectConfig  # noqa: E402
-from autointerp.stages.collect import collect_stage, token_strings  # noqa: E402
 
 GIB = 2**30
 
@@ -212,13 +213,13 @@ def main() -> None:
 
 def bench_shards(cfg: CollectConfig, model: Any, n_shards: int, n_tok: int) -> dict[str, Any]:
     """One process through the stages, then n shards and their merge, over the same tokens."""
-    from autointerp.stages.shard import collect_shard, merge_stage
+    from autointerp.collect.shards import collect_shard, merge_stage
 
     root = Path(tempfile.mkdtemp())
     one_s = timed(lambda: collect_stage(root / "one.duckdb", cfg, model=model))
     db = root / "sharded.duckdb"
     if importlib.util.find_spec("ray") is not None:
-        from autointerp.stages import ray_shards
+        from autointerp.collect import ray_shards
 
         how = f"local Ray, {n_shards} CPUs (each worker loads the model; Ray's start included)"
         shards_s = timed(lambda: ray_shards.run(db, cfg, n_shards, list(range(n_shards)), None, num_cpus=n_shards))

@@ -122,9 +122,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/faults.json")
     args = ap.parse_args()
 
+    from autointerp.collect.stage import collect_stage
     from autointerp.config import CollectConfig
     from autointerp.models import load_model
-    from autointerp.stages.collect import collect_stage
     from tests.helpers import TINY_COLLECT, make_model_dir, write_corpus
 
     tmp = Path(tempfile.mkdtemp())

@@ -34,12 +34,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autointerp import explain, scoring, simulate, store  # noqa: E402
+from autointerp import store
+from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig, LLMConfig  # noqa: E402
-from autointerp.llm import LLMFailure  # noqa: E402
-from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.label import LLMSession, open_llm, scoring_contexts  # noqa: E402
-from autointerp.types import Context  # noqa: E402
+from autointerp.label import explain, scoring, simulate  # noqa: E402
+from autointerp.label.stage import LLMSession, open_llm, scoring_contexts  # noqa: E402
+from autointerp.llm.client import LLMFailure  # noqa: E402
+from autointerp.records import Context  # noqa: E402
 
 CONSTANT = "nothing in particular"
 

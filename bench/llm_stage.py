@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autointerp import explain  # noqa: E402
+from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig, LLMConfig  # noqa: E402
+from autointerp.label import explain  # noqa: E402
+from autointerp.label.stage import judged_view, label_stage, open_llm, scoring_contexts  # noqa: E402
 from autointerp.models import load_model  # noqa: E402
-from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.label import judged_view, label_stage, open_llm, scoring_contexts  # noqa: E402
 from autointerp.store import open_store, read_feature_contexts  # noqa: E402
 from tests.helpers import make_model_dir, write_corpus  # noqa: E402
 
@@ -69,7 +69,7 @@ def run_batch_api(db: Path, url: str, features: list[int]) -> tuple[float, float
     (wall seconds, our process's CPU seconds per feature: building the JSONL, polling, ingesting, batches)."""
     import os
 
-    from autointerp.stages.batch import batch_stage
+    from autointerp.label.batch import batch_stage
 
     # The loopback server runs a whole batch inside the poll that finds it done: a long timeout for that poll.
     llm_cfg = LLMConfig(base_urls=(url,), explainer_model="e", simulator_model="s", timeout_s=600, batch_api=True,
@@ -252,9 +252,10 @@ def token_figures(db: Path, features: list[int], openai_src: Path | None, delphi
     prompts on the same contexts and label; cached-token shares; cost per 1,000 features."""
     from transformers import AutoTokenizer
 
-    from autointerp import detect, llm
+    from autointerp.label import detect
+    from autointerp.label.batch import BatchRun
+    from autointerp.llm import client as llm
     from autointerp.models import offline_hf_dir
-    from autointerp.stages.batch import BatchRun
 
     counter = Counter(AutoTokenizer.from_pretrained(offline_hf_dir()))
     cfg = LabelConfig()

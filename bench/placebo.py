@@ -25,13 +25,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autointerp import local, prompts, scoring, simulate, store  # noqa: E402
+from autointerp import store
+from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig  # noqa: E402
-from autointerp.llm import OpenAICompatibleClient  # noqa: E402
+from autointerp.label import scoring, simulate
+from autointerp.label.fewshot import fewshot_for  # noqa: E402
+from autointerp.label.stage import scoring_contexts  # noqa: E402
+from autointerp.llm import local, prompts  # noqa: E402
+from autointerp.llm.client import OpenAICompatibleClient  # noqa: E402
 from autointerp.models import smollm2_gguf_path  # noqa: E402
-from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.fewshot import fewshot_for  # noqa: E402
-from autointerp.stages.label import scoring_contexts  # noqa: E402
 
 PLACEBOS = ["nothing", "mentions of fruit such as apples and bananas", "the digit 7"]
 N_BOOT = 2000

@@ -30,13 +30,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autointerp import prompts, scoring, simulate, store  # noqa: E402
+from autointerp import store
+from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LLMConfig  # noqa: E402
-from autointerp.llm import LLMClient  # noqa: E402
-from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.fewshot import fewshot_for  # noqa: E402
-from autointerp.stages.label import open_llm  # noqa: E402
-from autointerp.types import Context  # noqa: E402
+from autointerp.label import scoring, simulate
+from autointerp.label.fewshot import fewshot_for  # noqa: E402
+from autointerp.label.stage import open_llm  # noqa: E402
+from autointerp.llm import prompts  # noqa: E402
+from autointerp.llm.client import LLMClient  # noqa: E402
+from autointerp.records import Context  # noqa: E402
 
 RULES: dict[str, Callable[[str], bool]] = {
     "the word 'the'": lambda t: t.strip().lower() == "the",

@@ -23,12 +23,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autointerp import compare, scoring, store  # noqa: E402
+from autointerp import store
+from autointerp.analysis import compare  # noqa: E402
+from autointerp.behaviour.stage import behaviour_stage  # noqa: E402
+from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import RANDOM_INIT_SCHEMES, BehaviourConfig, CollectConfig, LabelConfig, LLMConfig  # noqa: E402
-from autointerp.stages.behaviour import behaviour_stage  # noqa: E402
-from autointerp.stages.collect import collect_stage  # noqa: E402
-from autointerp.stages.label import label_stage, open_llm  # noqa: E402
-from autointerp.stages.run import control_config  # noqa: E402
+from autointerp.label import scoring
+from autointerp.label.stage import label_stage, open_llm  # noqa: E402
+from autointerp.pipeline import control_config  # noqa: E402
 
 METHODS = ("correlation_top_random", "correlation_gain", "correlation_random", "explained_variance", "behaviour", "behaviour_random")
 

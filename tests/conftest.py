@@ -27,8 +27,8 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def collected_db(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny_model_dir: Path, corpus_file: Path) -> Path:
     """Dictionary 1: the tiny model's layer-0 MLP neurons over the test corpus (copy it before writing)."""
+    from autointerp.collect.stage import collect_stage
     from autointerp.config import CollectConfig
-    from autointerp.stages.collect import collect_stage
 
     db = tmp_path_factory.mktemp("collected") / "base.duckdb"
     collect_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), **TINY_COLLECT),

@@ -109,7 +109,7 @@ def run_label(db: Path, url: str, features: list[int], *, dictionary_id: int = 1
     import tempfile
 
     from autointerp.config import LabelConfig, LLMConfig
-    from autointerp.stages.label import label_stage, open_llm
+    from autointerp.label.stage import label_stage, open_llm
 
     prices = Path(tempfile.mkstemp(suffix=".json")[1])
     prices.write_text(json.dumps(PRICES))

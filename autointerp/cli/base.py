@@ -16,9 +16,10 @@ import click
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from autointerp import __version__, render, store
+from autointerp import __version__, store
+from autointerp.analysis import render
 from autointerp.errors import AutointerpError, is_bad_input
-from autointerp.types import ProgressEvent
+from autointerp.records import ProgressEvent
 
 DEFAULT_DB = "autointerp.duckdb"
 
@@ -178,7 +179,7 @@ class Bars:
 
 @contextmanager
 def interruptible(message: str) -> Iterator[Bars]:
-    from autointerp.stages.collect import sigterm_as_interrupt
+    from autointerp.collect.stage import sigterm_as_interrupt
 
     bars = Bars()
     try:

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from autointerp import render, store
+from autointerp import store
+from autointerp.analysis import render
 from autointerp.cli.base import (
     build,
     config_options,
@@ -39,7 +40,7 @@ def batches_cmd(db: str, dictionary_id: int | None, cancel_id: str | None, base_
       autointerp batches --cancel batch_abc123 --base-url https://api.openai.com/v1
     """
     if cancel_id is not None:
-        from autointerp.llm import BatchAPI
+        from autointerp.llm.client import BatchAPI
 
         with store.open_store(db, read_only=True) as con:
             row = store.get_batch(con, cancel_id)
@@ -89,8 +90,8 @@ def export_cmd(db: str, stage: str, out: str, dictionary_id: int | None, feature
       vllm run-batch -i requests.jsonl -o results.jsonl --model my/model
       autointerp batch import results.jsonl
     """
-    from autointerp.stages.batch_files import export_requests
-    from autointerp.stages.run import Selection, select
+    from autointerp.label.batch_files import export_requests
+    from autointerp.pipeline import Selection, select
 
     with store.open_store(db, read_only=True) as con:
         did = pick_dictionary(con, dictionary_id)
@@ -108,7 +109,7 @@ def export_cmd(db: str, stage: str, out: str, dictionary_id: int | None, feature
 @friendly_errors
 def import_cmd(db: str, results: str) -> None:
     """Ingest a batch runner's output file like a Batch API result (parsed, scored and stored)."""
-    from autointerp.stages.batch_files import import_results
+    from autointerp.label.batch_files import import_results
 
     out = import_results(db, results)
     click.echo(f"{out.results:,} results in {out.groups} exported batch(es)"

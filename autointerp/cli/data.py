@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from autointerp import render, store
+from autointerp import store
+from autointerp.analysis import render
 from autointerp.cli.base import db_option, format_option, friendly_errors, main, pick_dictionary
 from autointerp.errors import AutointerpError
 
@@ -87,7 +88,7 @@ def status(db: str, fmt: str) -> None:
     Example:
       autointerp status --db runs.duckdb
     """
-    from autointerp import compare as cmp
+    from autointerp.analysis import compare as cmp
 
     with store.open_store(db, read_only=True) as con:
         table = store.dictionary_status(con)
@@ -114,7 +115,7 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
     Example (a trained model against its random-init control):
       autointerp compare 1 2
     """
-    from autointerp import compare as cmp
+    from autointerp.analysis import compare as cmp
 
     with store.open_store(db, read_only=True) as con:
         a, b = store.get_dictionary(con, dict_a), store.get_dictionary(con, dict_b)
@@ -169,7 +170,7 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
       autointerp export --format neuronpedia-upload --out body.json --np-model-id my-model \\
           --np-method-name oai_token-act-pair --np-model-name gpt-4o-mini
     """
-    from autointerp import export
+    from autointerp.analysis import export
 
     out = Path(out_path)
     with store.open_store(db, read_only=True) as con:
@@ -232,7 +233,7 @@ def import_labels_cmd(db: str, path: str, explainer: str, dictionary_id: int | N
       autointerp import-labels np/gpt2-small/6/explanations --explainer neuronpedia --dictionary 1
       autointerp score --explainers neuronpedia --dictionary 1
     """
-    from autointerp.stages.imports import import_labels
+    from autointerp.label.import_stage import import_labels
 
     with store.open_store(db, read_only=True) as con:
         did = pick_dictionary(con, dictionary_id)
@@ -265,7 +266,7 @@ def report_cmd(db: str, out_path: str, dictionary_ids: tuple[int, ...]) -> None:
     Example:
       autointerp report --out report.html
     """
-    from autointerp import report
+    from autointerp.analysis import report
 
     with store.open_store(db, read_only=True) as con:
         page = report.build(con, list(dictionary_ids) or None)

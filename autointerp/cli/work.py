@@ -67,8 +67,8 @@ def collect(db: str, checkpoint_every_s: float, n_shards: int | None, shard_inde
     Re-running the same command completes an interrupted run (from its last checkpoint, or the
     shards not yet written) and does nothing to a finished one.
     """
-    from autointerp.stages.collect import collect_stage
-    from autointerp.stages.shard import collect_shard, sharded_collect_stage
+    from autointerp.collect.shards import collect_shard, sharded_collect_stage
+    from autointerp.collect.stage import collect_stage
 
     cfg = build(CollectConfig, kwargs)
     if (shard_index is not None or ray_address is not None) and n_shards is None:
@@ -127,7 +127,7 @@ def merge(db: str, n_shards: int | None, feature_parts: list[tuple[int, int]] | 
       ...
       autointerp merge --sae ./sae --tokens 10000000 --feature-parts 0:65536,65536:131072
     """
-    from autointerp.stages.shard import merge_stage
+    from autointerp.collect.shards import merge_stage
 
     t0 = time.monotonic()
     with interruptible("nothing was written; the shards are kept: run the same command again.") as bars:
@@ -157,21 +157,21 @@ def label_selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _label_command(db: str, explain_stage: bool, score_stage: bool, dictionary_id: int | None,
                    feature_range: tuple[int, int] | None, where: str | None, **kwargs: Any) -> None:
-    from autointerp.stages.label import label_stage, open_llm
-    from autointerp.stages.run import Selection, select
+    from autointerp.label.stage import label_stage, open_llm
+    from autointerp.pipeline import Selection, select
 
     with store.open_store(db, read_only=True) as con:
         did = pick_dictionary(con, dictionary_id)
     features = select(db, did, Selection(feature_range, where))
     cfg, llm_cfg = build(LabelConfig, kwargs), build(LLMConfig, kwargs)
     if llm_cfg.batch_api:
-        from autointerp.stages.batch import require_endpoint
+        from autointerp.label.batch import require_endpoint
 
         require_endpoint(llm_cfg)
     with interruptible("finished features are saved; run the same command to continue.") as bars, \
             open_llm(llm_cfg) as session:
         if llm_cfg.batch_api:
-            from autointerp.stages.batch import batch_stage
+            from autointerp.label.batch import batch_stage
 
             progress = batch_stage(db, did, features, cfg, llm_cfg, session, explain_stage=explain_stage,
                                    score_stage=score_stage, on_progress=bars)
@@ -285,7 +285,7 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
       autointerp run --model gpt2 --base-url https://api.openai.com/v1 --simulator-mode chat \\
           --batch-api --max-cost 10
     """
-    from autointerp.stages.run import Selection, run_stage
+    from autointerp.pipeline import Selection, run_stage
 
     behaviour_cfg = build(BehaviourConfig, kwargs) if with_behaviour else None
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
@@ -317,7 +317,7 @@ def behaviour_cmd(db: str, dictionary_id: int | None, feature_range: tuple[int, 
     Another ablation reference is other work: both results stay, each keyed by its settings.
       autointerp behaviour --dictionary 1 --ablate zero
     """
-    from autointerp.stages.behaviour import behaviour_stage
+    from autointerp.behaviour.stage import behaviour_stage
 
     with store.open_store(db, read_only=True) as con:
         did = pick_dictionary(con, dictionary_id)
@@ -351,7 +351,7 @@ def control(db: str, like_id: int, init_seed: int | None, scheme: str, control_s
       autointerp control --like 1 --label-features 0:100
       autointerp compare 1 2
     """
-    from autointerp.stages.run import Selection, control_stage
+    from autointerp.pipeline import Selection, control_stage
 
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
         out = control_stage(db, like_id, Selection(label_features, label_where), build(LabelConfig, kwargs),

@@ -60,7 +60,7 @@ from autointerp.store.reads import (
     score_values,
     summary_table,
 )
-from autointerp.store.work import (
+from autointerp.store.results import (
     Bundle,
     GainPending,
     PendingScore,

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from autointerp.store.db import Connection, insert_rows, transaction
-from autointerp.store.work import Bundle, insert_bundles
+from autointerp.store.results import Bundle, insert_bundles
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from autointerp import __version__
 from autointerp.errors import AutointerpError
+from autointerp.records import Context, FeatureContexts
 from autointerp.store.db import Connection, insert_rows, register, transaction
-from autointerp.types import Context, FeatureContexts
 
 # ---------------------------------------------------------------- dictionaries
 

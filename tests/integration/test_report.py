@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from autointerp.behaviour.stage import behaviour_stage
+from autointerp.collect.stage import collect_stage
 from autointerp.config import BehaviourConfig, CollectConfig
-from autointerp.stages.behaviour import behaviour_stage
-from autointerp.stages.collect import collect_stage
 from tests.helpers import TINY_COLLECT, copy_db, run_label
 from tests.llm_server import LoopbackLLM, Reply
 from tests.unit.test_labelling import LABEL, good_script
@@ -96,7 +96,7 @@ def test_report_opens_in_headless_chromium(tmp_path, labelled_db):
 
 
 def test_report_escapes_stored_text(labelled_db):
-    from autointerp import report
+    from autointerp.analysis import report
     from autointerp.store import open_store
 
     with open_store(labelled_db, read_only=True) as con:

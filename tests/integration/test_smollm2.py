@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from autointerp import models
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
-from autointerp.stages.collect import collect_stage
 from tests.helpers import make_sae_dir, write_corpus
 
 pytestmark = pytest.mark.integration

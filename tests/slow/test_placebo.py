@@ -15,13 +15,15 @@ import time
 import numpy as np
 import pytest
 
-from autointerp import local, prompts, scoring, simulate, store
+from autointerp import store
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig, LabelConfig
-from autointerp.llm import LLMFailure, OpenAICompatibleClient
+from autointerp.label import scoring, simulate
+from autointerp.label.fewshot import fewshot_for
+from autointerp.label.stage import scoring_contexts
+from autointerp.llm import local, prompts
+from autointerp.llm.client import LLMFailure, OpenAICompatibleClient
 from autointerp.models import smollm2_gguf_path
-from autointerp.stages.collect import collect_stage
-from autointerp.stages.fewshot import fewshot_for
-from autointerp.stages.label import scoring_contexts
 from tests.llm_server import LoopbackLLM, Reply
 from tests.unit.test_simulate import HOSTILE, contexts_of
 

@@ -13,8 +13,8 @@ import duckdb
 import pytest
 
 from autointerp import store
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
-from autointerp.stages.collect import collect_stage
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
 from tests.unit.test_labelling import digit_rule, judge_reply
 

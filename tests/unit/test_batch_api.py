@@ -33,8 +33,8 @@ def script(path: str, request: dict) -> Reply:
 def run_batch_api(db: Path, url: str, features: list[int], *, llm: dict | None = None, **cfg: Any) -> Any:
     """The label stage in Batch API mode through its Python entry point (the test price table)."""
     from autointerp.config import LabelConfig, LLMConfig
-    from autointerp.stages.batch import batch_stage
-    from autointerp.stages.label import open_llm
+    from autointerp.label.batch import batch_stage
+    from autointerp.label.stage import open_llm
 
     prices = Path(tempfile.mkstemp(suffix=".json")[1])
     prices.write_text(json.dumps(PRICES))

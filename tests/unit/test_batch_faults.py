@@ -12,8 +12,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
-from autointerp.stages.collect import collect_stage
 from tests.helpers import PRICES, TINY_COLLECT, copy_db, make_model_dir, query
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
 from tests.unit.test_labelling import LABEL, digit_rule, judge_reply

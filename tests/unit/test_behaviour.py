@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from autointerp import behaviour, corpus, scoring
+from autointerp.behaviour import patcher as behaviour
+from autointerp.collect import corpus
+from autointerp.label import scoring
 from autointerp.models import FeatureReader
 from tests.helpers import SAMPLE_TEXT, make_tokenizer
 

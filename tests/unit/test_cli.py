@@ -14,9 +14,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError
-from autointerp.stages.collect import collect_stage
 from tests.helpers import make_sae_dir, write_corpus
 
 HOOK = "blocks.0.mlp.hook_post"

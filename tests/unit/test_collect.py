@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from autointerp import corpus
-from autointerp.collect import _SALT_RANDOM, _SALT_RESERVOIR, hash_uniform, split_of
+from autointerp.collect import corpus
+from autointerp.collect.collector import _SALT_RANDOM, _SALT_RESERVOIR, hash_uniform, split_of
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureReader, load_sae
-from autointerp.stages.collect import collect_stage
 from tests.helpers import make_sae_dir
 
 HOOK = "blocks.0.mlp.hook_post"

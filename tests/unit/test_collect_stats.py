@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from autointerp.collect_stats import HIST_BINS, Stats, context_sums, limb_total
+from autointerp.collect.stats import HIST_BINS, Stats, context_sums, limb_total
 
 
 def _acts(seed: int = 0, n_ctx: int = 24, length: int = 13, n_feat: int = 7) -> torch.Tensor:
@@ -85,7 +85,7 @@ def _quantiles_one_feature_at_a_time(res_seq, res_max, top_seq, n_q, per):
 
 @pytest.mark.parametrize(("n_q", "per"), [(10, 5), (3, 2), (4, 9)])
 def test_vectorised_quantile_samples_equal_the_per_feature_loop(n_q, per):
-    from autointerp.collect import _quantile_rows
+    from autointerp.collect.collector import _quantile_rows
 
     rng = np.random.default_rng(n_q)
     n_feat, size, k = 40, 30, 6
@@ -102,7 +102,7 @@ def test_vectorised_quantile_samples_equal_the_per_feature_loop(n_q, per):
 
 
 def _collector(n_feat: int, offset: int, acts: torch.Tensor):
-    from autointerp.collect import Collector
+    from autointerp.collect.collector import Collector
     from autointerp.config import CollectConfig
 
     cfg = CollectConfig(hook="x", n_tokens=64, ctx_len=acts.shape[1], top_k=3, n_quantiles=2, per_quantile=2,
@@ -115,8 +115,8 @@ def _collector(n_feat: int, offset: int, acts: torch.Tensor):
 
 
 def test_feature_ranges_joined_equal_the_whole_run():
-    from autointerp import partial
-    from autointerp.collect import Collector
+    from autointerp.collect import partial
+    from autointerp.collect.collector import Collector
 
     acts = _acts(4, n_ctx=150, length=6)  # 7 features, ranges [0, 3) and [3, 7); contexts some range lacks
     whole, cfg = _collector(7, 0, acts)

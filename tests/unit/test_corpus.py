@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from autointerp import corpus
+from autointerp.collect import corpus
 from autointerp.errors import AutointerpError
 from tests.helpers import make_tokenizer
 

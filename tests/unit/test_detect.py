@@ -12,9 +12,10 @@ import re
 import numpy as np
 import pytest
 
-from autointerp import detect, explain, llm, scoring
-from autointerp.llm import LLMFailure
-from autointerp.types import Context, FeatureContexts
+from autointerp.label import detect, explain, scoring
+from autointerp.llm import client as llm
+from autointerp.llm.client import LLMFailure
+from autointerp.records import Context, FeatureContexts
 from tests.llm_server import LoopbackLLM, Reply
 
 MAX = 10.0

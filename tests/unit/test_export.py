@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from autointerp import export
+from autointerp.analysis import export
 from autointerp.cli import main
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
-from autointerp.stages.collect import collect_stage
 from tests.helpers import make_sae_dir, run_label
 from tests.llm_server import LoopbackLLM
 from tests.unit.test_labelling import LABEL, good_script

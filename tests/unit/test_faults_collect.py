@@ -14,10 +14,10 @@ import duckdb
 import pytest
 import torch
 
-from autointerp.collect import Collector
+from autointerp.collect.collector import Collector
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
 from autointerp.errors import LockTimeout
-from autointerp.stages.collect import collect_stage
 
 HOOK = "blocks.0.mlp.hook_post"
 

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from autointerp import explain, simulate, store
+from autointerp import store
 from autointerp.config import LabelConfig
-from autointerp.stages import fewshot
+from autointerp.label import explain, fewshot, simulate
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
 from tests.llm_server import LoopbackLLM

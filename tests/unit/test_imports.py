@@ -29,9 +29,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from autointerp import compare, store
+from autointerp import store
+from autointerp.analysis import compare
 from autointerp.cli import main
-from autointerp.stages.imports import import_labels
+from autointerp.label.import_stage import import_labels
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs, placeholder_row

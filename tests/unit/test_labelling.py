@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autointerp import scoring
+from autointerp.label import scoring
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs, placeholder_row
@@ -131,7 +131,7 @@ def test_chat_simulator_mode_uses_json_and_top_logprobs(tmp_path, collected_db):
 
 
 def test_judge_scores_by_hand():
-    from autointerp import detect
+    from autointerp.label import detect
 
     assert detect.parse_answers('Sure: {"answers": [1, 0, 1]}', 3) == [1, 0, 1]
     with pytest.raises(ValueError, match="2 answers for 3"):

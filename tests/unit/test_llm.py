@@ -8,8 +8,10 @@ import time
 
 import pytest
 
-from autointerp import explain, llm, prompts
-from autointerp.types import Context, FeatureContexts
+from autointerp.label import explain
+from autointerp.llm import client as llm
+from autointerp.llm import prompts
+from autointerp.records import Context, FeatureContexts
 from tests.llm_server import (
     LoopbackLLM,
     Reply,

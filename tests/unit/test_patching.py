@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from autointerp import behaviour
+from autointerp.behaviour import patcher as behaviour
 from tests.helpers import make_tokenizer
 
 TOL = 1e-5

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from autointerp import scoring, store
+from autointerp import store
+from autointerp.label import scoring
 from tests.helpers import copy_db, run_label
 from tests.helpers import query as q
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs, placeholder_row

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from autointerp.behaviour.stage import behaviour_stage
 from autointerp.config import BehaviourConfig
-from autointerp.stages.behaviour import behaviour_stage
 from tests.helpers import copy_db, query, run_label
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
 from tests.unit.test_labelling import good_script, judge_reply

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from autointerp import corpus
+from autointerp.collect import corpus
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError
 from autointerp.models import FeatureReader, load_sae, sparsify_hook_name
-from autointerp.stages.collect import collect_stage
 
 D_SAE = 40
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from autointerp import store
+from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
 from autointerp.errors import BadInput, InternalError
-from autointerp.stages.collect import collect_stage
 
 HOOK = "blocks.0.mlp.hook_post"
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from autointerp import scoring
+from autointerp.label import scoring
 
 
 def ex(*pairs):

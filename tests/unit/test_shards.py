@@ -15,10 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from autointerp.cli import main
-from autointerp.config import CollectConfig
-from autointerp.errors import BadInput
-from autointerp.stages.collect import collect_stage
-from autointerp.stages.shard import (
+from autointerp.collect.shards import (
     check_feature_parts,
     collect_shard,
     merge_stage,
@@ -26,6 +23,9 @@ from autointerp.stages.shard import (
     shard_path,
     sharded_collect_stage,
 )
+from autointerp.collect.stage import collect_stage
+from autointerp.config import CollectConfig
+from autointerp.errors import BadInput
 from tests.helpers import TINY_COLLECT, make_sae_dir, query
 
 TABLES = {
@@ -98,7 +98,7 @@ def test_local_ray_with_two_workers_equals_the_single_process_run(tmp_path, sing
     db_one, cfg = single
     db = tmp_path / "ray.duckdb"
     events = []
-    from autointerp.stages import ray_shards
+    from autointerp.collect import ray_shards
 
     shards = shard_dir(db, cfg)
     ray_shards.run(db, cfg, 3, [0, 1, 2], None, events.append, num_cpus=2)
@@ -132,10 +132,10 @@ def test_a_shard_resumes_from_its_checkpoint(tmp_path, tiny_model, single):
     db_one, cfg = single
     db = tmp_path / "ckpt.duckdb"
     # A checkpoint of shard 0 as a killed run leaves it: the first batches of its range, saved as they go.
-    from autointerp import corpus
-    from autointerp.collect import collect_contexts
+    from autointerp.collect import corpus
+    from autointerp.collect.collector import collect_contexts
+    from autointerp.collect.shards import shard_range
     from autointerp.models import FeatureReader
-    from autointerp.stages.shard import shard_range
 
     directory = shard_dir(db, cfg)
     directory.mkdir()

@@ -11,9 +11,10 @@ import re
 import numpy as np
 import pytest
 
-from autointerp import local, simulate
-from autointerp.llm import LLMFailure, OpenAICompatibleClient
-from autointerp.types import Context
+from autointerp.label import simulate
+from autointerp.llm import local
+from autointerp.llm.client import LLMFailure, OpenAICompatibleClient
+from autointerp.records import Context
 from tests.llm_server import LoopbackLLM, Reply
 
 HOSTILE = ["\t", "\n", "\t\t", "\tunknown", "\tunknown\n", "<end>", "<start>", "\n<end>\n", "7", "0", "\t0\n", "10",

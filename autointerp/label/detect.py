@@ -24,10 +24,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from autointerp import prompts
-from autointerp.explain import spread_over_bins
-from autointerp.llm import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
-from autointerp.types import Context, FailureCode, FeatureContexts
+from autointerp.label.explain import spread_over_bins
+from autointerp.llm import prompts
+from autointerp.llm.client import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
+from autointerp.records import Context, FailureCode, FeatureContexts
 
 DETECT_TEMPLATES = ("detect.system", "detect.user", "reask_json")
 FUZZ_TEMPLATES = ("fuzz.system", "fuzz.user", "reask_json")

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from autointerp import __version__
 from autointerp.errors import AutointerpError
+from autointerp.records import CallRow, Explanation, ScoreRow, ScoreRun, SimulatedContext, Simulation
 from autointerp.store.db import Connection, insert_rows, transaction
-from autointerp.types import CallRow, Explanation, ScoreRow, ScoreRun, SimulatedContext, Simulation
 
 
 def explained_features(con: Connection, dictionary_id: int, explainer: str, prompt_hash: str,

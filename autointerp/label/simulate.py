@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from string import Template
 from typing import Any
 
-from autointerp import prompts
-from autointerp.llm import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
-from autointerp.types import Context, FailureCode
+from autointerp.llm import prompts
+from autointerp.llm.client import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
+from autointerp.records import Context, FailureCode
 
 SIM_TEMPLATES: tuple[str, ...] = ("simulate", "simulate.block")
 CHAT_TEMPLATES: tuple[str, ...] = ("simulate_chat.system", "simulate_chat.user", "reask_json")

@@ -25,13 +25,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from autointerp import detect, explain, llm, simulate, store
+from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
 from autointerp.errors import AutointerpError
-from autointerp.llm import LLMCall, LLMFailure, LLMReply
-from autointerp.stages.batchio import MISSING, Request, Result, custom_id, read_results, result_key
-from autointerp.stages.fewshot import fewshot_for
-from autointerp.stages.label import (
+from autointerp.label import detect, explain, simulate
+from autointerp.label.batchio import MISSING, Request, Result, custom_id, read_results, result_key
+from autointerp.label.fewshot import fewshot_for
+from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
+from autointerp.label.stage import (
     LabelBatch,
     LLMSession,
     Progress,
@@ -43,8 +44,9 @@ from autointerp.stages.label import (
     scored_run_bundle,
     scoring_contexts,
 )
-from autointerp.stages.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
-from autointerp.types import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
+from autointerp.llm import client as llm
+from autointerp.llm.client import LLMCall, LLMFailure, LLMReply
+from autointerp.records import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
 
 CHUNK = 128
 JUDGES = ("detection", "fuzzing")
@@ -522,7 +524,7 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
                 on_progress: ProgressFn | None = None) -> Progress:
     """`label_stage` through the Batch API: finish the recorded batches, then explain, then score (then the
     null labels), each a round of batches. Baselines need no LLM and are done first, as live."""
-    from autointerp.stages.label import label_stage
+    from autointerp.label.stage import label_stage
 
     if cfg.baseline:
         label_stage(db, dictionary_id, features, cfg.model_copy(update={"null_samples": 0}), None,

@@ -22,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp import detect, explain, llm, local, prompts, scoring, simulate, store
+from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig, settings_hash
 from autointerp.errors import AutointerpError
-from autointerp.llm import BudgetExhausted, LLMCall, LLMClient, LLMFailure
-from autointerp.stages.fewshot import fewshot_for
-from autointerp.stages.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
-from autointerp.types import (
+from autointerp.label import detect, explain, scoring, simulate
+from autointerp.label.fewshot import fewshot_for
+from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
+from autointerp.llm import client as llm
+from autointerp.llm import local, prompts
+from autointerp.llm.client import BudgetExhausted, LLMCall, LLMClient, LLMFailure
+from autointerp.records import (
     CallRow,
     Context,
     Explanation,

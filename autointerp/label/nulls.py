@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from autointerp import prompts, scoring, store
-from autointerp.types import Explanation, ScoreRow, SimulatedContext
+from autointerp import store
+from autointerp.label import scoring
+from autointerp.llm import prompts
+from autointerp.records import Explanation, ScoreRow, SimulatedContext
 
 NULL_HASH = "null-v1"
 SHUFFLED = "null:shuffled:"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autointerp import scoring
+from autointerp.label import scoring
 
 NO_EFFECT_NATS = 1e-5  # per token: below this the ablation changes nothing measurable
 

@@ -27,9 +27,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from autointerp import prompts
 from autointerp.errors import AutointerpError
-from autointerp.types import FailureCode
+from autointerp.llm import prompts
+from autointerp.records import FailureCode
 
 T = TypeVar("T")
 

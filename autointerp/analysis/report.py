@@ -16,8 +16,8 @@ import numpy as np
 from markupsafe import Markup
 
 from autointerp import store
-from autointerp.compare import describe
-from autointerp.stages.nulls import CONSTANT, SHUFFLED
+from autointerp.analysis.compare import describe
+from autointerp.label.nulls import CONSTANT, SHUFFLED
 from autointerp.store import DictionaryRow, LabelScores
 
 SCORE_METHODS = ("correlation_top_random", "correlation_gain", "correlation_random", "explained_variance", "detection", "fuzzing",

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autointerp import corpus, partial, store
-from autointerp.collect import Collector, collect_contexts
+from autointerp import store
+from autointerp.collect import corpus, partial
+from autointerp.collect.collector import Collector, collect_contexts
+from autointerp.collect.stage import FINAL_WRITE_WAIT_S, CollectOutcome, id_column, prepare, token_progress
 from autointerp.config import CollectConfig
 from autointerp.errors import BadInput, LockTimeout
-from autointerp.stages.collect import FINAL_WRITE_WAIT_S, CollectOutcome, id_column, prepare, token_progress
-from autointerp.types import ProgressEvent, ProgressFn
+from autointerp.records import ProgressEvent, ProgressFn
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ def sharded_collect_stage(db: str | Path, cfg: CollectConfig, n_shards: int, ray
         return CollectOutcome(done.dictionary_id, done.n_tokens or 0, done.n_contexts or 0, done.n_features, True)
     pending = [i for i in range(n_shards) if i not in check_dir(shard_dir(db, cfg), cfg, n_shards)]
     if ray is not None:
-        from autointerp.stages import ray_shards
+        from autointerp.collect import ray_shards
 
         ray_shards.run(db, cfg, n_shards, pending, None if ray == "local" else ray, on_progress)
     else:

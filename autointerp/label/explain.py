@@ -8,9 +8,9 @@ from collections import defaultdict
 
 from pydantic import ValidationError
 
-from autointerp import prompts
-from autointerp.llm import LLMCall, LLMClient, LLMFailure, ask_parsed
-from autointerp.types import Context, Explanation, FailureCode, FeatureContexts, Label
+from autointerp.llm import prompts
+from autointerp.llm.client import LLMCall, LLMClient, LLMFailure, ask_parsed
+from autointerp.records import Context, Explanation, FailureCode, FeatureContexts, Label
 
 EXPLAIN_TEMPLATES = ("explain.system", "explain.user", "explain.reask")
 BASELINE = "baseline:token-lookup"

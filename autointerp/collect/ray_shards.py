@@ -11,7 +11,7 @@ from typing import Any
 
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError, BadInput
-from autointerp.types import ProgressEvent, ProgressFn
+from autointerp.records import ProgressEvent, ProgressFn
 
 RAY_EXTRA = "pip install 'autointerp[ray]'"
 MAX_RETRIES = 2
@@ -27,7 +27,7 @@ def import_ray() -> Any:
 
 
 def _task(db: str, cfg_json: str, n_shards: int, index: int) -> dict[str, Any]:
-    from autointerp.stages.shard import collect_shard
+    from autointerp.collect.shards import collect_shard
 
     out = collect_shard(db, CollectConfig.model_validate_json(cfg_json), n_shards, index)
     return dataclasses.asdict(out)

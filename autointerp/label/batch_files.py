@@ -10,10 +10,10 @@ from pathlib import Path
 
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
-from autointerp.stages.batch import BatchRun
-from autointerp.stages.batchio import Result, read_results
-from autointerp.stages.label import Progress
-from autointerp.types import ProgressFn
+from autointerp.label.batch import BatchRun
+from autointerp.label.batchio import Result, read_results
+from autointerp.label.stage import Progress
+from autointerp.records import ProgressFn
 
 
 def export_requests(db: str | Path, dictionary_id: int, features: list[int], stage: str, cfg: LabelConfig,
@@ -75,7 +75,7 @@ def import_results(db: str | Path, path: str | Path, on_progress: ProgressFn | N
                 store.update_batch(con, row.batch_key, status="imported", n_completed=sum(
                     1 for r in mine.values() if r.body is not None), n_failed=sum(1 for r in mine.values() if r.error))
         if cfg.baseline:
-            from autointerp.stages.label import label_stage
+            from autointerp.label.stage import label_stage
 
             feats = sorted({u["f"] for u in json.loads(rows[0].units)})
             label_stage(db, rows[0].dictionary_id, feats, cfg.model_copy(update={"null_samples": 0}), None,

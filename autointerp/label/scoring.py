@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autointerp.types import ScoreRow, ScoreRun
+from autointerp.records import ScoreRow, ScoreRun
 
 Examples = Sequence[tuple[np.ndarray, np.ndarray]]  # (true, predicted) per context, equal lengths
 

@@ -10,9 +10,10 @@ import functools
 import hashlib
 from pathlib import Path
 
-from autointerp import explain, store
-from autointerp.simulate import FewShot
-from autointerp.types import FeatureContexts
+from autointerp import store
+from autointerp.label import explain
+from autointerp.label.simulate import FewShot
+from autointerp.records import FeatureContexts
 
 
 def _order(feature: int) -> str:

@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
-from autointerp.collect import SPLITS
-from autointerp.collect_stats import HIST_BINS
+from autointerp.collect.collector import SPLITS
+from autointerp.collect.stats import HIST_BINS
 
 State = tuple[dict[str, np.ndarray], dict[str, Any]]
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from autointerp.errors import AutointerpError
-from autointerp.llm import LLMCall, LLMReply, prompt_hash
+from autointerp.llm.client import LLMCall, LLMReply, prompt_hash
 from autointerp.models import smollm2_gguf_path
 
 MODEL_NAME = "smollm2-135m-instruct"
@@ -222,7 +222,7 @@ class EmbeddedClient:
             call = LLMCall(str(uuid.uuid4()), role, model, IN_PROCESS, prompt_hash(prompt), 0, 0,
                            time.monotonic() - start, 0.0, "error", f"{type(exc).__name__}: {exc}"[:500],
                            datetime.now(UTC))
-            from autointerp.llm import LLMFailure
+            from autointerp.llm.client import LLMFailure
 
             raise LLMFailure(f"{role} in-process simulation failed: {exc}", [call]) from None
         call = LLMCall(str(uuid.uuid4()), role, model, IN_PROCESS, prompt_hash(prompt), n, 0,

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from autointerp import __version__, behaviour, scoring, store
+from autointerp import __version__, store
+from autointerp.behaviour import patcher as behaviour
 from autointerp.config import BehaviourConfig
 from autointerp.errors import AutointerpError
-from autointerp.types import ProgressEvent, ProgressFn, ScoreRow, ScoreRun, SimulatedContext
+from autointerp.label import scoring
+from autointerp.records import ProgressEvent, ProgressFn, ScoreRow, ScoreRun, SimulatedContext
 
 
 @dataclass

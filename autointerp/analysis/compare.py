@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from autointerp import scoring
+from autointerp.label import scoring
 from autointerp.store import DictionaryRow, LabelScores, ScoreValue
 
 

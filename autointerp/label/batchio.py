@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from autointerp.types import FailureCode
+from autointerp.records import FailureCode
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autointerp import corpus, store
-from autointerp.collect import run_collection
+from autointerp import store
+from autointerp.collect import corpus
+from autointerp.collect.collector import run_collection
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError, BadInput, LockTimeout, is_bad_input
-from autointerp.types import ProgressEvent, ProgressFn
+from autointerp.records import ProgressEvent, ProgressFn
 
 DEFAULT_HOOK = "blocks.6.mlp.hook_post"
 # A finished collection may hold hours of work: wait long for a reader elsewhere to let go of the lock.

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from autointerp import export, imports, store
+from autointerp import store
+from autointerp.analysis import export
 from autointerp.errors import AutointerpError, BadInput
-from autointerp.types import Explanation, Label
+from autointerp.label import imported as imports
+from autointerp.records import Explanation, Label
 
 HASH_PREFIX = "import:"
 RESERVED = ("baseline:", "null:")  # our own explainers' names

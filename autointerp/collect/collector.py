@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from autointerp.collect_stats import HIST_BINS as HIST_BINS_
-from autointerp.collect_stats import Stats, limb_total
+from autointerp.collect.stats import HIST_BINS as HIST_BINS_
+from autointerp.collect.stats import Stats, limb_total
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureFn
 

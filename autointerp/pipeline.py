@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autointerp import store
+from autointerp.behaviour.stage import BehaviourOutcome, behaviour_stage
+from autointerp.collect.stage import CollectOutcome, collect_stage
 from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
 from autointerp.errors import AutointerpError
-from autointerp.stages.batch import batch_stage, require_endpoint
-from autointerp.stages.behaviour import BehaviourOutcome, behaviour_stage
-from autointerp.stages.collect import CollectOutcome, collect_stage
-from autointerp.stages.label import Progress, label_stage, open_llm
-from autointerp.types import ProgressFn
+from autointerp.label.batch import batch_stage, require_endpoint
+from autointerp.label.stage import Progress, label_stage, open_llm
+from autointerp.records import ProgressFn
 
 
 @dataclass(frozen=True)
