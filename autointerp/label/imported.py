@@ -1,5 +1,5 @@
 """Labels made by other tools, read from the files those tools write (no SQL here: the import stage in
-`stages/imports.py` checks the rows against a dictionary and stores them).
+`label/import_stage.py` checks the rows against a dictionary and stores them).
 
 Formats, each transcribed from the tool's own code:
 - `neuronpedia`: a Neuronpedia dataset's explanations, `<modelId>/<source>/explanations/batch-N.jsonl.gz`, one
