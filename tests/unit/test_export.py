@@ -68,11 +68,12 @@ def check_explanation_row(row: dict) -> None:
     assert re.fullmatch(r"\d+", row["index"])  # Neuron.index is a String holding the feature number
 
 
-def read_dataset(root: Path) -> tuple[list[Path], list[dict]]:
-    files = sorted(root.rglob("*.jsonl.gz"), key=lambda p: int(BATCH_FILE.match(p.name).group(1)))
+def read_dataset(root: Path, folder: str = "explanations") -> tuple[list[Path], list[dict]]:
+    files = sorted((p for p in root.rglob("*.jsonl.gz") if p.parent.name == folder),
+                   key=lambda p: int(BATCH_FILE.match(p.name).group(1)))
     rows = []
     for f in files:
-        assert f.parent.name == "explanations" and BATCH_FILE.match(f.name)
+        assert BATCH_FILE.match(f.name)
         rows += [json.loads(line) for line in gzip.decompress(f.read_bytes()).decode().splitlines() if line.strip()]
     return files, rows
 
@@ -168,22 +169,52 @@ def test_dataset_ids_are_stable_and_batches_split(tmp_path, labelled):
     assert [len(gzip.decompress(f.read_bytes()).splitlines()) for f in files_a] == [3, 3, 3, 1]
     assert [f.read_bytes() for f in files_a] == [f.read_bytes() for f in files_b]  # same ids, same bytes
     assert len({r["id"] for r in rows_a}) == len(rows_a)
-    assert {r["typeName"] for r in rows_a} == {"oai_token-act-pair"}
-    assert {r["explanationModelName"] for r in rows_a} == {"gpt-4o-mini"}
     for r in rows_a:
         check_explanation_row(r)
 
 
+def test_baseline_labels_carry_their_own_type_and_no_model_name(tmp_path, labelled):
+    out = tmp_path / "np"
+    run(labelled, "--format", "neuronpedia-dataset", "--dictionary", "1", "--np-model-id", "tiny-llama",
+        "--np-include-baseline", "--np-method-name", "oai_token-act-pair", "--np-model-name", "gpt-4o-mini",
+        "--out", str(out))
+    rows = read_dataset(out)[1]
+    typed = {(r["description"] == LABEL, r["typeName"], r["explanationModelName"]) for r in rows}
+    assert typed == {(True, "oai_token-act-pair", "gpt-4o-mini"), (False, "autointerp_token-lookup", None)}
+    # Neuronpedia's own names come from its config; ours is written for the import to create
+    types = [json.loads(x) for x in (out / "config" / "explanation_type.jsonl").read_text().splitlines()]
+    assert [t["name"] for t in types] == ["autointerp_token-lookup"]
+    assert not (out / "config" / "explanation_model_type.jsonl").exists()
+    body = tmp_path / "b.json"
+    run(labelled, "--format", "neuronpedia-upload", "--dictionary", "1", "--np-model-id", "tiny-llama",
+        "--np-include-baseline", "--np-method-name", "oai_token-act-pair", "--out", str(body))
+    methods = {e["methodName"] for f in json.loads(body.read_text())["features"] for e in f["explanations"]}
+    assert methods == {"oai_token-act-pair", "autointerp_token-lookup"}
+
+
+def test_ids_change_when_the_type_or_model_name_changes(tmp_path, labelled):
+    ids = []
+    for names in ([], ["--np-method-name", "mine"], ["--np-method-name", "mine", "--np-model-name", "m2"]):
+        out = tmp_path / str(len(ids))
+        run(labelled, "--format", "neuronpedia-dataset", "--dictionary", "1", "--np-model-id", "tiny-llama",
+            "--out", str(out), *names)
+        ids.append({r["id"] for r in read_dataset(out)[1]})
+    assert all(len(x) == N_LABELLED for x in ids)
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
+
+
 def test_upload_body_passes_the_upload_batch_schema(tmp_path, labelled):
     out = tmp_path / "body.json"
-    run(labelled, "--format", "neuronpedia-upload", "--out", str(out), "--dictionary", "1", "--np-model-id",
-        "Tiny-Llama", "--np-method-name", "oai_token-act-pair", "--np-model-name", "gpt-4o-mini")
+    res = run(labelled, "--format", "neuronpedia-upload", "--out", str(out), "--dictionary", "1", "--np-model-id",
+              "Tiny-Llama", "--np-method-name", "oai_token-act-pair", "--np-model-name", "gpt-4o-mini")
+    assert "--np-model-name is not sent" in res.output
     body = json.loads(out.read_text())
     check_upload_body(body)
     assert body["modelId"] == "tiny-llama" and body["source"] == "0" and source_set_of(body["source"]) == "neurons"
     assert [f["index"] for f in body["features"]] == list(range(N_LABELLED))
     for f in body["features"]:
-        assert f["explanations"] == [{"text": LABEL, "methodName": "oai_token-act-pair", "modelName": "gpt-4o-mini"}]
+        # no modelName: the route hands it to prisma.explanation.create, and Explanation has no such field
+        assert f["explanations"] == [{"text": LABEL, "methodName": "oai_token-act-pair"}]
         maxes = [max(a["values"]) for a in f["activations"]]
         assert maxes == sorted(maxes, reverse=True)  # strongest context first
 
