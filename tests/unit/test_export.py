@@ -277,3 +277,34 @@ def test_parquet_and_jsonl_still_read_back(tmp_path, labelled):
     lines = [json.loads(x) for x in (tmp_path / "l.jsonl").read_text().splitlines()]
     assert len(table) == len(lines) == 2 * N_LABELLED
     assert {"label", "explainer", "explanation_id", "correlation_top_random"} <= set(table[0])
+
+
+def test_exports_with_and_without_behaviour_read_together(tmp_path, collected_db, tiny_model):
+    """Parquet and JSON lines take their types from the labels view: a file whose behaviour column is all NULL
+    reads beside one that has behaviour scores (inferred from the rows, the first would type it Arrow null)."""
+    import duckdb
+
+    from autointerp.behaviour.stage import behaviour_stage
+    from autointerp.config import BehaviourConfig
+    from tests.helpers import copy_db
+
+    db = copy_db(collected_db, tmp_path / "b.duckdb")
+    with LoopbackLLM(good_script) as llm:
+        run_label(db, llm.base_url, [0, 1, 2], n_boot=50)
+    for name in ("without", "with"):
+        if name == "with":
+            behaviour_stage(db, 1, BehaviourConfig(n_boot=50), model=tiny_model)
+        run(db, "--format", "parquet", "--out", str(tmp_path / f"{name}.parquet"), "--dictionary", "1")
+        run(db, "--format", "jsonl", "--out", str(tmp_path / f"{name}.jsonl"), "--dictionary", "1")
+    assert pq.read_table(tmp_path / "without.parquet").schema == pq.read_table(tmp_path / "with.parquet").schema
+    con = duckdb.connect()
+    files = [str(tmp_path / "without.parquet"), str(tmp_path / "with.parquet")]
+    got = con.execute("SELECT filename LIKE '%with.parquet', count(behaviour) FROM read_parquet(?, filename = true) "
+                      "GROUP BY ALL ORDER BY 1", [files]).fetchall()
+    assert got[0] == (False, 0) and got[1][0] and got[1][1] > 0
+    columns = json.loads(export.schema_path(tmp_path / "with.jsonl").read_text())
+    assert columns == json.loads(export.schema_path(tmp_path / "without.jsonl").read_text())
+    assert columns["behaviour"] == "DOUBLE" and columns["created_at"].startswith("TIMESTAMP")
+    n = con.execute("SELECT count(behaviour), count(*) FROM read_json(?, columns = ?)",
+                    [[str(tmp_path / "without.jsonl"), str(tmp_path / "with.jsonl")], columns]).fetchone()
+    assert n[0] == got[1][1] and n[1] == len(pq.read_table(files[0])) + len(pq.read_table(files[1]))
