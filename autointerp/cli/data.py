@@ -239,23 +239,31 @@ def _np_feature_data(con: store.Connection, did: int, features: list[int] | None
               help="neuronpedia: a dataset's explanations/batch-N.jsonl.gz; openai: neuron-explainer "
                    "<layer>/<neuron>.jsonl; delphi: an explanations directory of <module>_latent<N>.txt; "
                    "table: CSV or Parquet with columns feature, label.")
+@click.option("--module", default=None,
+              help="Import the labels of this source only: a Delphi module (e.g. layers.6.mlp, for a run over "
+                   "several hookpoints), 'layer N' of OpenAI's files, MODEL/SOURCE of Neuronpedia's.")
+@click.option("--force", is_flag=True,
+              help="Import labels the files say belong to another layer than the dictionary's (refused otherwise).")
 @db_option
 @friendly_errors
-def import_labels_cmd(db: str, path: str, explainer: str, dictionary_id: int | None, fmt: str) -> None:
+def import_labels_cmd(db: str, path: str, explainer: str, dictionary_id: int | None, fmt: str, module: str | None,
+                      force: bool) -> None:
     """Store labels made by another tool as explanations of a dictionary's features, to be scored like ours.
     PATH is a file or a directory (Neuronpedia, OpenAI and Delphi write one file per batch, neuron or latent).
     Rows that cannot be labels are skipped and counted by reason; importing the same file again adds nothing.
+    Where a file gives a feature several labels, the first is kept (for OpenAI's files, the best scored).
 
     \b
     Example:
       autointerp import-labels np/gpt2-small/6/explanations --explainer neuronpedia --dictionary 1
+      autointerp import-labels delphi-run/explanations --module layers.6.mlp --explainer delphi --dictionary 2
       autointerp score --explainers neuronpedia --dictionary 1
     """
     from autointerp.label.import_stage import import_labels
 
     with store.open_store(db, read_only=True) as con:
         did = pick_dictionary(con, dictionary_id)
-    out = import_labels(db, did, path, explainer, fmt)
+    out = import_labels(db, did, path, explainer, fmt, module, force)
     for w in out.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"dictionary {did}: {out.imported:,} labels imported as '{out.explainer}' from {out.rows:,} rows in "
