@@ -13,20 +13,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 from autointerp.analysis import export
 from autointerp.cli import main
-from autointerp.collect.stage import collect_stage
-from autointerp.config import CollectConfig
-from tests.helpers import make_sae_dir, run_label
+from tests.helpers import run_label
 from tests.llm_server import LoopbackLLM
 from tests.unit.test_labelling import LABEL, good_script
 
-HOOK = "blocks.0.mlp.hook_post"
-SAE_HOOK = "blocks.1.hook_resid_post"
-N_LABELLED = 5
+N_LABELLED = 5  # features explained in the `labelled` fixture (tests/conftest.py)
 
 # schema.prisma, model Explanation: every column, as (prisma type, NOT NULL, has a database default).
 # `id` has @default(cuid()), which Prisma fills in, not the database: the jsonb_to_recordset import must carry it.
@@ -108,27 +103,6 @@ def source_set_of(source: str) -> str:
     return source[source.index("-") + 1:].split("__")[0] if "-" in source else source
 
 
-def _label(db: Path, did: int, features: list[int]) -> None:
-    with LoopbackLLM(good_script) as llm:
-        run_label(db, llm.base_url, features, dictionary_id=did, score=False, n_boot=50)
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> Path:
-    """Dictionary 1: MLP neurons of layer 0; dictionary 2: an SAE on layer 1's residual stream. Both explained by
-    the scripted LLM and the token-lookup baseline."""
-    tmp = tmp_path_factory.mktemp("export")
-    db = tmp / "x.duckdb"
-    base = dict(model=str(tiny_model_dir), dataset=str(corpus_file), n_tokens=800, ctx_len=16, top_k=4,
-                n_quantiles=2, per_quantile=2, n_random=4)
-    collect_stage(db, CollectConfig(hook=HOOK, **base), model=tiny_model)
-    sae = make_sae_dir(tmp / "sae", SAE_HOOK, d_in=tiny_model.cfg.d_model, d_sae=40)
-    collect_stage(db, CollectConfig(hook=None, sae=str(sae), **base), model=tiny_model)
-    _label(db, 1, list(range(N_LABELLED)))
-    _label(db, 2, list(range(N_LABELLED)))
-    return db
-
-
 def run(db: Path, *args: str, ok: bool = True):
     res = CliRunner().invoke(main, ["export", *args, "--db", str(db)])
     assert (res.exit_code == 0) == ok, res.output
@@ -154,6 +128,18 @@ def test_dataset_rows_fit_the_explanation_table(tmp_path, labelled):
     assert {r["authorId"] for r in rows} == {"clkht01d40000jv08hvalcvly"}
     # typeName / explanationModelName reference ExplanationType / ExplanationModelType rows: null unless named
     assert {r["typeName"] for r in rows} == {None} and {r["explanationModelName"] for r in rows} == {None}
+    # route.ts reads these before the batches: without them every Neuron / Explanation row breaks a foreign key
+    base = out / "tiny-llama" / "0"
+    meta = {name: json.loads((base / f"{name}.jsonl").read_text()) for name in ("model", "sourceset", "source")}
+    assert meta["model"]["id"] == "tiny-llama" and meta["source"]["id"] == "0"
+    assert meta["sourceset"]["name"] == meta["source"]["setName"] == source_set_of("0") == "neurons"
+    neurons, acts = read_dataset(out, "features")[1], read_dataset(out, "activations")[1]
+    assert {r["index"] for r in rows} <= {r["index"] for r in neurons} and {r["index"] for r in acts} <= {
+        r["index"] for r in neurons}
+    assert all(r["sourceSetName"] == "neurons" and 0 <= r["frac_nonzero"] <= 1 for r in neurons)
+    for batch in (neurons, acts):
+        assert all(set(r) == set(batch[0]) for r in batch)
+    assert all(max(a["values"]) == a["maxValue"] == a["values"][a["maxValueTokenIndex"]] for a in acts)
 
 
 def test_dataset_ids_are_stable_and_batches_split(tmp_path, labelled):

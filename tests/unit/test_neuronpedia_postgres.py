@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from autointerp.cli import main
 from tests import neuronpedia_pg as pg
-from tests.unit.test_export import N_LABELLED, labelled, read_dataset  # noqa: F401  (the fixture)
+from tests.unit.test_export import N_LABELLED, read_dataset
 
 psycopg = pytest.importorskip("psycopg")
 pytestmark = pytest.mark.skipif(pg.pg_bin() is None, reason="needs Debian's postgresql (scripts/setup.sh)")
@@ -40,7 +40,7 @@ def database():
         yield con
 
 
-def test_dataset_imports_with_every_row_and_no_foreign_key_failure(tmp_path, labelled, database):  # noqa: F811
+def test_dataset_imports_with_every_row_and_no_foreign_key_failure(tmp_path, labelled, database):
     out = tmp_path / "np"
     # A name Neuronpedia does not ship and a baseline type: both must arrive as rows the labels can point to.
     export(labelled, out, "--np-include-baseline", "--np-method-name", "autointerp_oai",
@@ -70,7 +70,7 @@ def test_dataset_imports_with_every_row_and_no_foreign_key_failure(tmp_path, lab
     assert counts(database)["ExplanationType"] == 3
 
 
-def test_explanations_alone_fail_the_foreign_key_neuronpedia_checks(tmp_path, labelled, database):  # noqa: F811
+def test_explanations_alone_fail_the_foreign_key_neuronpedia_checks(tmp_path, labelled, database):
     """The check above can fail: explanations of features the instance lacks break Explanation's foreign key."""
     out = tmp_path / "np"
     export(labelled, out, "--np-model-id", "other-model")
