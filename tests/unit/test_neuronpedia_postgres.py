@@ -6,6 +6,7 @@ a cluster starts and stops in a temporary directory (about 5 s)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,23 @@ def counts(con) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def database():
-    with pg.cluster() as dsn, psycopg.connect(dsn, autocommit=True) as con:
-        assert pg.create_schema(con) == len(pg.migrations()) > 60
+def template():
+    """A cluster holding `np_template`: Neuronpedia's schema and the seed's bot user."""
+    with pg.cluster() as dsn:
+        with psycopg.connect(dsn, autocommit=True) as con:
+            con.execute("CREATE DATABASE np_template")
+        with psycopg.connect(dsn.replace("dbname=postgres", "dbname=np_template"), autocommit=True) as con:
+            assert pg.create_schema(con) == len(pg.migrations()) > 60
+        yield dsn
+
+
+@pytest.fixture
+def database(template, request):
+    """A fresh copy of the template for one test."""
+    name = "t_" + request.node.name.lower()[:50]
+    with psycopg.connect(template, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE np_template')
+    with psycopg.connect(template.replace("dbname=postgres", f"dbname={name}"), autocommit=True) as con:
         yield con
 
 
@@ -70,12 +85,13 @@ def test_dataset_imports_with_every_row_and_no_foreign_key_failure(tmp_path, lab
     assert counts(database)["ExplanationType"] == 3
 
 
-def test_explanations_alone_fail_the_foreign_key_neuronpedia_checks(tmp_path, labelled, database):
-    """The check above can fail: explanations of features the instance lacks break Explanation's foreign key."""
+def test_explanations_without_their_features_fail_the_foreign_key(tmp_path, labelled, database):
+    """The check above can fail: a dataset without its features/ (and so without its activations/) breaks
+    Explanation's foreign key to Neuron, as the explanations-only export did."""
     out = tmp_path / "np"
-    export(labelled, out, "--np-model-id", "other-model")
-    batch = next((out / "other-model" / SOURCE / "explanations").glob("*.jsonl.gz"))
-    import gzip
-
-    with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        pg.import_jsonl_string(database, "Explanation", gzip.decompress(batch.read_bytes()).decode())
+    export(labelled, out, "--np-source", "5")
+    for folder in ("features", "activations"):
+        shutil.rmtree(out / MODEL / "5" / folder)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as failed:
+        pg.import_dataset(database, out, MODEL, "5")
+    assert failed.value.diag.constraint_name == "Explanation_modelId_layer_index_fkey"
