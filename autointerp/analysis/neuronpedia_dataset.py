@@ -77,9 +77,10 @@ def config_rows(type_names: Sequence[str | None], model_names: Sequence[str | No
 
 def model_row(t: Target, model: str, layers: int, neurons_per_layer: int) -> dict[str, Any]:
     """`Model`: created only when the instance lacks it. `layers` / `neuronsPerLayer` are what this dictionary
-    shows (its layer + 1, its width for MLP neurons), lower bounds where the instance lacks the model."""
+    shows (its layer + 1, its width for MLP neurons), lower bounds where the instance lacks the model. A local
+    model directory is no TransformerLens name, so it gives no `tlensId`."""
     return {"id": t.model_id, "displayName": t.model_id, "displayNameShort": t.model_id, "creatorId": t.author_id,
-            "tlensId": model, "layers": layers, "neuronsPerLayer": neurons_per_layer, "owner": "autointerp",
+            "tlensId": None if model.startswith(("/", ".", "~")) else model, "layers": layers, "neuronsPerLayer": neurons_per_layer, "owner": "autointerp",
             "visibility": "PUBLIC"}
 
 
