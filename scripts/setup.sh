@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 CORPUS=/usr/share/doc/python3.11/html/_sources
 
-# Debian packages: the default corpus (python3.11-doc), and Chromium + its driver for the report test.
+# Debian packages: the default corpus (python3.11-doc), Chromium + its driver for the report test, and
+# PostgreSQL for the Neuronpedia import test.
 NEED=""
 [ -d "$CORPUS" ] || NEED="$NEED python3.11-doc"
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || NEED="$NEED chromium chromium-driver"
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || NEED="$NEED postgresql"
 if [ -n "$NEED" ]; then
   echo "== Debian packages:$NEED"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -34,3 +34,27 @@ def collected_db(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny_mode
     collect_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), **TINY_COLLECT),
                   model=tiny_model)
     return db
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory: pytest.TempPathFactory, tiny_model, tiny_model_dir: Path, corpus_file: Path) -> Path:
+    """For the export tests (read-only: copy it before writing). Dictionary 1: MLP neurons of layer 0
+    (blocks.0.mlp.hook_post); dictionary 2: an SAE on layer 1's residual stream. Features 0-4 of both explained
+    by the scripted LLM (label tests.unit.test_labelling.LABEL) and the token-lookup baseline, not scored."""
+    from autointerp.collect.stage import collect_stage
+    from autointerp.config import CollectConfig
+    from tests.helpers import make_sae_dir, run_label
+    from tests.llm_server import LoopbackLLM
+    from tests.unit.test_labelling import good_script
+
+    tmp = tmp_path_factory.mktemp("export")
+    db = tmp / "x.duckdb"
+    base = dict(model=str(tiny_model_dir), dataset=str(corpus_file), n_tokens=800, ctx_len=16, top_k=4,
+                n_quantiles=2, per_quantile=2, n_random=4)
+    collect_stage(db, CollectConfig(hook="blocks.0.mlp.hook_post", **base), model=tiny_model)
+    sae = make_sae_dir(tmp / "sae", "blocks.1.hook_resid_post", d_in=tiny_model.cfg.d_model, d_sae=40)
+    collect_stage(db, CollectConfig(hook=None, sae=str(sae), **base), model=tiny_model)
+    with LoopbackLLM(good_script) as llm:
+        for did in (1, 2):
+            run_label(db, llm.base_url, list(range(5)), dictionary_id=did, score=False, n_boot=50)
+    return db

@@ -1,30 +1,33 @@
 """Labels and scores in files other tools read: parquet, JSON lines, and Neuronpedia's two ways in.
 
 Neuronpedia (github.com/hijohnnylin/neuronpedia, read at commit ebb8426f) takes explanations either
-- as a dataset: gzipped JSON lines `<modelId>/<source>/explanations/batch-N.jsonl.gz`, one `Explanation` row each,
-  as utils/neuronpedia-utils/neuronpedia_utils/export-data.py writes them and the admin import
-  (apps/webapp/app/api/admin/import/route.ts, lib/db/import.ts) inserts them with jsonb_to_recordset, taking the
-  columns from the first line and skipping rows whose id exists; or
+- as a dataset its admin import route loads (`neuronpedia_dataset` writes it: features, activations,
+  explanations and the rows they point to); or
 - through the public upload-batch route (apps/webapp/app/api/feature/upload-batch/route.tsx): a JSON body
-  {modelId, source, features: [{index, density, explanations: [{text, methodName, modelName}],
-  activations: [{tokens, values}]}]}, at most 128 features, each with at least one activation.
+  {modelId, source, features: [{index, density, explanations: [{text, methodName}], activations: [{tokens,
+  values}]}]}, at most 128 features, each with at least one activation. The route only accepts a source set its
+  caller created (so not an existing model's `neurons`), checks every methodName against ExplanationType, and
+  passes any `modelName` on to `prisma.explanation.create`, whose Explanation has no such field: a body that
+  sets it fails there, so it is never written.
 Neuronpedia computes its own scores and embeddings; ours are not sent.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from autointerp.analysis import neuronpedia_dataset as npd
 from autointerp.errors import AutointerpError
+
+if TYPE_CHECKING:
+    from autointerp.store import DictionaryRow
 
 # Neuronpedia model ids and the HF models they are (np_model_to_hf.json, a selection).
 NP_MODELS: dict[str, str] = {
@@ -46,31 +49,35 @@ NP_MODELS: dict[str, str] = {
 # TransformerLens names that are not an HF id.
 _TL_ALIASES = {"gpt2": "gpt2-small", "pythia-70m-deduped": "pythia-70m-deduped"}
 
-# Explanation method (ExplanationType) and model (ExplanationModelType) names Neuronpedia's code uses:
-# utils/neuronpedia-utils/neuronpedia_utils/batch-autointerp.py (VALID_EXPLAINER_*), app/api/explanation/generate,
-# and "unknown" (convert-llamascope-arrow-to-neuronpedia-export.py). An instance holds the ones its config lists.
-NP_METHOD_NAMES = ("oai_token-act-pair", "oai_attention-head", "np_max-act-logits", "np_max-act",
-                   "np_acts-logits-general", "python-code", "eleuther_acts_top20", "unknown")
-NP_MODEL_NAMES = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-nano", "gpt-5-mini-2025-08-07", "gemini-2.0-flash",
-                  "gemini-2.5-flash", "gemini-2.5-flash-lite", "gpt-oss-120b", "unknown")
-# The seed's bot user (apps/webapp/prisma/seed.ts), which Neuronpedia's exports use as every author.
-NP_DEFAULT_AUTHOR_ID = "clkht01d40000jv08hvalcvly"
-NP_BATCH_ROWS = 1024  # FEATURES_EXPLANATIONS_BATCH_SIZE in export-data.py
 NP_UPLOAD_MAX_FEATURES = 128
 NP_UPLOAD_MAX_ACTIVATIONS = 20
 _NP_SOURCE = re.compile(r"^(\d+|(\d+|e)-[a-z0-9][a-z0-9._-]*)$")
 
 
-def write_table(rows: list[dict[str, Any]], fmt: str, out: Path) -> int:
-    """The labels view's rows as parquet or JSON lines."""
+def write_table(rows: list[dict[str, Any]], fmt: str, out: Path, schema: pa.Schema,
+                columns: list[tuple[str, str]]) -> int:
+    """The labels view's rows as parquet or JSON lines, typed by the view's columns (`schema`, `columns`: name and
+    DuckDB type), not by the rows: a column that is all NULL here keeps its type, so any two exports read
+    together. JSON lines get `<out>.schema.json` beside them, the columns' DuckDB types, for
+    `read_json(..., columns=...)`."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema)
     if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), out)
+        pq.write_table(table, out)
     else:
         with out.open("w") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, default=str) + "\n")
+            for r in table.to_pylist():
+                fh.write(json.dumps(r, default=_json_value) + "\n")
+        schema_path(out).write_text(json.dumps(dict(columns), indent=1) + "\n")
     return len(rows)
+
+
+def schema_path(jsonl: Path) -> Path:
+    return jsonl.with_name(jsonl.name + ".schema.json")
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 # ---------------------------------------------------------------- naming
@@ -117,13 +124,6 @@ def np_source(hook: str, kind: str, source_set: str | None = None, override: str
     return np_source("", "", override=f"{layer}-{source_set}")
 
 
-def np_explanation_id(model_id: str, source: str, feature: int, explanation_id: str) -> str:
-    """A cuid-shaped (25 characters, 'c' first) id derived from our explanation: the same on every export, so a
-    re-import inserts nothing twice (the import skips rows whose id exists)."""
-    digest = hashlib.sha256(f"autointerp/{model_id}/{source}/{feature}/{explanation_id}".encode()).hexdigest()
-    return "c" + digest[:24]
-
-
 def np_labels(rows: Iterable[Mapping[str, Any]], include_baseline: bool = False) -> list[Mapping[str, Any]]:
     """The labels worth sending: status ok, non-empty, one per explanation (the labels view repeats a label per
     simulator), the token-lookup baseline only when asked."""
@@ -139,53 +139,12 @@ def np_labels(rows: Iterable[Mapping[str, Any]], include_baseline: bool = False)
     return sorted(out, key=lambda r: (r["feature"], str(r["explanation_id"])))
 
 
-# ---------------------------------------------------------------- dataset
-
-
-def dataset_rows(labels: list[Mapping[str, Any]], model_id: str, source: str, method_name: str | None = None,
-                 model_name: str | None = None, author_id: str = NP_DEFAULT_AUTHOR_ID) -> list[dict[str, Any]]:
-    """One `Explanation` row per label, every NOT NULL column set; typeName / explanationModelName are foreign keys
-    to names the instance holds, so they stay null unless given."""
-    rows = []
-    for r in labels:
-        created: Any = r.get("created_at")
-        stamp = created.isoformat() if hasattr(created, "isoformat") else str(created)
-        rows.append({
-            "id": np_explanation_id(model_id, source, int(r["feature"]), str(r["explanation_id"])),
-            "modelId": model_id, "layer": source, "index": str(int(r["feature"])),
-            "description": str(r["label"]).strip(), "authorId": author_id,
-            "typeName": method_name, "explanationModelName": model_name,
-            "scoreV1": 0.0, "createdAt": stamp, "updatedAt": stamp,
-        })
-    return rows
-
-
-def write_dataset(rows: list[dict[str, Any]], out_dir: Path, model_id: str, source: str,
-                  batch_rows: int = NP_BATCH_ROWS) -> list[Path]:
-    """out_dir/<modelId>/<source>/explanations/batch-N.jsonl.gz, batch_rows rows each (the dataset's layout, so
-    out_dir can sit where the import reads). Old batches there are removed first."""
-    if batch_rows < 1:
-        raise AutointerpError("--np-batch-rows must be at least 1")
-    target = out_dir / model_id / source / "explanations"
-    target.mkdir(parents=True, exist_ok=True)
-    for old in target.glob("batch-*.jsonl.gz"):
-        old.unlink()
-    paths = []
-    for n, start in enumerate(range(0, len(rows), batch_rows)):
-        path = target / f"batch-{n}.jsonl.gz"
-        # mtime=0: the same rows give the same bytes on every export
-        with gzip.GzipFile(path, "wb", compresslevel=5, mtime=0) as fh:
-            fh.write("".join(json.dumps(r) + "\n" for r in rows[start:start + batch_rows]).encode())
-        paths.append(path)
-    return paths
-
-
 # ---------------------------------------------------------------- upload-batch
 
 
 def upload_bodies(labels: list[Mapping[str, Any]], model_id: str, source: str,
                   activations: Mapping[int, list[tuple[list[str], list[float]]]], density: Mapping[int, float],
-                  method_name: str | None = None, model_name: str | None = None) -> list[dict[str, Any]]:
+                  method_name: str | None = None) -> list[dict[str, Any]]:
     """upload-batch request bodies, NP_UPLOAD_MAX_FEATURES features each. `activations` maps a feature to its
     contexts (tokens, values), strongest first; Neuronpedia requires at least one per feature and non-empty
     token strings, so contexts with an empty token are left out."""
@@ -195,8 +154,7 @@ def upload_bodies(labels: list[Mapping[str, Any]], model_id: str, source: str,
         if len(text) > 512:
             raise AutointerpError(f"feature {r['feature']}: label longer than Neuronpedia's 512 characters")
         per_feature.setdefault(int(r["feature"]), []).append(
-            {"text": text, "methodName": method_name.lower() if method_name else None,
-             "modelName": model_name.lower() if model_name else None})
+            {"text": text, "methodName": _method(r, method_name)})
     features = []
     for f, explanations in sorted(per_feature.items()):
         acts = [{"tokens": list(t), "values": [float(v) for v in vals]}
@@ -212,6 +170,13 @@ def upload_bodies(labels: list[Mapping[str, Any]], model_id: str, source: str,
             for i in range(0, len(features), NP_UPLOAD_MAX_FEATURES)]
 
 
+def _method(label: Mapping[str, Any], method_name: str | None) -> str | None:
+    """The label's ExplanationType: the baseline's own, else the name given (lowercased, as the route does)."""
+    if str(label["explainer"]).startswith("baseline:"):
+        return npd.BASELINE_TYPE
+    return method_name.lower() if method_name else None
+
+
 def write_upload(bodies: list[dict[str, Any]], out: Path) -> list[Path]:
     """One body: `out`. More (over 128 features): out-000.json, out-001.json, ... beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,3 +185,35 @@ def write_upload(bodies: list[dict[str, Any]], out: Path) -> list[Path]:
     for body, path in zip(bodies, paths, strict=True):
         path.write_text(json.dumps(body))
     return paths
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def np_source_set(source: str) -> str:
+    """The source set a source belongs to (getSourceSetNameFromSource in lib/utils/source.ts)."""
+    if source.isdigit():
+        return "neurons"
+    return source[source.index("-") + 1:].split("__")[0] if "-" in source else source
+
+
+def np_dataset(d: DictionaryRow, labels: list[Mapping[str, Any]], summaries: Mapping[int, tuple[float, float]],
+               contexts: Mapping[int, list[tuple[list[str], list[float]]]], model_id: str, source: str,
+               method_name: str | None = None, model_name: str | None = None,
+               author_id: str = npd.NP_DEFAULT_AUTHOR_ID) -> npd.Dataset:
+    """Every row of a Neuronpedia dataset for dictionary `d`: its stored features with
+    their statistics and top contexts, and `labels` (np_labels' choice) as explanations."""
+    t = npd.Target(model_id, source, np_source_set(source), author_id)
+    layer = re.match(r"blocks\.(\d+)\.", d.hook)
+    explanations = npd.explanation_rows(t, labels, method_name, model_name)
+    return npd.Dataset(
+        config=npd.config_rows([r["typeName"] for r in explanations],
+                               [r["explanationModelName"] for r in explanations], author_id),
+        model=npd.model_row(t, d.model, int(layer.group(1)) + 1 if layer else 1,
+                            d.n_features if d.kind == "neurons" else 0),
+        sourceset=npd.sourceset_row(t, f"autointerp: {d.sae or d.hook}"),
+        source=npd.source_row(t, d.dataset, d.ctx_len, d.n_contexts,
+                              f"autointerp dictionary {d.dictionary_id}: {d.kind} at {d.hook}"),
+        neurons=npd.neuron_rows(t, d.hook, summaries),
+        activations=npd.activation_rows(t, contexts, "autointerp"),
+        explanations=explanations)

@@ -133,8 +133,9 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
 @main.command("export")
 @click.option("--format", "fmt", required=True,
               type=click.Choice(["parquet", "jsonl", "neuronpedia-dataset", "neuronpedia-upload"]),
-              help="parquet / jsonl: the labels view with every score. neuronpedia-dataset: a directory of "
-                   "explanations/batch-N.jsonl.gz for Neuronpedia's import. neuronpedia-upload: the JSON body of "
+              help="parquet / jsonl: the labels view with every score, typed by the view's columns. "
+                   "neuronpedia-dataset: a complete dataset (config, model, source set, source, features, "
+                   "activations, explanations) for Neuronpedia's admin import. neuronpedia-upload: the JSON body of "
                    "Neuronpedia's /api/feature/upload-batch.")
 @click.option("--out", "out_path", type=click.Path(), required=True,
               help="File to write (a directory for neuronpedia-dataset).")
@@ -147,12 +148,16 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
 @click.option("--np-source", default=None,
               help="Neuronpedia source id as a whole (e.g. 6 or 6-res-jb), instead of the one derived from the hook.")
 @click.option("--np-method-name", default=None,
-              help="Explanation method (Neuronpedia ExplanationType), e.g. oai_token-act-pair; default none.")
+              help="Explanation method (Neuronpedia ExplanationType) of the LLM labels, e.g. oai_token-act-pair; "
+                   "default none. The dataset carries the type row unless it is one of Neuronpedia's own.")
 @click.option("--np-model-name", default=None,
-              help="Explainer model (Neuronpedia ExplanationModelType), e.g. gpt-4o-mini; default none.")
+              help="neuronpedia-dataset: explainer model (ExplanationModelType) of the LLM labels; default none. "
+                   "Not sent by neuronpedia-upload (the route fails on it).")
 @click.option("--np-author-id", default=None,
-              help="neuronpedia-dataset: authorId of every row (default: the bot user Neuronpedia's seed creates).")
-@click.option("--np-include-baseline", is_flag=True, help="Also send the token-lookup baseline labels.")
+              help="neuronpedia-dataset: authorId / creatorId of every row (default: the bot user Neuronpedia's "
+                   "seed creates).")
+@click.option("--np-include-baseline", is_flag=True,
+              help="Also send the token-lookup baseline labels (typed autointerp_token-lookup, no model name).")
 @click.option("--np-batch-rows", type=int, default=1024, show_default=True,
               help="neuronpedia-dataset: rows per batch-N.jsonl.gz.")
 @db_option
@@ -166,9 +171,10 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
     \b
     Example:
       autointerp export --format parquet --out labels.parquet
-      autointerp export --format neuronpedia-dataset --out np/ --np-source-set res-jb
+      autointerp export --format neuronpedia-dataset --out np/ --np-source-set res-jb \\
+          --np-method-name autointerp_oai --np-model-name qwen2.5-7b
       autointerp export --format neuronpedia-upload --out body.json --np-model-id my-model \\
-          --np-method-name oai_token-act-pair --np-model-name gpt-4o-mini
+          --np-source 6-my-set --np-method-name oai_token-act-pair
     """
     from autointerp.analysis import export
 
@@ -181,7 +187,7 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
         if not rows:
             raise AutointerpError(f"dictionary {did} has no labels yet; run `autointerp explain` first")
         if fmt in ("parquet", "jsonl"):
-            n = export.write_table(rows, fmt, out)
+            n = export.write_table(rows, fmt, out, store.labels_arrow_schema(con), store.labels_columns(con))
             click.echo(f"wrote {n:,} records of dictionary {did} to {out}")
             return
         model_id = export.np_model_id(d.model, np_model_id)
@@ -190,25 +196,37 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
         if not labels:
             raise AutointerpError(f"dictionary {did} has no ok labels to send"
                                   + ("" if np_include_baseline else " (baseline labels need --np-include-baseline)"))
-        if fmt == "neuronpedia-upload":
-            features = sorted({int(r["feature"]) for r in labels})
-            contexts = store.read_feature_contexts(con, did, features)
-            acts = {f: [(c.tokens, c.acts) for c in sorted((c for c in fc.contexts if c.kind == "top"),
-                                                           key=lambda c: -c.max_act)]
-                    for f, fc in contexts.items()}
-            density = {f: float(s["frac_active"]) for f in features
-                       if (s := store.feature_stats(con, did, f)) is not None and s["frac_active"] is not None}
+        features = sorted({int(r["feature"]) for r in labels}) if fmt == "neuronpedia-upload" else None
+        summaries, acts = _np_feature_data(con, did, features)
     if fmt == "neuronpedia-dataset":
-        table = export.dataset_rows(labels, model_id, source, np_method_name, np_model_name,
-                                    np_author_id or export.NP_DEFAULT_AUTHOR_ID)
-        paths = export.write_dataset(table, out, model_id, source, np_batch_rows)
-        click.echo(f"wrote {len(table):,} explanations of dictionary {did} ({model_id} / {source}) in "
-                   f"{len(paths)} file(s) under {paths[0].parent}")
+        ds = export.np_dataset(d, labels, summaries, acts, model_id, source, np_method_name, np_model_name,
+                               np_author_id or export.npd.NP_DEFAULT_AUTHOR_ID)
+        files = export.npd.write(ds, out, np_batch_rows)
+        click.echo(f"wrote a Neuronpedia dataset of dictionary {did} ({model_id} / {source}) under {out}: "
+                   f"{len(ds.neurons):,} features, {len(ds.activations):,} activations, "
+                   f"{len(ds.explanations):,} explanations in "
+                   f"{sum(len(v) for v in files.values()):,} files")
         return
-    bodies = export.upload_bodies(labels, model_id, source, acts, density, np_method_name, np_model_name)
+    if np_model_name:
+        click.echo("note: --np-model-name is not sent: upload-batch passes it to a field Explanation lacks", err=True)
+    density = {f: frac for f, (_, frac) in summaries.items()}
+    bodies = export.upload_bodies(labels, model_id, source, acts, density, np_method_name)
     paths = export.write_upload(bodies, out)
     click.echo(f"wrote {len(labels):,} explanations of {sum(len(b['features']) for b in bodies):,} features of "
                f"dictionary {did} ({model_id} / {source}) to {', '.join(map(str, paths))}")
+
+
+def _np_feature_data(con: store.Connection, did: int, features: list[int] | None
+                     ) -> tuple[dict[int, tuple[float, float]], dict[int, list[tuple[list[str], list[float]]]]]:
+    """(max_act, density) and top contexts (tokens, acts; strongest first) of these features (None: all)."""
+    summaries = store.feature_summaries(con, did)
+    if features is not None:
+        summaries = {f: summaries[f] for f in features if f in summaries}
+    contexts = store.read_feature_contexts(con, did, sorted(summaries))
+    acts = {f: [(c.tokens, c.acts) for c in sorted((c for c in fc.contexts if c.kind == "top"),
+                                                   key=lambda c: -c.max_act)]
+            for f, fc in contexts.items()}
+    return summaries, acts
 
 
 @main.command("import-labels")
@@ -221,23 +239,31 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
               help="neuronpedia: a dataset's explanations/batch-N.jsonl.gz; openai: neuron-explainer "
                    "<layer>/<neuron>.jsonl; delphi: an explanations directory of <module>_latent<N>.txt; "
                    "table: CSV or Parquet with columns feature, label.")
+@click.option("--module", default=None,
+              help="Import the labels of this source only: a Delphi module (e.g. layers.6.mlp, for a run over "
+                   "several hookpoints), 'layer N' of OpenAI's files, MODEL/SOURCE of Neuronpedia's.")
+@click.option("--force", is_flag=True,
+              help="Import labels the files say belong to another layer than the dictionary's (refused otherwise).")
 @db_option
 @friendly_errors
-def import_labels_cmd(db: str, path: str, explainer: str, dictionary_id: int | None, fmt: str) -> None:
+def import_labels_cmd(db: str, path: str, explainer: str, dictionary_id: int | None, fmt: str, module: str | None,
+                      force: bool) -> None:
     """Store labels made by another tool as explanations of a dictionary's features, to be scored like ours.
     PATH is a file or a directory (Neuronpedia, OpenAI and Delphi write one file per batch, neuron or latent).
     Rows that cannot be labels are skipped and counted by reason; importing the same file again adds nothing.
+    Where a file gives a feature several labels, the first is kept (for OpenAI's files, the best scored).
 
     \b
     Example:
       autointerp import-labels np/gpt2-small/6/explanations --explainer neuronpedia --dictionary 1
+      autointerp import-labels delphi-run/explanations --module layers.6.mlp --explainer delphi --dictionary 2
       autointerp score --explainers neuronpedia --dictionary 1
     """
     from autointerp.label.import_stage import import_labels
 
     with store.open_store(db, read_only=True) as con:
         did = pick_dictionary(con, dictionary_id)
-    out = import_labels(db, did, path, explainer, fmt)
+    out = import_labels(db, did, path, explainer, fmt, module, force)
     for w in out.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"dictionary {did}: {out.imported:,} labels imported as '{out.explainer}' from {out.rows:,} rows in "

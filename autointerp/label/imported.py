@@ -11,7 +11,7 @@ Formats, each transcribed from the tool's own code:
   per line (neuron_explainer/explanations/explanations.py, openai/automated-interpretability at commit
   12fc736a): `{"neuron_id": {"layer_index", "neuron_index"}, "scored_explanations": [{"explanation",
   "scored_simulation"}]}`, each object also carrying its `dataclass_name` (fast_dataclasses). The first scored
-  explanation is the label.
+  explanation is the label (their files list them best score first).
 - `delphi`: Delphi's explanations directory, one `<module>_latent<N>.txt` per latent holding the explanation as a
   JSON string (`explainer_postprocess` in delphi/__main__.py, the file name `Latent.__repr__` in
   delphi/latents/latents.py; EleutherAI/delphi at commit ba6f8448).
@@ -45,6 +45,7 @@ class Row:
     label: str | None
     origin: str = ""  # the model / layer / module the file says the feature belongs to
     problem: str | None = None
+    file: Path | None = None  # the file the row came from
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ class Parsed:
     @property
     def origins(self) -> set[str]:
         return {r.origin for r in self.rows if r.origin}
+
+
+# Which label a feature keeps when a file gives several: always the first, which means something else per format.
+KEEP_FIRST = {
+    "openai": "the first is kept: OpenAI's files list a neuron's explanations best score first",
+    "neuronpedia": "the first is kept: Neuronpedia's batches are in feature order, not ranked by quality",
+    "delphi": "the first is kept, in file-name order",
+    "table": "the first is kept, in the file's row order",
+}
 
 
 # ---------------------------------------------------------------- detection and hashing
@@ -111,15 +121,19 @@ def detect(path: Path) -> str:
 def files_hash(root: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
-        rel = f.name if f == root else f.relative_to(root).as_posix()
-        h.update(rel.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        h.update(_name(root, f).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
 
 
 # ---------------------------------------------------------------- readers
 
 
-def _json_lines(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+def _name(root: Path, f: Path) -> str:
+    """A file as messages name it: its path relative to the directory given, or its name if a file was given."""
+    return f.name if f == root else f.relative_to(root).as_posix()
+
+
+def _json_lines(path: Path, name: str) -> Iterator[tuple[str, Any, str | None]]:
     """(where, record, problem) per non-empty line."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
@@ -127,9 +141,9 @@ def _json_lines(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             if not line.strip():
                 continue
             try:
-                yield f"{path.name}:{n}", json.loads(line), None
+                yield f"{name}:{n}", json.loads(line), None
             except ValueError as exc:
-                yield f"{path.name}:{n}", None, f"not JSON ({exc})"
+                yield f"{name}:{n}", None, f"not JSON ({exc})"
 
 
 def _int(value: Any) -> int | None:
@@ -155,15 +169,15 @@ def read_neuronpedia(path: Path) -> tuple[list[Path], list[Row]]:
              if path.is_dir() else [path])
     rows = []
     for f in files:
-        for where, rec, problem in _json_lines(f):
+        for where, rec, problem in _json_lines(f, _name(path, f)):
             if problem or not isinstance(rec, dict):
-                rows.append(Row(where, None, None, problem=problem or "not a JSON object"))
+                rows.append(Row(where, None, None, problem=problem or "not a JSON object", file=f))
                 continue
             feature, label = _int(rec.get("index")), _text(rec.get("description"))
             origin = f"{rec.get('modelId')}/{rec.get('layer')}"
             rows.append(Row(where, feature, label, origin,
                             problem="no feature index ('index')" if feature is None else
-                            None if "description" in rec else "no label ('description')"))
+                            None if "description" in rec else "no label ('description')", file=f))
     return files, rows
 
 
@@ -172,25 +186,25 @@ def read_openai(path: Path) -> tuple[list[Path], list[Row]]:
              if path.is_dir() else [path])
     rows = []
     for f in files:
-        for where, rec, problem in _json_lines(f):
+        for where, rec, problem in _json_lines(f, _name(path, f)):
             nid = rec.get("neuron_id") if isinstance(rec, dict) else None
             if problem or not isinstance(nid, dict):
-                rows.append(Row(where, None, None, problem=problem or "no neuron_id"))
+                rows.append(Row(where, None, None, problem=problem or "no neuron_id", file=f))
                 continue
             feature = _int(nid.get("neuron_index"))
             origin = f"layer {nid.get('layer_index')}"
             scored = rec.get("scored_explanations")
             if feature is None:
-                rows.append(Row(where, None, None, origin, problem="no neuron_index"))
+                rows.append(Row(where, None, None, origin, problem="no neuron_index", file=f))
             elif not isinstance(scored, list) or not scored or not isinstance(scored[0], dict):
-                rows.append(Row(where, feature, None, origin, problem="no scored_explanations"))
+                rows.append(Row(where, feature, None, origin, problem="no scored_explanations", file=f))
             else:
                 # The first is the label; any others are reported as not imported (one label per feature).
                 for i, s in enumerate(scored):
                     text = _text(s.get("explanation")) if isinstance(s, dict) else None
                     rows.append(Row(where if i == 0 else f"{where} (explanation {i + 1})", feature, text, origin,
                                     problem=None if i == 0 else "another explanation of this neuron earlier in the "
-                                                                "file (the first is kept)"))
+                                                                f"file ({KEEP_FIRST['openai']})", file=f))
     return files, rows
 
 
@@ -198,17 +212,18 @@ def read_delphi(path: Path) -> tuple[list[Path], list[Row]]:
     files = _files(path, lambda p: p.suffix == ".txt") if path.is_dir() else [path]
     rows = []
     for f in files:
-        m = _DELPHI_FILE.match(f.name)
+        m, where = _DELPHI_FILE.match(f.name), _name(path, f)
         if m is None:
-            rows.append(Row(f.name, None, None, problem="not a <module>_latent<N>.txt file name"))
+            rows.append(Row(where, None, None, problem="not a <module>_latent<N>.txt file name", file=f))
             continue
         try:
             value = json.loads(f.read_bytes())
         except ValueError as exc:
-            rows.append(Row(f.name, int(m["latent"]), None, m["module"], problem=f"not a JSON string ({exc})"))
+            rows.append(Row(where, int(m["latent"]), None, m["module"], problem=f"not a JSON string ({exc})",
+                            file=f))
             continue
-        rows.append(Row(f.name, int(m["latent"]), _text(value), m["module"],
-                        problem=None if isinstance(value, str) else "not a JSON string"))
+        rows.append(Row(where, int(m["latent"]), _text(value), m["module"],
+                        problem=None if isinstance(value, str) else "not a JSON string", file=f))
     return files, rows
 
 
@@ -237,7 +252,8 @@ def read_table(path: Path) -> tuple[list[Path], list[Row]]:
                                        strict=True)):
         feature = _int(f)
         rows.append(Row(f"{path.name}:{i + first}", feature, _text(label),
-                        problem=None if feature is not None else f"feature {f!r} is not a non-negative integer"))
+                        problem=None if feature is not None else f"feature {f!r} is not a non-negative integer",
+                        file=path))
     return [path], rows
 
 
@@ -245,8 +261,9 @@ READERS: dict[str, Callable[[Path], tuple[list[Path], list[Row]]]] = {
     "neuronpedia": read_neuronpedia, "openai": read_openai, "delphi": read_delphi, "table": read_table}
 
 
-def read(path: str | Path, fmt: str = "auto") -> Parsed:
-    """Every row of a labels file (or directory) in one of FORMATS; 'auto' detects it."""
+def read(path: str | Path, fmt: str = "auto", module: str | None = None) -> Parsed:
+    """Every row of a labels file (or directory) in one of FORMATS; 'auto' detects it. `module` keeps the rows
+    of one source (a Delphi module, 'layer N' of OpenAI's, MODEL/SOURCE of Neuronpedia's) and their files."""
     p = Path(path)
     if not p.exists():
         raise BadInput(f"{p}: no such file or directory")
@@ -259,6 +276,14 @@ def read(path: str | Path, fmt: str = "auto") -> Parsed:
         raise BadInput(f"{p}: cannot read it as {fmt} ({exc})") from None
     if not files:
         raise BadInput(f"{p}: no {fmt} label files in it")
+    if module is not None:
+        found = sorted({r.origin for r in rows if r.origin})
+        rows = [r for r in rows if r.origin == module]
+        if not rows:
+            raise BadInput(f"--module {module}: no labels of it in {p}; the {fmt} files hold "
+                           + (", ".join(found) if found else "no module names"))
+        kept = {r.file for r in rows}
+        files = [f for f in files if f in kept]
     return Parsed(fmt, files, files_hash(p, files), rows)
 
 

@@ -196,3 +196,10 @@ def read_feature_contexts(
             for f, ctxs in grouped.items()}
 
 
+
+
+def feature_summaries(con: Connection, dictionary_id: int) -> dict[int, tuple[float, float]]:
+    """feature -> (max_act, frac_active) for every stored feature of a dictionary."""
+    rows = con.execute("SELECT feature, max_act, frac_active FROM features WHERE dictionary_id = ? ORDER BY feature",
+                       [dictionary_id]).fetchall()
+    return {int(f): (float(m), float(a)) for f, m, a in rows}

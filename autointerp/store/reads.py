@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from autointerp.errors import AutointerpError
 from autointerp.store.db import Connection
 
@@ -92,20 +94,33 @@ def score_values(con: Connection, dictionary_ids: list[int]) -> list[ScoreValue]
     return [ScoreValue(*r) for r in rows]
 
 
+_LABELS_EXPORT = """
+    WITH beh AS (
+        SELECT * FROM score_runs WHERE stage = 'behaviour'
+        QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1)
+    SELECT l.*, r.settings_hash AS score_settings_hash, r.config AS score_settings,
+           b.run_id AS behaviour_run_id, b.settings_hash AS behaviour_settings_hash,
+           b.config AS behaviour_settings
+    FROM labels l LEFT JOIN score_runs r ON r.run_id = l.run_id LEFT JOIN beh b ON b.source_run_id = l.run_id
+    WHERE l.dictionary_id = ? ORDER BY l.feature, l.explainer, l.simulator NULLS FIRST, l.explanation_id"""
+
+
 def labels_table(con: Connection, dictionary_id: int) -> Table:
     """The `labels` view of one dictionary, for export: every column (scores, `run_id`, `*_margin`, `*_p`), plus
     the settings of the simulation run the scores come from and the id and settings of the behaviour run made
     from it (the newest, as the view picks it), so every exported score names the run and settings behind it."""
-    return _table(con, """
-        WITH beh AS (
-            SELECT * FROM score_runs WHERE stage = 'behaviour'
-            QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1)
-        SELECT l.*, r.settings_hash AS score_settings_hash, r.config AS score_settings,
-               b.run_id AS behaviour_run_id, b.settings_hash AS behaviour_settings_hash,
-               b.config AS behaviour_settings
-        FROM labels l LEFT JOIN score_runs r ON r.run_id = l.run_id LEFT JOIN beh b ON b.source_run_id = l.run_id
-        WHERE l.dictionary_id = ? ORDER BY l.feature, l.explainer, l.simulator NULLS FIRST, l.explanation_id""",
-                  [dictionary_id])
+    return _table(con, _LABELS_EXPORT, [dictionary_id])
+
+
+def labels_columns(con: Connection) -> list[tuple[str, str]]:
+    """(name, DuckDB type) of every column `labels_table` returns: the view's declared types, whatever the rows
+    hold, so files written with them read together."""
+    return [(r[0], r[1]) for r in con.execute(f"DESCRIBE {_LABELS_EXPORT}", [-1]).fetchall()]
+
+
+def labels_arrow_schema(con: Connection) -> pa.Schema:
+    """`labels_columns` as an Arrow schema, in DuckDB's own type mapping (read off an empty result)."""
+    return con.sql(f"SELECT * FROM ({_LABELS_EXPORT}) LIMIT 0", params=[-1]).to_arrow_table().schema
 
 
 def summary_table(con: Connection, dictionary_ids: list[int], columns: list[str]) -> Table:

@@ -13,20 +13,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 from autointerp.analysis import export
 from autointerp.cli import main
-from autointerp.collect.stage import collect_stage
-from autointerp.config import CollectConfig
-from tests.helpers import make_sae_dir, run_label
+from tests.helpers import run_label
 from tests.llm_server import LoopbackLLM
 from tests.unit.test_labelling import LABEL, good_script
 
-HOOK = "blocks.0.mlp.hook_post"
-SAE_HOOK = "blocks.1.hook_resid_post"
-N_LABELLED = 5
+N_LABELLED = 5  # features explained in the `labelled` fixture (tests/conftest.py)
 
 # schema.prisma, model Explanation: every column, as (prisma type, NOT NULL, has a database default).
 # `id` has @default(cuid()), which Prisma fills in, not the database: the jsonb_to_recordset import must carry it.
@@ -68,11 +63,12 @@ def check_explanation_row(row: dict) -> None:
     assert re.fullmatch(r"\d+", row["index"])  # Neuron.index is a String holding the feature number
 
 
-def read_dataset(root: Path) -> tuple[list[Path], list[dict]]:
-    files = sorted(root.rglob("*.jsonl.gz"), key=lambda p: int(BATCH_FILE.match(p.name).group(1)))
+def read_dataset(root: Path, folder: str = "explanations") -> tuple[list[Path], list[dict]]:
+    files = sorted((p for p in root.rglob("*.jsonl.gz") if p.parent.name == folder),
+                   key=lambda p: int(BATCH_FILE.match(p.name).group(1)))
     rows = []
     for f in files:
-        assert f.parent.name == "explanations" and BATCH_FILE.match(f.name)
+        assert BATCH_FILE.match(f.name)
         rows += [json.loads(line) for line in gzip.decompress(f.read_bytes()).decode().splitlines() if line.strip()]
     return files, rows
 
@@ -107,27 +103,6 @@ def source_set_of(source: str) -> str:
     return source[source.index("-") + 1:].split("__")[0] if "-" in source else source
 
 
-def _label(db: Path, did: int, features: list[int]) -> None:
-    with LoopbackLLM(good_script) as llm:
-        run_label(db, llm.base_url, features, dictionary_id=did, score=False, n_boot=50)
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file) -> Path:
-    """Dictionary 1: MLP neurons of layer 0; dictionary 2: an SAE on layer 1's residual stream. Both explained by
-    the scripted LLM and the token-lookup baseline."""
-    tmp = tmp_path_factory.mktemp("export")
-    db = tmp / "x.duckdb"
-    base = dict(model=str(tiny_model_dir), dataset=str(corpus_file), n_tokens=800, ctx_len=16, top_k=4,
-                n_quantiles=2, per_quantile=2, n_random=4)
-    collect_stage(db, CollectConfig(hook=HOOK, **base), model=tiny_model)
-    sae = make_sae_dir(tmp / "sae", SAE_HOOK, d_in=tiny_model.cfg.d_model, d_sae=40)
-    collect_stage(db, CollectConfig(hook=None, sae=str(sae), **base), model=tiny_model)
-    _label(db, 1, list(range(N_LABELLED)))
-    _label(db, 2, list(range(N_LABELLED)))
-    return db
-
-
 def run(db: Path, *args: str, ok: bool = True):
     res = CliRunner().invoke(main, ["export", *args, "--db", str(db)])
     assert (res.exit_code == 0) == ok, res.output
@@ -153,6 +128,18 @@ def test_dataset_rows_fit_the_explanation_table(tmp_path, labelled):
     assert {r["authorId"] for r in rows} == {"clkht01d40000jv08hvalcvly"}
     # typeName / explanationModelName reference ExplanationType / ExplanationModelType rows: null unless named
     assert {r["typeName"] for r in rows} == {None} and {r["explanationModelName"] for r in rows} == {None}
+    # route.ts reads these before the batches: without them every Neuron / Explanation row breaks a foreign key
+    base = out / "tiny-llama" / "0"
+    meta = {name: json.loads((base / f"{name}.jsonl").read_text()) for name in ("model", "sourceset", "source")}
+    assert meta["model"]["id"] == "tiny-llama" and meta["source"]["id"] == "0"
+    assert meta["sourceset"]["name"] == meta["source"]["setName"] == source_set_of("0") == "neurons"
+    neurons, acts = read_dataset(out, "features")[1], read_dataset(out, "activations")[1]
+    assert {r["index"] for r in rows} <= {r["index"] for r in neurons} and {r["index"] for r in acts} <= {
+        r["index"] for r in neurons}
+    assert all(r["sourceSetName"] == "neurons" and 0 <= r["frac_nonzero"] <= 1 for r in neurons)
+    for batch in (neurons, acts):
+        assert all(set(r) == set(batch[0]) for r in batch)
+    assert all(max(a["values"]) == a["maxValue"] == a["values"][a["maxValueTokenIndex"]] for a in acts)
 
 
 def test_dataset_ids_are_stable_and_batches_split(tmp_path, labelled):
@@ -168,22 +155,52 @@ def test_dataset_ids_are_stable_and_batches_split(tmp_path, labelled):
     assert [len(gzip.decompress(f.read_bytes()).splitlines()) for f in files_a] == [3, 3, 3, 1]
     assert [f.read_bytes() for f in files_a] == [f.read_bytes() for f in files_b]  # same ids, same bytes
     assert len({r["id"] for r in rows_a}) == len(rows_a)
-    assert {r["typeName"] for r in rows_a} == {"oai_token-act-pair"}
-    assert {r["explanationModelName"] for r in rows_a} == {"gpt-4o-mini"}
     for r in rows_a:
         check_explanation_row(r)
 
 
+def test_baseline_labels_carry_their_own_type_and_no_model_name(tmp_path, labelled):
+    out = tmp_path / "np"
+    run(labelled, "--format", "neuronpedia-dataset", "--dictionary", "1", "--np-model-id", "tiny-llama",
+        "--np-include-baseline", "--np-method-name", "oai_token-act-pair", "--np-model-name", "gpt-4o-mini",
+        "--out", str(out))
+    rows = read_dataset(out)[1]
+    typed = {(r["description"] == LABEL, r["typeName"], r["explanationModelName"]) for r in rows}
+    assert typed == {(True, "oai_token-act-pair", "gpt-4o-mini"), (False, "autointerp_token-lookup", None)}
+    # Neuronpedia's own names come from its config; ours is written for the import to create
+    types = [json.loads(x) for x in (out / "config" / "explanation_type.jsonl").read_text().splitlines()]
+    assert [t["name"] for t in types] == ["autointerp_token-lookup"]
+    assert not (out / "config" / "explanation_model_type.jsonl").exists()
+    body = tmp_path / "b.json"
+    run(labelled, "--format", "neuronpedia-upload", "--dictionary", "1", "--np-model-id", "tiny-llama",
+        "--np-include-baseline", "--np-method-name", "oai_token-act-pair", "--out", str(body))
+    methods = {e["methodName"] for f in json.loads(body.read_text())["features"] for e in f["explanations"]}
+    assert methods == {"oai_token-act-pair", "autointerp_token-lookup"}
+
+
+def test_ids_change_when_the_type_or_model_name_changes(tmp_path, labelled):
+    ids = []
+    for names in ([], ["--np-method-name", "mine"], ["--np-method-name", "mine", "--np-model-name", "m2"]):
+        out = tmp_path / str(len(ids))
+        run(labelled, "--format", "neuronpedia-dataset", "--dictionary", "1", "--np-model-id", "tiny-llama",
+            "--out", str(out), *names)
+        ids.append({r["id"] for r in read_dataset(out)[1]})
+    assert all(len(x) == N_LABELLED for x in ids)
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
+
+
 def test_upload_body_passes_the_upload_batch_schema(tmp_path, labelled):
     out = tmp_path / "body.json"
-    run(labelled, "--format", "neuronpedia-upload", "--out", str(out), "--dictionary", "1", "--np-model-id",
-        "Tiny-Llama", "--np-method-name", "oai_token-act-pair", "--np-model-name", "gpt-4o-mini")
+    res = run(labelled, "--format", "neuronpedia-upload", "--out", str(out), "--dictionary", "1", "--np-model-id",
+              "Tiny-Llama", "--np-method-name", "oai_token-act-pair", "--np-model-name", "gpt-4o-mini")
+    assert "--np-model-name is not sent" in res.output
     body = json.loads(out.read_text())
     check_upload_body(body)
     assert body["modelId"] == "tiny-llama" and body["source"] == "0" and source_set_of(body["source"]) == "neurons"
     assert [f["index"] for f in body["features"]] == list(range(N_LABELLED))
     for f in body["features"]:
-        assert f["explanations"] == [{"text": LABEL, "methodName": "oai_token-act-pair", "modelName": "gpt-4o-mini"}]
+        # no modelName: the route hands it to prisma.explanation.create, and Explanation has no such field
+        assert f["explanations"] == [{"text": LABEL, "methodName": "oai_token-act-pair"}]
         maxes = [max(a["values"]) for a in f["activations"]]
         assert maxes == sorted(maxes, reverse=True)  # strongest context first
 
@@ -246,3 +263,34 @@ def test_parquet_and_jsonl_still_read_back(tmp_path, labelled):
     lines = [json.loads(x) for x in (tmp_path / "l.jsonl").read_text().splitlines()]
     assert len(table) == len(lines) == 2 * N_LABELLED
     assert {"label", "explainer", "explanation_id", "correlation_top_random"} <= set(table[0])
+
+
+def test_exports_with_and_without_behaviour_read_together(tmp_path, collected_db, tiny_model):
+    """Parquet and JSON lines take their types from the labels view: a file whose behaviour column is all NULL
+    reads beside one that has behaviour scores (inferred from the rows, the first would type it Arrow null)."""
+    import duckdb
+
+    from autointerp.behaviour.stage import behaviour_stage
+    from autointerp.config import BehaviourConfig
+    from tests.helpers import copy_db
+
+    db = copy_db(collected_db, tmp_path / "b.duckdb")
+    with LoopbackLLM(good_script) as llm:
+        run_label(db, llm.base_url, [0, 1, 2], n_boot=50)
+    for name in ("without", "with"):
+        if name == "with":
+            behaviour_stage(db, 1, BehaviourConfig(n_boot=50), model=tiny_model)
+        run(db, "--format", "parquet", "--out", str(tmp_path / f"{name}.parquet"), "--dictionary", "1")
+        run(db, "--format", "jsonl", "--out", str(tmp_path / f"{name}.jsonl"), "--dictionary", "1")
+    assert pq.read_table(tmp_path / "without.parquet").schema == pq.read_table(tmp_path / "with.parquet").schema
+    con = duckdb.connect()
+    files = [str(tmp_path / "without.parquet"), str(tmp_path / "with.parquet")]
+    got = con.execute("SELECT filename LIKE '%with.parquet', count(behaviour) FROM read_parquet(?, filename = true) "
+                      "GROUP BY ALL ORDER BY 1", [files]).fetchall()
+    assert got[0] == (False, 0) and got[1][0] and got[1][1] > 0
+    columns = json.loads(export.schema_path(tmp_path / "with.jsonl").read_text())
+    assert columns == json.loads(export.schema_path(tmp_path / "without.jsonl").read_text())
+    assert columns["behaviour"] == "DOUBLE" and columns["created_at"].startswith("TIMESTAMP")
+    n = con.execute("SELECT count(behaviour), count(*) FROM read_json(?, columns = ?)",
+                    [[str(tmp_path / "without.jsonl"), str(tmp_path / "with.jsonl")], columns]).fetchone()
+    assert n[0] == got[1][1] and n[1] == len(pq.read_table(files[0])) + len(pq.read_table(files[1]))

@@ -240,7 +240,8 @@ def test_bad_rows_are_skipped_and_reported(tmp_path, ours):
                            "label refused: the phrase is unfinished": 1,
                            "label refused: 40 words, not a short phrase": 1,
                            "feature 'x5' is not a non-negative integer": 1,
-                           "another label for this feature earlier in the file (the first is kept)": 1}
+                           "another label for this feature earlier in the file (the first is kept, in the file's "
+                           "row order)": 1}
     assert out.examples[0] == "bad.csv:3: feature 99999 is not in dictionary 1"
     # skipped rows are not failed explanations: no LLM was asked for them
     assert q(db, "SELECT feature, label, status FROM explanations WHERE explainer = 'mine' ORDER BY feature") == [
@@ -255,19 +256,59 @@ def test_bad_rows_are_skipped_and_reported(tmp_path, ours):
 
 def test_sources_are_checked_against_the_dictionary(tmp_path, ours):
     db = copy_db(ours, tmp_path / "x.duckdb")
-    out = import_labels(db, 1, write_openai(tmp_path / "a", 3, {0: LABEL}), "a")
+    layer3 = write_openai(tmp_path / "a", 3, {0: LABEL})
+    res = CliRunner().invoke(main, ["import-labels", str(layer3), "--explainer", "a", "--db", str(db)])
+    assert res.exit_code == 2 and "layer 3" in res.output and "--force" in res.output, res.output
+    assert q(db, "SELECT count(*) FROM explanations WHERE explainer = 'a'") == [(0,)]  # nothing written
+    out = import_labels(db, 1, layer3, "a", force=True)
     assert out.imported == 1 and out.warnings == ["the labels are for layer 3, this dictionary is at "
                                                   "'blocks.0.mlp.hook_post'"]
     out = import_labels(db, 1, write_neuronpedia(tmp_path / "b", "gpt2-small", "0", {0: LABEL}), "b")
     assert any("cannot tell whether Neuronpedia model 'gpt2-small'" in w for w in out.warnings)
     assert not any("source" in w for w in out.warnings)  # layer 0 neurons are Neuronpedia source "0"
-    mixed = write_delphi(tmp_path / "c", "layers.0.mlp", {0: LABEL})
-    (mixed / "layers.1.mlp_latent0.txt").write_text(json.dumps(LABEL))
-    res = CliRunner().invoke(main, ["import-labels", str(mixed), "--explainer", "c", "--db", str(db)])
-    assert res.exit_code == 2 and "2 sources" in res.output, res.output
     res = CliRunner().invoke(main, ["import-labels", str(write_csv(tmp_path, {0: LABEL})), "--explainer",
                                     "baseline:mine", "--db", str(db)])
     assert res.exit_code == 2 and "a name of your own" in res.output
+
+
+def test_a_delphi_run_over_several_modules_imports_one_by_name(tmp_path, ours):
+    """Delphi writes every hookpoint's latents into one explanations/ directory, named <module>_latent<N>.txt."""
+    db = copy_db(ours, tmp_path / "x.duckdb")
+    run = write_delphi(tmp_path / "c", "layers.0.mlp", {0: LABEL, 1: THEIRS})
+    for f in (0, 1, 2):
+        (run / f"layers.1.mlp_latent{f}.txt").write_text(json.dumps(THEIRS))
+    (run / "extra").mkdir()
+    (run / "extra" / "notes.txt").write_text("not a label")
+
+    def cli(*args: str):
+        return CliRunner().invoke(main, ["import-labels", str(run), "--explainer", "delphi", "--db", str(db), *args])
+
+    res = cli()
+    assert res.exit_code == 2 and "layers.0.mlp, layers.1.mlp" in res.output and "--module" in res.output
+    res = cli("--module", "layers.7.mlp")
+    assert res.exit_code == 2 and "layers.0.mlp, layers.1.mlp" in res.output, res.output
+    res = cli("--module", "layers.1.mlp")  # the other layer: refused, as any layer mismatch
+    assert res.exit_code == 2 and "--force" in res.output
+    res = cli("--module", "layers.0.mlp")
+    assert res.exit_code == 0 and "2 labels imported" in res.output and "2 delphi file(s)" in res.output, res.output
+    assert q(db, "SELECT feature, label FROM explanations WHERE explainer = 'delphi' ORDER BY feature") == [
+        (0, LABEL), (1, THEIRS)]
+    # the other module's files are another import (another hash), not "imported before"
+    out = import_labels(db, 1, run, "delphi-1", module="layers.1.mlp", force=True)
+    assert out.imported == 3 and out.prompt_hash != q(db, "SELECT DISTINCT prompt_hash FROM explanations "
+                                                         "WHERE explainer = 'delphi'")[0][0]
+
+
+def test_skipped_files_are_named_by_their_path_under_the_directory(tmp_path, ours):
+    db = copy_db(ours, tmp_path / "x.duckdb")
+    run = write_delphi(tmp_path / "c", "layers.0.mlp", {0: LABEL})
+    (run / "extra").mkdir()
+    (run / "extra" / "notes.txt").write_text("not a label")
+    (run / "extra" / "layers.0.mlp_latent1.txt").write_text("not JSON")
+    out = import_labels(db, 1, run, "delphi")
+    assert out.imported == 1
+    assert sorted(out.examples) == ["extra/layers.0.mlp_latent1.txt: not a JSON string (Expecting value: line 1 "
+                                    "column 1 (char 0))", "extra/notes.txt: not a <module>_latent<N>.txt file name"]
 
 
 # ---------------------------------------------------------------- export: every score with its run and margin

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "SourceRelease" ADD COLUMN     "defaultSourceSetName" TEXT;

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "GraphMetadata" ADD COLUMN     "isFeatured" BOOLEAN NOT NULL DEFAULT false;

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "GraphMetadataDataPutRequest" ALTER COLUMN "userId" DROP NOT NULL;

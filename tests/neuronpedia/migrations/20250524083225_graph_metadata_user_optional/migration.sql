@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "GraphMetadata" ALTER COLUMN "userId" DROP NOT NULL;

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "SteerOutput" ADD COLUMN     "logprobs" TEXT;

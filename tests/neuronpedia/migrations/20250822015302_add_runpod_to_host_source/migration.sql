@@ -1,0 +1,3 @@
+-- AlterTable
+ALTER TABLE "GraphHostSource" ADD COLUMN     "runpodServerlessUrl" TEXT,
+ALTER COLUMN "hostUrl" DROP NOT NULL;

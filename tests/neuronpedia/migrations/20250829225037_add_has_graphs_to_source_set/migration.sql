@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "SourceSet" ADD COLUMN     "hasGraphs" BOOLEAN NOT NULL DEFAULT false;

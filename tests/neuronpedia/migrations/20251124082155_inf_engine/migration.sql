@@ -1,0 +1,2 @@
+-- CreateIndex
+CREATE INDEX "InferenceHostSource_engine_idx" ON "InferenceHostSource"("engine");

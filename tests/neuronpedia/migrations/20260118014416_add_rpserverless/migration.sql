@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "InferenceHostSource" ADD COLUMN     "runpodServerlessUrl" TEXT;

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "NlaSource" ALTER COLUMN "name" DROP DEFAULT;

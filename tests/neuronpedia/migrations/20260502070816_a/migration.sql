@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "NlaExplainShare" ADD COLUMN     "featuredDisplayName" TEXT;

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "JlensShare" ADD COLUMN     "steerAblate" BOOLEAN;

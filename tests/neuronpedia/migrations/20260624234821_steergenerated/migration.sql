@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "JlensShare" ADD COLUMN     "steerGenerated" BOOLEAN;
