@@ -28,7 +28,7 @@ def _check_device(device: str) -> None:
 
 
 class CollectConfig(Frozen):
-    """What `autointerp collect` does. Defaults follow Delphi and OpenAI's neuron explainer (README: Collection)."""
+    """What `autointerp collect` does. Defaults follow Delphi and OpenAI's neuron explainer (docs/guide/collect.md)."""
 
     model: str = Field("smollm2-135m", description="TransformerLens model name, local HF model directory, or 'smollm2-135m' (offline)")
     hook: str | None = Field(None, description="TransformerLens hook point whose activations (or SAE input) are the features; "
@@ -54,7 +54,7 @@ class CollectConfig(Frozen):
                         "available, else cpu), cpu, cuda, cuda:N or mps")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="precision the model and SAE are loaded in (bfloat16/float16 change the activations "
-        "slightly: README, Scale)")
+        "slightly: docs/guide/scale.md)")
 
     @model_validator(mode="after")
     def _check(self) -> CollectConfig:
@@ -90,7 +90,7 @@ class CollectConfig(Frozen):
 
 
 # Worked examples before each echo simulation, as OpenAI's simulator shows them. Measured on SmolLM2-135M
-# (README: Scores you can trust): without them the labels "nothing" and "fruit" gained over the reference
+# (docs/methodology.md, The reference gain): without them the labels "nothing" and "fruit" gained over the reference
 # label on held-out contexts; with two, no placebo's gain excluded 0 on 24 features.
 DEFAULT_FEWSHOT = 2
 

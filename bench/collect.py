@@ -4,7 +4,7 @@ Prints tokens/s of (a) the full forward pass (unless --skip-full), (b) the forwa
 (c) the feature reader alone: forward to the hook plus the SAE's encode, the least any collector must compute
 (the limit), and (d) `collect` (the reader + top-k/reservoir/random buffers + statistics, then the result
 tables), with ratios; the time to write the result to DuckDB; and peak RSS of the collection (buffers and one
-batch) and of building its result, beside the README's formula. With --shards N it also runs the same tokens
+batch) and of building its result, beside the formula of docs/guide/collect.md. With --shards N it also runs the same tokens
 through the stages: one process (`collect_stage`), N shards (a local Ray with N CPUs when `ray` is importable,
 else in-process one after the other) and the merge, each in tokens/s. With --sae-width, features are latents of
 a random SAE of that width. Every figure is printed beside its limit and written to --out as JSON, with the
@@ -199,7 +199,7 @@ def main() -> None:
     for name, peak, want in (("collect", mem_collect.peak, formula.collect), ("result", mem_result.peak,
                                                                               formula.result)):
         over = (peak - base_rss) / GIB
-        print(f"  peak RSS of {name:9s}  {over:9.2f} GiB over that = {over * GIB / want:.2f}x the README's formula "
+        print(f"  peak RSS of {name:9s}  {over:9.2f} GiB over that = {over * GIB / want:.2f}x the formula "
               f"{want / GIB:.2f} GiB (goal within 25%); {peak / GIB:.2f} GiB in all")
 
     if args.shards:

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The test suite: unit (tiny model built from a config, seconds) and integration (the real SmolLM2,
+# Lint, types, the docs' check and build, then the test suite: unit (tiny model built from a config, seconds) and integration (the real SmolLM2,
 # offline). Pass pytest arguments through, e.g. scripts/test.sh -m "not integration".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/ruff check autointerp tests bench
+.venv/bin/ruff check autointerp tests bench scripts
 .venv/bin/mypy
+# The docs: generated reference pages equal what the code makes now; the site builds with no broken link.
+.venv/bin/python scripts/gen_docs.py --check
+SITE=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$SITE"
+rm -rf "$SITE"
 exec .venv/bin/python -m pytest -q "$@"

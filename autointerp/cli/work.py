@@ -333,7 +333,7 @@ def behaviour_cmd(db: str, dictionary_id: int | None, feature_range: tuple[int, 
 @click.option("--seed", "init_seed", type=int, default=None, help="Seed of the random initialisation (default: the dictionary's).")
 @click.option("--scheme", type=click.Choice(list(RANDOM_INIT_SCHEMES)), default="init", show_default=True,
               help="How the weights are randomised: init (the architecture's initialisation), or a "
-                   "re-randomisation that keeps each trained tensor's scale (see the README).")
+                   "re-randomisation that keeps each trained tensor's scale (see docs/guide/behaviour.md).")
 @click.option("--sae", "control_sae", default=None,
               help="For SAE dictionaries: an SAE trained on the random-init model (SAELens directory).")
 @label_selection_options

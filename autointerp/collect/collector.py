@@ -593,7 +593,7 @@ def collect_contexts(
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a collection holds beyond the model and the SAE (README, Memory)."""
+    """Bytes a collection holds beyond the model and the SAE (docs/guide/collect.md, Memory)."""
 
     buffers: int  # top-k, reservoir, random contexts and statistics: for the whole run
     batch: int  # one batch's activations and the working copies the reduction makes of them
@@ -611,7 +611,7 @@ class MemoryEstimate:
 
 
 def collect_memory(cfg: CollectConfig, n_features: int) -> MemoryEstimate:
-    """The README's memory formula for `cfg` over `n_features` features, in bytes."""
+    """The memory formula of docs/guide/collect.md for `cfg` over `n_features` features, in bytes."""
     f, length, k, res, r = n_features, cfg.ctx_len, cfg.top_k, cfg.reservoir_size, cfg.n_random
     act = 4 * length  # one context's float32 activations
     # per feature and split: top (key f32, slot, seq, max f32), reservoir (key f64, slot, seq, max f32), random

@@ -31,7 +31,7 @@ def default_corpus_files() -> list[Path]:
     if not files:
         raise AutointerpError(
             f"the default corpus is missing: no text under {DEFAULT_CORPUS_DIR}. "
-            "Install it with `apt-get install python3.11-doc` (the README's set-up does), "
+            "Install it with `apt-get install python3.11-doc` (scripts/setup.sh does), "
             "or pass --dataset PATH"
         )
     return files

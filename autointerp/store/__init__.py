@@ -52,6 +52,7 @@ from autointerp.store.db import (
 )
 from autointerp.store.reads import (
     LabelScores,
+    SchemaObject,
     ScoreValue,
     Table,
     dictionary_status,
@@ -60,6 +61,7 @@ from autointerp.store.reads import (
     labels_columns,
     labels_table,
     llm_usage,
+    schema_objects,
     score_values,
     summary_table,
 )
@@ -90,5 +92,5 @@ __all__ = [
     "known_migrations", "label_scores", "labels_arrow_schema", "labels_columns", "labels_table", "list_dictionaries", "llm_usage", "lock_holder", "migrate",
     "null_explanations", "ok_labels", "open_store", "query", "read_feature_contexts", "sandbox", "score_values",
     "select_features", "simulated_contexts", "summary_table", "transaction", "unscored_explanations", "user_query",
-    "write_bundles", "GainPending", "add_scores", "gain_pending",
+    "write_bundles", "GainPending", "add_scores", "gain_pending", "SchemaObject", "schema_objects",
 ]

@@ -137,3 +137,28 @@ def llm_usage(con: Connection) -> Table:
                        "sum(cost_usd) AS cost_usd FROM llm_calls GROUP BY ALL ORDER BY ALL")
 
 
+
+
+# ---------------------------------------------------------------- the schema, for the generated docs page
+
+
+@dataclass(frozen=True)
+class SchemaObject:
+    """One table or view of the SQL contract with its columns as (name, DuckDB type, nullable)."""
+
+    name: str
+    kind: str  # 'table' or 'view'
+    columns: list[tuple[str, str, bool]]
+
+
+def schema_objects(con: Connection) -> list[SchemaObject]:
+    """Every table and view of the main schema, by name, with its columns in order."""
+    kinds = dict(con.execute(
+        "SELECT table_name, CASE table_type WHEN 'VIEW' THEN 'view' ELSE 'table' END "
+        "FROM information_schema.tables WHERE table_schema = 'main'").fetchall())
+    cols: dict[str, list[tuple[str, str, bool]]] = {name: [] for name in kinds}
+    for table, column, dtype, nullable in con.execute(
+        "SELECT table_name, column_name, data_type, is_nullable = 'YES' FROM information_schema.columns "
+        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position").fetchall():
+        cols[table].append((column, dtype, nullable))
+    return [SchemaObject(name, kinds[name], cols[name]) for name in sorted(kinds)]

@@ -73,7 +73,7 @@ def test_examples_need_the_echo_simulator():
 
 def test_echo_shows_two_examples_unless_told_otherwise():
     """The default: OpenAI's simulator shows worked examples, and without them placebo labels gained over
-    the reference on SmolLM2 (README: Scores you can trust). Chat shows none; 0 turns them off and keeps the
+    the reference on SmolLM2 (docs/methodology.md). Chat shows none; 0 turns them off and keeps the
     settings (and so the run keys) of runs made before examples existed."""
     echo, chat, off = LabelConfig(), LabelConfig(simulator_mode="chat"), LabelConfig(n_sim_fewshot=0)
     assert (echo.fewshot, chat.fewshot, off.fewshot) == (2, 0, 0)

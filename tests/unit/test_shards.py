@@ -316,7 +316,7 @@ def test_cuda_on_a_machine_without_cuda_is_a_clear_error(tmp_path, tiny_model_di
 
 
 # bfloat16 keeps 8 bits of mantissa: through the tiny model's two layers the stored activations stay within
-# this share of the feature's largest activation (README: Scale). float16 (11 bits) is checked too.
+# this share of the feature's largest activation (docs/guide/scale.md). float16 (11 bits) is checked too.
 DTYPE_TOLERANCE = {"bfloat16": 0.03, "float16": 0.005}
 
 
