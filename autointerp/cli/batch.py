@@ -40,7 +40,7 @@ def batches_cmd(db: str, dictionary_id: int | None, cancel_id: str | None, base_
       autointerp batches --cancel batch_abc123 --base-url https://api.openai.com/v1
     """
     if cancel_id is not None:
-        from autointerp.llm.client import BatchAPI
+        from autointerp.llm.client import BATCH_DONE, BatchAPI
 
         with store.open_store(db, read_only=True) as con:
             row = store.get_batch(con, cancel_id)
@@ -55,7 +55,11 @@ def batches_cmd(db: str, dictionary_id: int | None, cancel_id: str | None, base_
         finally:
             api.close()
         with store.open_store(db) as con:
-            store.update_batch(con, row.batch_key, status=info.status)
+            # A running `label` may have polled the batch to its end meanwhile; the cancel call's answer
+            # (still `in_progress` or `cancelling`) must not overwrite that.
+            now = store.get_batch(con, row.batch_key)
+            if now is not None and now.status not in BATCH_DONE:
+                store.update_batch(con, row.batch_key, status=info.status)
         click.echo(f"batch {row.batch_id}: {info.status}")
         return
     with store.open_store(db, read_only=True) as con:
