@@ -26,7 +26,7 @@ import numpy as np
 from autointerp import __version__, store
 from autointerp.behaviour import patcher as behaviour
 from autointerp.config import BehaviourConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 from autointerp.label import scoring
 from autointerp.records import ProgressEvent, ProgressFn, ScoreRow, ScoreRun, SimulatedContext
 
@@ -106,7 +106,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
         return outcome
     if not d.config.get("prepend_bos", True):
         # Replacement starts after the BOS position; without one, nothing is kept clean in front.
-        raise AutointerpError("behaviour scores need the BOS position; this dictionary was collected without it")
+        raise BadInput("behaviour scores need the BOS position; this dictionary was collected without it")
     device = models.resolve_device(cfg.device)
     sae = models.load_sae(d.sae, device, cfg.dtype) if d.sae else None
     if model is None:

@@ -20,7 +20,7 @@ from autointerp.cli.base import (
 )
 from autointerp.cli.work import selection_options
 from autointerp.config import LabelConfig, LLMConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 
 
 @main.command("batches")
@@ -45,10 +45,10 @@ def batches_cmd(db: str, dictionary_id: int | None, cancel_id: str | None, base_
         with store.open_store(db, read_only=True) as con:
             row = store.get_batch(con, cancel_id)
         if row is None or row.batch_id is None:
-            raise AutointerpError(f"no created batch {cancel_id!r} in {db} (see `autointerp batches`)")
+            raise BadInput(f"no created batch {cancel_id!r} in {db} (see `autointerp batches`)")
         url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not url:
-            raise AutointerpError("--cancel needs the provider: pass --base-url or set OPENAI_BASE_URL")
+            raise BadInput("--cancel needs the provider: pass --base-url or set OPENAI_BASE_URL")
         api = BatchAPI(url, os.environ.get("OPENAI_API_KEY"))
         try:
             info = api.cancel(row.batch_id)

@@ -27,7 +27,7 @@ from typing import Any
 
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 from autointerp.label import detect, explain, simulate
 from autointerp.label.batchio import MISSING, Request, Result, custom_id, read_results, result_key
 from autointerp.label.fewshot import fewshot_for
@@ -515,7 +515,7 @@ def require_endpoint(llm_cfg: LLMConfig) -> str:
     before any work starts, since the embedded local server has no Batch API."""
     base_url = (list(llm_cfg.base_urls) or [os.environ.get("OPENAI_BASE_URL", "")])[0]
     if not base_url:
-        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+        raise BadInput("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
     return base_url
 
 

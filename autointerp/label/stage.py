@@ -24,7 +24,7 @@ import numpy as np
 
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig, settings_hash
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput, InternalError, LockTimeout, cause
 from autointerp.label import detect, explain, scoring, simulate
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
@@ -87,7 +87,7 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
                 if any(len(v) not in (2, 4, 6) for v in prices.values()):
                     raise ValueError("each model needs 2, 4 or 6 prices")
             except (ValueError, TypeError, IndexError, OSError) as exc:
-                raise AutointerpError(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
+                raise BadInput(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
                                       f"(, batch_input, batch_output(, cached_input, batch_cached_input))]}} "
                                       f"({exc})") from None
         budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
@@ -412,9 +412,11 @@ class LabelBatch:
             # What finished is written even when the batch stops on a budget, an error or Ctrl-C.
             try:
                 self._flush()
+            except LockTimeout:
+                raise
             except Exception as exc:
-                raise AutointerpError(f"could not write {len(self._pending)} finished feature(s) to {self.db}: "
-                                      f"{exc}") from exc
+                raise InternalError(f"could not write {len(self._pending)} finished feature(s) to {self.db}: "
+                                    f"{cause(exc)}") from exc
             self._report()
         if error is not None:
             raise error
@@ -424,9 +426,11 @@ class LabelBatch:
         with store.open_store(self.db, wait_s=600) as con:
             try:
                 return store.read_feature_contexts(con, self.dictionary_id, features)
+            except LockTimeout:
+                raise
             except Exception as exc:
-                raise AutointerpError(f"could not read the contexts of features {features[0]}..{features[-1]} "
-                                      f"of dictionary {self.dictionary_id} from {self.db}: {exc}") from exc
+                raise InternalError(f"could not read the contexts of features {features[0]}..{features[-1]} "
+                                    f"of dictionary {self.dictionary_id} from {self.db}: {cause(exc)}") from exc
 
     def _report(self) -> None:
         budget = getattr(self.session.client, "budget", None) if self.session else None

@@ -27,7 +27,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput, LLMError
 from autointerp.llm import prompts
 from autointerp.records import FailureCode
 
@@ -241,7 +241,7 @@ class OpenAICompatibleClient:
                  max_attempts: int = 6, max_wait_s: float = 60.0, prices: dict[str, tuple[float, ...]] | None = None,
                  budget: Budget | None = None):
         if not base_urls:
-            raise AutointerpError("no LLM endpoint: pass --base-url or set OPENAI_BASE_URL")
+            raise BadInput("no LLM endpoint: pass --base-url or set OPENAI_BASE_URL")
         # Never recorded or shown: the key, and whatever credentials the endpoint URLs carry.
         self._secret = [x for x in [api_key or ""] + [x for u in base_urls for x in _url_secrets(u)] if x]
         self._clients = [
@@ -487,8 +487,8 @@ def _info(b: Any) -> BatchInfo:
 
 class BatchAPI:
     """The files and batches endpoints of one OpenAI-compatible provider (blocking calls; the batch
-    driver polls every few seconds, so nothing here needs to be async). Errors are AutointerpErrors
-    with the key hidden."""
+    driver polls every few seconds, so nothing here needs to be async). Errors are LLMErrors with
+    the key hidden."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 120.0):
         self.endpoint = public_url(base_url)
@@ -500,7 +500,7 @@ class BatchAPI:
         try:
             return fn()
         except openai.OpenAIError as exc:
-            raise AutointerpError(f"Batch API: {what} failed: {_reason(exc, self._secret)}") from None
+            raise LLMError(f"Batch API: {what} failed: {_reason(exc, self._secret)}") from None
 
     def upload(self, name: str, content: bytes) -> str:
         """Upload a JSONL request file (purpose 'batch'); returns its file id."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput, LLMError
 from autointerp.llm.client import LLMCall, LLMReply, prompt_hash
 from autointerp.models import smollm2_gguf_path
 
@@ -57,7 +57,7 @@ class EmbeddedLLM:
         try:
             import llama_cpp.server  # noqa: F401
         except ImportError as exc:
-            raise AutointerpError(
+            raise BadInput(
                 "the embedded default LLM needs llama-cpp-python[server] (scripts/setup.sh installs it), "
                 "or pass --base-url for another OpenAI-compatible endpoint"
             ) from exc
@@ -73,7 +73,7 @@ class EmbeddedLLM:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AutointerpError(f"the local llama.cpp server exited ({proc.returncode}): "
+                raise LLMError(f"the local llama.cpp server exited ({proc.returncode}): "
                                       f"{log.read_text()[-800:]}")
             try:
                 with urllib.request.urlopen(server.base_url + "/models", timeout=2) as r:
@@ -82,7 +82,7 @@ class EmbeddedLLM:
             except OSError:
                 time.sleep(0.3)
         server.stop()
-        raise AutointerpError(f"the local llama.cpp server did not answer within {wait_s:.0f}s; log: {log}")
+        raise LLMError(f"the local llama.cpp server did not answer within {wait_s:.0f}s; log: {log}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -141,7 +141,7 @@ class InProcessLogprobs:
         for d in "0123456789":
             ids = self.llm.tokenize(d.encode(), add_bos=False, special=False)
             if len(ids) != 1:
-                raise AutointerpError(f"digit {d} is {len(ids)} tokens in this tokenizer; echo simulation needs one")
+                raise BadInput(f"digit {d} is {len(ids)} tokens in this tokenizer; echo simulation needs one")
             self.digit_ids.append(ids[0])
         self._pieces: dict[int, bytes] = {}
 

