@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check autointerp tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -q "$@"
