@@ -28,28 +28,16 @@ from typing import Any
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
 from autointerp.errors import BadInput
-from autointerp.label import detect, explain, simulate
+from autointerp.label import explain
 from autointerp.label.batchio import MISSING, Request, Result, custom_id, read_results, result_key
-from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
-from autointerp.label.stage import (
-    LabelBatch,
-    LLMSession,
-    Progress,
-    call_rows,
-    failed_run_bundle,
-    judge_rows,
-    judged_view,
-    score_records,
-    scored_run_bundle,
-    scoring_contexts,
-)
+from autointerp.label.stage import LabelBatch, LLMSession
+from autointerp.label.units import Progress, ScoreUnit, call_rows, score_live
 from autointerp.llm import client as llm
 from autointerp.llm.client import LLMCall, LLMFailure, LLMReply
 from autointerp.records import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
 
 CHUNK = 128
-JUDGES = ("detection", "fuzzing")
 
 
 def _endpoint(row: store.BatchRow) -> str:
@@ -115,39 +103,20 @@ class BatchRun:
                           for p in job.to_score if p.explainer != explain.BASELINE]
         return units
 
-    def _requests(self, stage: str, group: str, unit: dict[str, Any], fc: FeatureContexts, cfg: LabelConfig,
-                  models: tuple[str, str]) -> list[Request]:
-        """A unit's requests, built exactly as the live path builds them."""
+    def _requests(self, stage: str, group: str, unit: dict[str, Any], fc: FeatureContexts, lb: LabelBatch
+                  ) -> list[Request]:
+        """A unit's requests: the asks the live path sends, each under its custom_id."""
         did, f, a = self.dictionary_id, unit["f"], unit["a"]
+        assert lb.session is not None
         if stage == "explain":
-            messages = explain.explain_messages(fc, cfg.n_explain_top, cfg.n_explain_quantile)
+            messages = explain.explain_messages(fc, lb.cfg.n_explain_top, lb.cfg.n_explain_quantile)
             if messages is None:
                 return []
             return [Request(custom_id(group, did, f, None, "explain", a), llm.CHAT_URL, "explainer",
-                            llm.chat_body(models[0], messages, explain.MAX_TOKENS))]
-        eid, label, model = unit["e"], unit["l"], models[1]
-        out = []
-        for i, (c, _) in enumerate(scoring_contexts(fc, cfg)):
-            cid = custom_id(group, did, f, eid, f"s{i}", a)
-            if cfg.simulator_mode == "echo":
-                prompt, offsets = simulate.echo_prompt(label, c.tokens,
-                                                       fewshot_for(self.db, did, f, cfg.fewshot))
-                if offsets:
-                    out.append(Request(cid, llm.COMPLETIONS_URL, "simulator", llm.completion_body(
-                        model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS)))
-            else:
-                out.append(Request(cid, llm.CHAT_URL, "simulator", llm.chat_body(
-                    model, simulate.chat_messages(label, c), simulate.chat_max_tokens(len(c.tokens)),
-                    top_logprobs=simulate.CHAT_TOP_LOGPROBS)))
-        for name in JUDGES if cfg.judge else ():
-            try:
-                _, templates, excerpts = detect.request(name, judged_view(fc, cfg), label, cfg.n_judge, 0)
-            except LLMFailure:
-                continue
-            out.append(Request(custom_id(group, did, f, eid, name, a), llm.CHAT_URL, "judge", llm.chat_body(
-                model, detect.judge_messages(templates, label, excerpts), detect.judge_max_tokens(len(excerpts)),
-                top_logprobs=detect.TOP_LOGPROBS)))
-        return out
+                            llm.chat_body(lb.session.explainer_model, messages, explain.MAX_TOKENS))]
+        score = lb.score_unit(fc, unit["e"], unit["l"])
+        return [Request(custom_id(group, did, f, unit["e"], ask.part, a), ask.url, ask.role, ask.body)
+                for ask in (*score.simulation_asks(), *score.judge_asks())]
 
     def _load(self, features: Iterable[int]) -> dict[int, FeatureContexts]:
         with store.open_store(self.db, wait_s=600) as con:
@@ -156,14 +125,13 @@ class BatchRun:
     def group_requests(self, row: store.BatchRow) -> list[Request]:
         """Rebuild a group's requests (all endpoints) from its recorded units and settings."""
         units = json.loads(row.units)
-        c = json.loads(row.config)
-        cfg, models = LabelConfig(**c["label"]), (c["explainer"], c["simulator"])
+        lb = self._labeler(row.config)
         out: list[Request] = []
         for i in range(0, len(units), CHUNK):
             chunk = units[i : i + CHUNK]
             fcs = self._load(u["f"] for u in chunk)
             for u in chunk:
-                out += self._requests(row.stage, row.group_key, u, fcs[u["f"]], cfg, models)
+                out += self._requests(row.stage, row.group_key, u, fcs[u["f"]], lb)
         return out
 
     # ------------------------------------------------------------ groups
@@ -176,11 +144,12 @@ class BatchRun:
         lim_n, lim_b = self.llm_cfg.batch_max_requests, self.llm_cfg.batch_max_bytes
         group, members, reqs = uuid.uuid4().hex[:12], [], []  # type: ignore[var-annotated]
         counts: dict[str, list[int]] = {}
+        lb = self._labeler(self._config_json())
         for i in range(0, len(units), CHUNK):
             chunk = units[i : i + CHUNK]
             fcs = self._load(u["f"] for u in chunk)
             for k, u in enumerate(chunk):
-                mine = self._requests(stage, group, u, fcs[u["f"]], self.cfg, self.models)
+                mine = self._requests(stage, group, u, fcs[u["f"]], lb)
                 est = [llm.estimate_cost(self.prices, r.body, batch=True) for r in mine]
                 usd, tok = sum(e[0] for e in est), sum(e[1] for e in est)
                 if not self.budget.fits(usd, tok):
@@ -202,7 +171,7 @@ class BatchRun:
                                    for url, (n, b) in add.items()):
                     yield group, members, reqs
                     group, members, reqs, counts = uuid.uuid4().hex[:12], [], [], {}
-                    mine = self._requests(stage, group, u, fcs[u["f"]], self.cfg, self.models)
+                    mine = self._requests(stage, group, u, fcs[u["f"]], lb)
                 members.append(u)
                 reqs += mine
                 for url, (n, b) in add.items():
@@ -379,12 +348,12 @@ class BatchRun:
 
     async def _explain_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
                             parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
-        model, phash = lb.session.explainer_model, lb.explain_hash  # type: ignore[union-attr]
+        model, phash = lb.session.explainer_model, lb.settings.explain_hash  # type: ignore[union-attr]
         cfg = lb.cfg
         self.progress.features_done += 1
         if "explain" not in parts:  # nothing to ask: the feature has no explain contexts
             e = explain.explanation(fc, model, phash, None, explain.NO_CONTEXTS, FailureCode.NO_CONTEXTS)
-            return store.Bundle(explanations=[lb._with_config(e)])
+            return store.Bundle(explanations=[lb.settings.with_config(e)])
         req, res = parts["explain"]
         c = call(req, res)
         if c.status == "error":
@@ -414,7 +383,7 @@ class BatchRun:
             return self._explained(lb, fc, e, [c, *calls])
 
     def _explained(self, lb: LabelBatch, fc: FeatureContexts, e: Any, calls: list[LLMCall]) -> store.Bundle:
-        e = lb._with_config(e)
+        e = lb.settings.with_config(e)
         if e.status == "ok":
             self.progress.explained += 1
         else:
@@ -437,63 +406,55 @@ class BatchRun:
         except ValueError as exc:
             return await self._reasked(parse, req, text, f"{exc}; reply began {text[:80]!r}", role)
 
-    async def _score_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
-                          parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
-        assert lb.session is not None
-        eid, label, cfg, model = u["e"], u["l"], lb.cfg, lb.session.simulator_model
-        self.progress.features_done += 1
-        calls = {p: call(req, res) for p, (req, res) in parts.items()}
-        bad = [p for p, c in calls.items() if c.status == "error"]
-        if bad:
-            first = parts[bad[0]][1]
-            code = first.code if first.body is None else FailureCode.MALFORMED_RESPONSE
-            if self._live():
-                bundle = await lb._score_llm(fc, eid, label)
-                bundle.calls[:0] = call_rows(list(calls.values()), fc.dictionary_id, fc.feature, eid,
-                                             bundle.runs[0].run_id)
-                return bundle
-            if not self._exhausted(u["a"]):
-                self.progress.failed[f"simulation: {code} (to retry)"] += 1
-                return store.Bundle(calls=call_rows([calls[p] for p in bad], fc.dictionary_id, fc.feature, eid))
-            run = lb.new_run(eid, fc, model, lb.sim_hash, lb.sim_settings, lb.sim_settings_hash)
-            self.progress.failed[f"simulation: {code}"] += 1
-            failed = run.model_copy(update={"status": "failed", "code": str(code),
-                                            "error": f"{calls[bad[0]].error} (after {u['a']} batch attempt(s))"})
-            return store.Bundle(runs=[failed], calls=call_rows(list(calls.values()), fc.dictionary_id, fc.feature,
-                                                               eid, run.run_id))
-        run = lb.new_run(eid, fc, model, lb.sim_hash, lb.sim_settings, lb.sim_settings_hash)
-        contexts = scoring_contexts(fc, cfg)
-        more: list[LLMCall] = []
-        try:
-            if cfg.simulator_mode == "echo":
-                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, cfg.fewshot)
-                built = [simulate.echo_prompt(label, c.tokens, fewshot) for c, _ in contexts]
-                logprobs = [llm.parse_body(parts[f"s{i}"][0].url, parts[f"s{i}"][1].body)[1]
-                            for i, (_, offs) in enumerate(built) if offs]
-                predicted = simulate.echo_values(built, logprobs, [])
-            else:
-                predicted = []
-                for i, (c, _) in enumerate(contexts):
-                    values, extra = await self._parsed(simulate.chat_parser(len(c.tokens)), *parts[f"s{i}"],
-                                                       "simulator")
-                    predicted.append(values)
-                    more += extra
-        except LLMFailure as exc:
-            return failed_run_bundle(self.progress, run, exc, [*calls.values(), *more, *exc.calls])
-        sims, scores = score_records(fc, run, contexts, predicted, cfg.n_boot)
-        errors: list[str] = []
-        for name in JUDGES if cfg.judge else ():
+    async def _answers(self, asks: list[Any], parts: dict[str, tuple[Request, Result]], answers: dict[str, Any],
+                       more: list[LLMCall]) -> bool:
+        """Parse the batch results of `asks` into `answers` (unusable chat replies re-asked live once);
+        True when every one gave a usable answer."""
+        ok = True
+        for ask in asks:
             try:
-                ys, _, excerpts = detect.request(name, judged_view(fc, cfg), label, cfg.n_judge, 0)
-                (answers, probs), extra = await self._parsed(detect.judge_parser(len(excerpts)), *parts[name], "judge")
+                answers[ask.part], extra = await self._parsed(ask.parse, *parts[ask.part], ask.role)
                 more += extra
             except LLMFailure as exc:
+                answers[ask.part], ok = exc, False
                 more += exc.calls
-                errors.append(f"{name}: {exc}")
-                self.progress.failed[f"{name}: {exc.code}"] += 1
-                continue
-            scores += judge_rows(name, ys, answers, probs, run, cfg.n_boot)
-        return scored_run_bundle(self.progress, run, sims, scores, [*calls.values(), *more], errors)
+        return ok
+
+    async def _score_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
+                          parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
+        eid = u["e"]
+        self.progress.features_done += 1
+        calls = {p: call(req, res) for p, (req, res) in parts.items()}
+        unit = lb.score_unit(fc, eid, u["l"])
+        bad = [p for p, c in calls.items() if c.status == "error"]
+        if bad:
+            return await self._score_failed(lb, u, fc, unit, parts, calls, bad)
+        answers: dict[str, Any] = {}
+        more: list[LLMCall] = []
+        if await self._answers(unit.simulation_asks(), parts, answers, more):
+            await self._answers(unit.judge_asks(), parts, answers, more)
+        return unit.finish(self.progress, answers, [*calls.values(), *more])
+
+    async def _score_failed(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts, unit: ScoreUnit,
+                            parts: dict[str, tuple[Request, Result]], calls: dict[str, LLMCall], bad: list[str]
+                            ) -> store.Bundle:
+        """A score unit some of whose requests failed in the batch: redone live, left for the next batch,
+        or (out of attempts) a failed run."""
+        eid, first = u["e"], parts[bad[0]][1]
+        code = first.code if first.body is None else FailureCode.MALFORMED_RESPONSE
+        if self._live():
+            assert self.session is not None
+            bundle = await score_live(unit, self.session.client, self.progress)
+            bundle.calls[:0] = call_rows(list(calls.values()), fc.dictionary_id, fc.feature, eid, unit.run.run_id)
+            return bundle
+        if not self._exhausted(u["a"]):
+            self.progress.failed[f"simulation: {code} (to retry)"] += 1
+            return store.Bundle(calls=call_rows([calls[p] for p in bad], fc.dictionary_id, fc.feature, eid))
+        self.progress.failed[f"simulation: {code}"] += 1
+        failed = unit.run.model_copy(update={"status": "failed", "code": str(code),
+                                             "error": f"{calls[bad[0]].error} (after {u['a']} batch attempt(s))"})
+        return store.Bundle(runs=[failed], calls=call_rows(list(calls.values()), fc.dictionary_id, fc.feature,
+                                                           eid, unit.run.run_id))
 
     # ------------------------------------------------------------ rounds
 
