@@ -40,7 +40,7 @@ def batches_cmd(db: str, dictionary_id: int | None, cancel_id: str | None, base_
       autointerp batches --cancel batch_abc123 --base-url https://api.openai.com/v1
     """
     if cancel_id is not None:
-        from autointerp.llm.client import BatchAPI
+        from autointerp.llm.batch_api import BatchAPI
 
         with store.open_store(db, read_only=True) as con:
             row = store.get_batch(con, cancel_id)

@@ -33,9 +33,12 @@ from autointerp.label.batchio import MISSING, Request, Result, custom_id, read_r
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
 from autointerp.label.stage import LabelBatch, LLMSession
 from autointerp.label.units import Progress, ScoreUnit, call_rows, score_live
+from autointerp.llm import bodies, costs
 from autointerp.llm import client as llm
-from autointerp.llm.client import LLMCall, LLMFailure, LLMReply
-from autointerp.records import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
+from autointerp.llm.batch_api import BATCH_DONE, BatchAPI, batch_call
+from autointerp.llm.client import LLMFailure, LLMReply
+from autointerp.llm.costs import BudgetExhausted
+from autointerp.records import CallRow, FailureCode, FeatureContexts, ProgressEvent, ProgressFn
 
 CHUNK = 128
 
@@ -51,8 +54,8 @@ class BatchRun:
 
     def __init__(self, db: str | Path, dictionary_id: int, cfg: LabelConfig, llm_cfg: LLMConfig,
                  session: LLMSession | None, explainer_model: str, simulator_model: str,
-                 api: llm.BatchAPI | None = None, prices: dict[str, tuple[float, ...]] | None = None,
-                 on_progress: ProgressFn | None = None, budget: llm.Budget | None = None):
+                 api: BatchAPI | None = None, prices: dict[str, tuple[float, ...]] | None = None,
+                 on_progress: ProgressFn | None = None, budget: costs.Budget | None = None):
         self.db = db
         self.dictionary_id = dictionary_id
         self.cfg = cfg
@@ -60,12 +63,12 @@ class BatchRun:
         self.session = session
         self.models = (explainer_model, simulator_model)
         self.api = api
-        self.prices = {**llm.DEFAULT_PRICES, **(prices or {})}
+        self.prices = {**costs.DEFAULT_PRICES, **(prices or {})}
         self.on_progress = on_progress
         self.progress = Progress()
         # --max-cost / --max-tokens: a unit is submitted only if its estimated cost fits (reserved until its
         # batch is ingested); results' real costs, and live retries and re-asks, are spent from it.
-        self.budget = budget or llm.Budget()
+        self.budget = budget or costs.Budget()
 
     # ------------------------------------------------------------ settings and units
 
@@ -112,8 +115,8 @@ class BatchRun:
             messages = explain.explain_messages(fc, lb.cfg.n_explain_top, lb.cfg.n_explain_quantile)
             if messages is None:
                 return []
-            return [Request(custom_id(group, did, f, None, "explain", a), llm.CHAT_URL, "explainer",
-                            llm.chat_body(lb.session.explainer_model, messages, explain.MAX_TOKENS))]
+            return [Request(custom_id(group, did, f, None, "explain", a), bodies.CHAT_URL, "explainer",
+                            bodies.chat_body(lb.session.explainer_model, messages, explain.MAX_TOKENS))]
         score = lb.score_unit(fc, unit["e"], unit["l"])
         return [Request(custom_id(group, did, f, unit["e"], ask.part, a), ask.url, ask.role, ask.body)
                 for ask in (*score.simulation_asks(), *score.judge_asks())]
@@ -150,7 +153,7 @@ class BatchRun:
             fcs = self._load(u["f"] for u in chunk)
             for k, u in enumerate(chunk):
                 mine = self._requests(stage, group, u, fcs[u["f"]], lb)
-                est = [llm.estimate_cost(self.prices, r.body, batch=True) for r in mine]
+                est = [costs.estimate_cost(self.prices, r.body, batch=True) for r in mine]
                 usd, tok = sum(e[0] for e in est), sum(e[1] for e in est)
                 if not self.budget.fits(usd, tok):
                     left = len(units) - i - k
@@ -227,7 +230,7 @@ class BatchRun:
                     rows = store.group_batches(con, group)
                 finished = True
                 for row in rows:
-                    if row.batch_id is None or row.status in llm.BATCH_DONE:
+                    if row.batch_id is None or row.status in BATCH_DONE:
                         total += row.n_requests
                         done_req += row.n_completed + row.n_failed
                         continue
@@ -239,7 +242,7 @@ class BatchRun:
                     total += row.n_requests
                     done_req += info.completed + info.failed
                     failed += info.failed
-                    finished = finished and info.status in llm.BATCH_DONE
+                    finished = finished and info.status in BATCH_DONE
                 if finished:
                     self._ingest_downloaded(group)
                     waiting.remove(group)
@@ -299,9 +302,9 @@ class BatchRun:
             by_unit.setdefault((int(f[1:]), e[1:]), {})[part] = (r, results.get(k, MISSING))
         costs = dict.fromkeys((x.batch_key for x in rows), 0.0)
         gate = asyncio.Semaphore(self.llm_cfg.concurrency)
-        made: dict[str, LLMCall] = {}
+        made: dict[str, CallRow] = {}
 
-        def call(req: Request, res: Result) -> LLMCall:
+        def call(req: Request, res: Result) -> CallRow:
             """A result's llm_calls record, made once (its cost counted once, against the budget too)."""
             if req.custom_id in made:
                 return made[req.custom_id]
@@ -309,11 +312,11 @@ class BatchRun:
             error = res.error
             if res.body is not None:
                 try:
-                    usage = llm.parse_body(req.url, res.body)[2]
-                except llm.MalformedResponse as exc:
+                    usage = bodies.parse_body(req.url, res.body)[2]
+                except bodies.MalformedResponse as exc:
                     error = f"malformed result: {exc}"
             mine = by_url.get(req.url, row)
-            c = llm.batch_call(self.prices, role=req.role, model=req.body["model"], endpoint=_endpoint(mine),
+            c = batch_call(self.prices, role=req.role, model=req.body["model"], endpoint=_endpoint(mine),
                                body=req.body, batch_id=mine.batch_id or mine.batch_key, custom_id=req.custom_id,
                                usage=usage, error=error)
             costs[mine.batch_key] += c.cost_usd
@@ -328,7 +331,7 @@ class BatchRun:
                     if row.stage == "explain":
                         return await self._explain_unit(lb, u, fcs[u["f"]], parts, call)
                     return await self._score_unit(lb, u, fcs[u["f"]], parts, call)
-                except llm.BudgetExhausted as exc:
+                except BudgetExhausted as exc:
                     # A live retry or re-ask the budget refused: the batch results are kept as calls (they
                     # are paid for) and the unit stays pending for the next run.
                     self.progress.stopped = str(exc)
@@ -368,7 +371,7 @@ class BatchRun:
             code = res.code if res.body is None else FailureCode.MALFORMED_RESPONSE
             e = explain.explanation(fc, model, phash, None, f"{c.error} (after {u['a']} batch attempt(s))", code)
             return self._explained(lb, fc, e, [c])
-        text = llm.parse_body(req.url, res.body)[0]
+        text = bodies.parse_body(req.url, res.body)[0]
         try:
             e = explain.explanation(fc, model, phash, explain.parse_label(text).label, None)
             return self._explained(lb, fc, e, [c])
@@ -377,12 +380,12 @@ class BatchRun:
             if self.session is None or cfg.max_reasks == 0:
                 e = explain.explanation(fc, model, phash, None, f"unusable reply: {problem}", FailureCode.UNUSABLE_REPLY)
                 return self._explained(lb, fc, e, [c])
-            messages = llm.reask_messages(req.body["messages"], text, str(exc), "explain.reask")
+            messages = bodies.reask_messages(req.body["messages"], text, str(exc), "explain.reask")
             e, calls = await explain.explain_with_llm(fc, self.session.client, model, messages=messages,
                                                       max_reasks=cfg.max_reasks - 1)
             return self._explained(lb, fc, e, [c, *calls])
 
-    def _explained(self, lb: LabelBatch, fc: FeatureContexts, e: Any, calls: list[LLMCall]) -> store.Bundle:
+    def _explained(self, lb: LabelBatch, fc: FeatureContexts, e: Any, calls: list[CallRow]) -> store.Bundle:
         e = lb.settings.with_config(e)
         if e.status == "ok":
             self.progress.explained += 1
@@ -390,24 +393,24 @@ class BatchRun:
             self.progress.failed[f"explanation: {e.code}"] += 1
         return store.Bundle(explanations=[e], calls=call_rows(calls, fc.dictionary_id, fc.feature, e.explanation_id))
 
-    async def _reasked(self, parse: Any, req: Request, text: str, problem: str, role: str) -> tuple[Any, list[LLMCall]]:
+    async def _reasked(self, parse: Any, req: Request, text: str, problem: str, role: str) -> tuple[Any, list[CallRow]]:
         """A batch reply that did not parse, re-asked once live (LLMFailure when there is no live client)."""
         if self.session is None:
             raise LLMFailure(f"unusable reply (no live endpoint to re-ask): {problem}", [], FailureCode.UNUSABLE_REPLY)
-        messages = llm.reask_messages(req.body["messages"], text, problem, "reask_json")
+        messages = bodies.reask_messages(req.body["messages"], text, problem, "reask_json")
         return await llm.ask_parsed(self.session.client, parse, role=role, model=req.body["model"],
                                     messages=messages, max_tokens=req.body["max_tokens"], reask="reask_json",
                                     max_reasks=0, top_logprobs=req.body.get("top_logprobs"))
 
-    async def _parsed(self, parse: Any, req: Request, res: Result, role: str) -> tuple[Any, list[LLMCall]]:
-        text, logprobs, _ = llm.parse_body(req.url, res.body)
+    async def _parsed(self, parse: Any, req: Request, res: Result, role: str) -> tuple[Any, list[CallRow]]:
+        text, logprobs, _ = bodies.parse_body(req.url, res.body)
         try:
             return parse(LLMReply(text, logprobs, [])), []
         except ValueError as exc:
             return await self._reasked(parse, req, text, f"{exc}; reply began {text[:80]!r}", role)
 
     async def _answers(self, asks: list[Any], parts: dict[str, tuple[Request, Result]], answers: dict[str, Any],
-                       more: list[LLMCall]) -> bool:
+                       more: list[CallRow]) -> bool:
         """Parse the batch results of `asks` into `answers` (unusable chat replies re-asked live once);
         True when every one gave a usable answer."""
         ok = True
@@ -430,13 +433,13 @@ class BatchRun:
         if bad:
             return await self._score_failed(lb, u, fc, unit, parts, calls, bad)
         answers: dict[str, Any] = {}
-        more: list[LLMCall] = []
+        more: list[CallRow] = []
         if await self._answers(unit.simulation_asks(), parts, answers, more):
             await self._answers(unit.judge_asks(), parts, answers, more)
         return unit.finish(self.progress, answers, [*calls.values(), *more])
 
     async def _score_failed(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts, unit: ScoreUnit,
-                            parts: dict[str, tuple[Request, Result]], calls: dict[str, LLMCall], bad: list[str]
+                            parts: dict[str, tuple[Request, Result]], calls: dict[str, CallRow], bad: list[str]
                             ) -> store.Bundle:
         """A score unit some of whose requests failed in the batch: redone live, left for the next batch,
         or (out of attempts) a failed run."""
@@ -491,7 +494,7 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
         label_stage(db, dictionary_id, features, cfg.model_copy(update={"null_samples": 0}), None,
                     explain_stage=explain_stage, score_stage=score_stage)
     base_url = require_endpoint(llm_cfg)
-    api = llm.BatchAPI(base_url, os.environ.get("OPENAI_API_KEY"), timeout_s=llm_cfg.timeout_s)
+    api = BatchAPI(base_url, os.environ.get("OPENAI_API_KEY"), timeout_s=llm_cfg.timeout_s)
     prices = getattr(session.client, "prices", None)
     run = BatchRun(db, dictionary_id, cfg, llm_cfg, session, session.explainer_model, session.simulator_model,
                    api=api, prices=prices, on_progress=on_progress, budget=getattr(session.client, "budget", None))

@@ -13,7 +13,7 @@ from typing import Any
 
 from autointerp.label import simulate
 from autointerp.label.simulate import FewShot
-from autointerp.llm import client as llm
+from autointerp.llm import bodies
 from autointerp.llm.client import LLMReply
 from autointerp.records import Context
 
@@ -64,8 +64,8 @@ class EchoSimulator(Simulator):
     def plan(self, model: str, label: str, contexts: list[Context],
              fewshot: Sequence[FewShot] | None = None) -> SimPlan:
         built = [simulate.echo_prompt(label, c.tokens, fewshot) for c in contexts]
-        asks = [Ask(f"s{i}", llm.COMPLETIONS_URL, "simulator",
-                    llm.completion_body(model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS), _logprobs)
+        asks = [Ask(f"s{i}", bodies.COMPLETIONS_URL, "simulator",
+                    bodies.completion_body(model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS), _logprobs)
                 for i, (prompt, offsets) in enumerate(built) if offsets]
 
         def read(answers: dict[str, Any]) -> list[list[float]]:
@@ -82,8 +82,8 @@ class ChatSimulator(Simulator):
 
     def plan(self, model: str, label: str, contexts: list[Context],
              fewshot: Sequence[FewShot] | None = None) -> SimPlan:
-        asks = [Ask(f"s{i}", llm.CHAT_URL, "simulator",
-                    llm.chat_body(model, simulate.chat_messages(label, c), simulate.chat_max_tokens(len(c.tokens)),
+        asks = [Ask(f"s{i}", bodies.CHAT_URL, "simulator",
+                    bodies.chat_body(model, simulate.chat_messages(label, c), simulate.chat_max_tokens(len(c.tokens)),
                                   top_logprobs=simulate.CHAT_TOP_LOGPROBS),
                     simulate.chat_parser(len(c.tokens)), max_reasks=1)
                 for i, c in enumerate(contexts)]

@@ -19,9 +19,9 @@ from autointerp.config import LabelConfig, settings_hash
 from autointerp.label import detect, explain, scoring
 from autointerp.label.simulate import FewShot
 from autointerp.label.simulators import SIMULATORS, Ask
+from autointerp.llm import bodies, prompts
 from autointerp.llm import client as llm
-from autointerp.llm import prompts
-from autointerp.llm.client import LLMCall, LLMClient, LLMFailure
+from autointerp.llm.client import LLMClient, LLMFailure
 from autointerp.records import CallRow, Context, Explanation, FeatureContexts, ScoreRow, ScoreRun, Simulation
 
 JUDGES = ("detection", "fuzzing")
@@ -47,7 +47,7 @@ class Settings:
     def __init__(self, cfg: LabelConfig):
         self.cfg = cfg
         self.simulator = SIMULATORS[cfg.simulator_mode]
-        self.explain_hash = explain.prompt_hash()
+        self.explain_hash = explain.explain_hash()
         templates = self.simulator.templates
         if cfg.judge:
             templates = (*templates, *detect.DETECT_TEMPLATES, *detect.FUZZ_TEMPLATES)
@@ -96,14 +96,11 @@ def score_records(fc: FeatureContexts, run: ScoreRun, contexts: list[tuple[Conte
     return sims, [s.record(run) for s in results]
 
 
-def call_rows(calls: list[LLMCall], dictionary_id: int, feature: int, explanation_id: str | None,
+def call_rows(calls: list[CallRow], dictionary_id: int, feature: int, explanation_id: str | None,
               run_id: str | None = None) -> list[CallRow]:
-    return [CallRow(call_id=c.call_id, role=c.role, model=c.model, endpoint=c.endpoint, prompt_hash=c.prompt_hash,
-                    prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, latency_s=c.latency_s,
-                    cost_usd=c.cost_usd, status=c.status, error=c.error, created_at=c.created_at,
-                    dictionary_id=dictionary_id, feature=feature, explanation_id=explanation_id, run_id=run_id,
-                    batch_id=c.batch_id, cached_tokens=c.cached_tokens)
-            for c in calls]
+    """The calls tied to the work they were for."""
+    work = {"dictionary_id": dictionary_id, "feature": feature, "explanation_id": explanation_id, "run_id": run_id}
+    return [c.model_copy(update=work) for c in calls]
 
 
 def judged_view(fc: FeatureContexts, cfg: LabelConfig) -> FeatureContexts:
@@ -124,7 +121,7 @@ def judge_rows(name: str, ys: list[bool], answers: list[int], probs: list[float]
     return rows
 
 
-def failed_run_bundle(progress: Progress, run: ScoreRun, exc: LLMFailure, calls: list[LLMCall]) -> store.Bundle:
+def failed_run_bundle(progress: Progress, run: ScoreRun, exc: LLMFailure, calls: list[CallRow]) -> store.Bundle:
     """A simulation run that failed: stored with its reason, code and every call it cost."""
     progress.failed[f"simulation: {exc.code}"] += 1
     failed = run.model_copy(update={"status": "failed", "error": str(exc)[:1000], "code": exc.code})
@@ -133,7 +130,7 @@ def failed_run_bundle(progress: Progress, run: ScoreRun, exc: LLMFailure, calls:
 
 
 def scored_run_bundle(progress: Progress, run: ScoreRun, sims: list[Simulation], scores: list[ScoreRow],
-                      calls: list[LLMCall], judge_errors: list[str]) -> store.Bundle:
+                      calls: list[CallRow], judge_errors: list[str]) -> store.Bundle:
     """A finished simulation run with its simulations, scores and calls (judges that could not run named)."""
     for sc in scores:
         if sc.value is not None:
@@ -163,9 +160,9 @@ class ScoreUnit:
             except LLMFailure as exc:
                 self.unjudged[name] = exc
                 continue
-            body = llm.chat_body(model, detect.judge_messages(templates, label, excerpts),
+            body = bodies.chat_body(model, detect.judge_messages(templates, label, excerpts),
                                  detect.judge_max_tokens(len(excerpts)), top_logprobs=detect.TOP_LOGPROBS)
-            self.judges[name] = (ys, Ask(name, llm.CHAT_URL, "judge", body, detect.judge_parser(len(excerpts)), 1))
+            self.judges[name] = (ys, Ask(name, bodies.CHAT_URL, "judge", body, detect.judge_parser(len(excerpts)), 1))
 
     def simulation_asks(self) -> list[Ask]:
         return self.plan.asks
@@ -173,7 +170,7 @@ class ScoreUnit:
     def judge_asks(self) -> list[Ask]:
         return [ask for _, ask in self.judges.values()]
 
-    def finish(self, progress: Progress, answers: dict[str, Any], calls: list[LLMCall]) -> store.Bundle:
+    def finish(self, progress: Progress, answers: dict[str, Any], calls: list[CallRow]) -> store.Bundle:
         """The run's bundle from its answers by part (a failed simulation fails the run; a failed judge is
         named in the run's error and its score left out)."""
         failure = next((answers[a.part] for a in self.plan.asks if isinstance(answers.get(a.part), LLMFailure)), None)
@@ -196,11 +193,11 @@ class ScoreUnit:
         return scored_run_bundle(progress, self.run, sims, scores, calls, errors)
 
 
-async def send(client: LLMClient, ask: Ask) -> tuple[Any, list[LLMCall]]:
+async def send(client: LLMClient, ask: Ask) -> tuple[Any, list[CallRow]]:
     """An ask sent live (retries in the client; unusable chat replies re-asked): its parsed answer and
     calls, or LLMFailure carrying the calls."""
     b = ask.body
-    if ask.url == llm.COMPLETIONS_URL:
+    if ask.url == bodies.COMPLETIONS_URL:
         reply = await client.complete(role=ask.role, model=b["model"], prompt=b["prompt"], max_tokens=b["max_tokens"],
                                       echo=b.get("echo", False), logprobs=b.get("logprobs"))
         return ask.parse(reply), reply.calls
@@ -209,13 +206,13 @@ async def send(client: LLMClient, ask: Ask) -> tuple[Any, list[LLMCall]]:
                                 top_logprobs=b.get("top_logprobs"))
 
 
-async def send_all(client: LLMClient, asks: list[Ask], answers: dict[str, Any], calls: list[LLMCall],
+async def send_all(client: LLMClient, asks: list[Ask], answers: dict[str, Any], calls: list[CallRow],
                    parallel: int = 4) -> bool:
     """Send `asks` live, at most `parallel` at once, filling `answers` (a value or the LLMFailure) and
     `calls`; True when every ask got a usable answer."""
     gate = asyncio.Semaphore(max(1, parallel))
 
-    async def one(ask: Ask) -> tuple[Any, list[LLMCall]]:
+    async def one(ask: Ask) -> tuple[Any, list[CallRow]]:
         async with gate:
             try:
                 return await send(client, ask)
@@ -232,7 +229,7 @@ async def send_all(client: LLMClient, asks: list[Ask], answers: dict[str, Any], 
 async def score_live(unit: ScoreUnit, client: LLMClient, progress: Progress) -> store.Bundle:
     """A score unit run live: the simulation first, the judges only once it succeeded."""
     answers: dict[str, Any] = {}
-    calls: list[LLMCall] = []
+    calls: list[CallRow] = []
     if await send_all(client, unit.simulation_asks(), answers, calls):
         await send_all(client, unit.judge_asks(), answers, calls, parallel=1)
     return unit.finish(progress, answers, calls)

@@ -20,16 +20,14 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autointerp.errors import BadInput, LLMError
-from autointerp.llm.client import LLMCall, LLMReply, prompt_hash
+from autointerp.llm.client import LLMReply, new_call, prompt_hash
 from autointerp.models import smollm2_gguf_path
 
 MODEL_NAME = "smollm2-135m-instruct"
@@ -219,14 +217,12 @@ class EmbeddedClient:
         try:
             lp, n = await asyncio.to_thread(self.inproc.echo, prompt)
         except Exception as exc:
-            call = LLMCall(str(uuid.uuid4()), role, model, IN_PROCESS, prompt_hash(prompt), 0, 0,
-                           time.monotonic() - start, 0.0, "error", f"{type(exc).__name__}: {exc}"[:500],
-                           datetime.now(UTC))
+            call = new_call(role, model, IN_PROCESS, prompt_hash(prompt), 0, 0, time.monotonic() - start, 0.0,
+                            f"{type(exc).__name__}: {exc}"[:500])
             from autointerp.llm.client import LLMFailure
 
             raise LLMFailure(f"{role} in-process simulation failed: {exc}", [call]) from None
-        call = LLMCall(str(uuid.uuid4()), role, model, IN_PROCESS, prompt_hash(prompt), n, 0,
-                       time.monotonic() - start, 0.0, "ok", None, datetime.now(UTC))
+        call = new_call(role, model, IN_PROCESS, prompt_hash(prompt), n, 0, time.monotonic() - start, 0.0)
         self.budget.add(call)
         return LLMReply("", lp, [call])
 
