@@ -265,17 +265,20 @@ class LabelBatch:
                 t.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
             # What finished is written even when the batch stops on a budget, an error or Ctrl-C.
-            try:
-                self._flush()
-            except LockTimeout:
-                raise
-            except Exception as exc:
-                raise InternalError(f"could not write {len(self._pending)} finished feature(s) to {self.db}: "
-                                    f"{cause(exc)}") from exc
-            self._report()
+            self._final_flush()
         if error is not None:
             raise error
         return self.progress
+
+    def _final_flush(self) -> None:
+        try:
+            self._flush()
+        except LockTimeout:
+            raise
+        except Exception as exc:
+            raise InternalError(f"could not write {len(self._pending)} finished feature(s) to {self.db}: "
+                                f"{cause(exc)}") from exc
+        self._report()
 
     def _load(self, features: list[int]) -> dict[int, FeatureContexts]:
         with store.open_store(self.db, wait_s=600) as con:
