@@ -55,7 +55,7 @@ def batches_cmd(db: str, dictionary_id: int | None, cancel_id: str | None, base_
         finally:
             api.close()
         with store.open_store(db) as con:
-            store.update_batch(con, row.batch_key, status=info.status)
+            store.record_cancel(con, row.batch_key, info.status)
         click.echo(f"batch {row.batch_id}: {info.status}")
         return
     with store.open_store(db, read_only=True) as con:

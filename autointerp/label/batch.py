@@ -34,8 +34,8 @@ from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_
 from autointerp.label.stage import LabelBatch, LLMSession
 from autointerp.label.units import Progress
 from autointerp.llm import bodies, costs
-from autointerp.llm.batch_api import BATCH_DONE, BatchAPI
-from autointerp.records import FeatureContexts, ProgressEvent, ProgressFn
+from autointerp.llm.batch_api import BatchAPI
+from autointerp.records import BATCH_DONE, FeatureContexts, ProgressEvent, ProgressFn
 
 CHUNK = 128
 

@@ -18,7 +18,6 @@ from autointerp.records import CallRow
 
 T = TypeVar("T")
 
-BATCH_DONE = ("completed", "failed", "expired", "cancelled")
 
 
 @dataclass(frozen=True)
