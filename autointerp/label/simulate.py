@@ -1,4 +1,5 @@
-"""Simulators: a label + held-out contexts + client -> predicted activations per token (0-9 scale).
+"""Simulation prompts and readers: a label + held-out contexts -> predicted activations per token (0-9
+scale). label.simulators puts them behind one interface; `simulate_echo` / `simulate_chat` run them alone.
 
 Echo (completions with echo and logprobs, as OpenAI's all-at-once simulator): one request per
 context. The prompt lists the context's tokens one per line as `token<TAB>unknown`; the prediction at

@@ -1,5 +1,5 @@
 """LLM access: the `LLMClient` protocol, the OpenAI-compatible client (async `openai`, tenacity retries,
-usage and cost), and the budget. The only module that imports openai and tenacity.
+usage and cost; prices and the budget are in llm.costs) and re-asking until a reply parses.
 
 Every attempt leaves a `CallRow` record (ok or error, with its reason); callers collect them and the
 pipeline writes them to `llm_calls`. The API key is never put in a record or an error message.
