@@ -32,8 +32,8 @@ from autointerp.label.batch_results import BatchResults
 from autointerp.label.batchio import Request, Result, custom_id, read_results
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
 from autointerp.label.stage import LabelBatch, LLMSession
-from autointerp.label.units import Progress
-from autointerp.llm import bodies, costs
+from autointerp.label.units import ExplainUnit, Progress
+from autointerp.llm import costs
 from autointerp.llm.batch_api import BatchAPI
 from autointerp.records import BATCH_DONE, FeatureContexts, ProgressEvent, ProgressFn
 
@@ -101,14 +101,11 @@ class BatchRun(BatchResults):
         did, f, a = self.dictionary_id, unit["f"], unit["a"]
         assert lb.session is not None
         if stage == "explain":
-            messages = explain.explain_messages(fc, lb.cfg.n_explain_top, lb.cfg.n_explain_quantile)
-            if messages is None:
-                return []
-            return [Request(custom_id(group, did, f, None, "explain", a), bodies.CHAT_URL, "explainer",
-                            bodies.chat_body(lb.session.explainer_model, messages, explain.MAX_TOKENS))]
-        score = lb.score_unit(fc, unit["e"], unit["l"])
-        return [Request(custom_id(group, did, f, unit["e"], ask.part, a), ask.url, ask.role, ask.body)
-                for ask in (*score.simulation_asks(), *score.judge_asks())]
+            eid, asks = None, ExplainUnit(lb.settings, fc, lb.session.explainer_model).asks()
+        else:
+            score = lb.score_unit(fc, unit["e"], unit["l"])
+            eid, asks = unit["e"], [*score.simulation_asks(), *score.judge_asks()]
+        return [Request(custom_id(group, did, f, eid, ask.part, a), ask.url, ask.role, ask.body) for ask in asks]
 
     def _load(self, features: Iterable[int]) -> dict[int, FeatureContexts]:
         with store.open_store(self.db, wait_s=600) as con:

@@ -8,15 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from autointerp import store
 from autointerp.config import LLMConfig
-from autointerp.label import explain
 from autointerp.label.batchio import MISSING, Request, Result, result_key
 from autointerp.label.stage import LabelBatch, LLMSession
-from autointerp.label.units import Progress, ScoreUnit, call_rows, score_live
+from autointerp.label.units import ExplainUnit, Progress, ScoreUnit, call_rows, explain_live, score_live, send
 from autointerp.llm import bodies, costs
 from autointerp.llm import client as llm
 from autointerp.llm.batch_api import batch_call
@@ -116,42 +116,40 @@ class BatchResults:
 
     async def _explain_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
                             parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
-        model, phash = lb.session.explainer_model, lb.settings.explain_hash  # type: ignore[union-attr]
-        cfg = lb.cfg
+        assert lb.session is not None
+        unit = ExplainUnit(lb.settings, fc, lb.session.explainer_model)
         self.progress.features_done += 1
-        if "explain" not in parts:  # nothing to ask: the feature has no explain contexts
-            e = explain.explanation(fc, model, phash, None, explain.NO_CONTEXTS, FailureCode.NO_CONTEXTS)
-            return store.Bundle(explanations=[lb.settings.with_config(e)])
+        if unit.ask is None:  # nothing to ask: the feature has no explain contexts
+            return store.Bundle(explanations=[unit.finish(None)])
         req, res = parts["explain"]
         c = call(req, res)
         if c.status == "error":
             if self._live():
-                e, calls = await explain.explain_with_llm(fc, lb.session.client, model,  # type: ignore[union-attr]
-                                                          n_top=cfg.n_explain_top, n_quantile=cfg.n_explain_quantile,
-                                                          max_reasks=cfg.max_reasks)
-                return self._explained(lb, fc, e, [c, *calls])
+                e, calls = await explain_live(unit, lb.session.client)
+                return self._explained(fc, e, [c, *calls])
             if not self._exhausted(u["a"]):
                 self.progress.failed[f"explanation: {res.code or FailureCode.MALFORMED_RESPONSE} (to retry)"] += 1
                 return store.Bundle(calls=call_rows([c], fc.dictionary_id, fc.feature, None))
             code = res.code if res.body is None else FailureCode.MALFORMED_RESPONSE
-            e = explain.explanation(fc, model, phash, None, f"{c.error} (after {u['a']} batch attempt(s))", code)
-            return self._explained(lb, fc, e, [c])
+            failed = LLMFailure(f"{c.error} (after {u['a']} batch attempt(s))", [], str(code))
+            return self._explained(fc, unit.finish(failed), [c])
         text = bodies.parse_body(req.url, res.body)[0]
         try:
-            e = explain.explanation(fc, model, phash, explain.parse_label(text).label, None)
-            return self._explained(lb, fc, e, [c])
+            return self._explained(fc, unit.finish(unit.ask.parse(LLMReply(text, None, []))), [c])
         except ValueError as exc:
-            problem = f"{exc}; reply began {text[:80]!r}"
-            if self.session is None or cfg.max_reasks == 0:
-                e = explain.explanation(fc, model, phash, None, f"unusable reply: {problem}", FailureCode.UNUSABLE_REPLY)
-                return self._explained(lb, fc, e, [c])
-            messages = bodies.reask_messages(req.body["messages"], text, str(exc), "explain.reask")
-            e, calls = await explain.explain_with_llm(fc, self.session.client, model, messages=messages,
-                                                      max_reasks=cfg.max_reasks - 1)
-            return self._explained(lb, fc, e, [c, *calls])
+            if self.session is None or unit.ask.max_reasks == 0:
+                unusable = LLMFailure(f"unusable reply: {exc}; reply began {text[:80]!r}", [],
+                                      FailureCode.UNUSABLE_REPLY)
+                return self._explained(fc, unit.finish(unusable), [c])
+            messages = bodies.reask_messages(req.body["messages"], text, str(exc), unit.ask.reask)
+            again = replace(unit.ask, body={**unit.ask.body, "messages": messages}, max_reasks=unit.ask.max_reasks - 1)
+            try:
+                label, calls = await send(self.session.client, again)
+            except LLMFailure as failure:
+                return self._explained(fc, unit.finish(failure), [c, *failure.calls])
+            return self._explained(fc, unit.finish(label), [c, *calls])
 
-    def _explained(self, lb: LabelBatch, fc: FeatureContexts, e: Any, calls: list[CallRow]) -> store.Bundle:
-        e = lb.settings.with_config(e)
+    def _explained(self, fc: FeatureContexts, e: Any, calls: list[CallRow]) -> store.Bundle:
         if e.status == "ok":
             self.progress.explained += 1
         else:

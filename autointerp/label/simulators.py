@@ -21,8 +21,8 @@ from autointerp.records import Context
 @dataclass(frozen=True)
 class Ask:
     """One request of a unit of work: its part name (unique in the unit), endpoint path, role, body,
-    and how its reply is read (`parse` raises ValueError for an unusable reply, re-asked up to
-    `max_reasks` times on chat endpoints)."""
+    and how its reply is read (`parse` raises ValueError for an unusable reply, re-asked with the
+    `reask` template up to `max_reasks` times on chat endpoints)."""
 
     part: str
     url: str
@@ -30,6 +30,7 @@ class Ask:
     body: dict[str, Any]
     parse: Callable[[LLMReply], Any]
     max_reasks: int = 0
+    reask: str = "reask_json"  # the template that says what was wrong with a reply
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,12 @@ from autointerp.label import explain
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
 from autointerp.label.units import (
+    ExplainUnit,
     Progress,
     ScoreUnit,
     Settings,
     call_rows,
+    explain_live,
     score_live,
     score_records,
     scoring_contexts,
@@ -177,10 +179,8 @@ class LabelBatch:
             self._pending.append(bundle)
         if job.explain_llm:
             assert self.session is not None
-            e, calls = await explain.explain_with_llm(
-                fc, self.session.client, self.session.explainer_model, n_top=self.cfg.n_explain_top,
-                n_quantile=self.cfg.n_explain_quantile, max_reasks=self.cfg.max_reasks)
-            e = self.settings.with_config(e)
+            e, calls = await explain_live(ExplainUnit(self.settings, fc, self.session.explainer_model),
+                                          self.session.client)
             bundle = store.Bundle(explanations=[e],
                                   calls=call_rows(calls, fc.dictionary_id, fc.feature, e.explanation_id))
             if e.status == "ok":

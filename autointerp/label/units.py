@@ -21,8 +21,17 @@ from autointerp.label.simulate import FewShot
 from autointerp.label.simulators import SIMULATORS, Ask
 from autointerp.llm import bodies, prompts
 from autointerp.llm import client as llm
-from autointerp.llm.client import LLMClient, LLMFailure
-from autointerp.records import CallRow, Context, Explanation, FeatureContexts, ScoreRow, ScoreRun, Simulation
+from autointerp.llm.client import LLMClient, LLMFailure, LLMReply
+from autointerp.records import (
+    CallRow,
+    Context,
+    Explanation,
+    FailureCode,
+    FeatureContexts,
+    ScoreRow,
+    ScoreRun,
+    Simulation,
+)
 
 JUDGES = ("detection", "fuzzing")
 
@@ -141,6 +150,48 @@ def scored_run_bundle(progress: Progress, run: ScoreRun, sims: list[Simulation],
                         calls=call_rows(calls, run.dictionary_id, run.feature, run.explanation_id, run.run_id))
 
 
+class ExplainUnit:
+    """Explain one feature: one chat ask (none when the feature has no explain contexts), re-asked with
+    prompts/explain.reask while the reply is no usable label, and `finish`, which makes the explanation."""
+
+    def __init__(self, settings: Settings, fc: FeatureContexts, model: str):
+        cfg = settings.cfg
+        self.settings, self.fc, self.model = settings, fc, model
+        messages = explain.explain_messages(fc, cfg.n_explain_top, cfg.n_explain_quantile)
+        self.ask = None if messages is None else Ask(
+            "explain", bodies.CHAT_URL, "explainer", bodies.chat_body(model, messages, explain.MAX_TOKENS),
+            _label_of, max_reasks=cfg.max_reasks, reask="explain.reask")
+
+    def asks(self) -> list[Ask]:
+        return [self.ask] if self.ask is not None else []
+
+    def finish(self, answer: str | LLMFailure | None) -> Explanation:
+        """The explanation from the label (or the failure; None: there was nothing to ask)."""
+        fc, model, phash = self.fc, self.model, self.settings.explain_hash
+        if answer is None:
+            e = explain.explanation(fc, model, phash, None, explain.NO_CONTEXTS, FailureCode.NO_CONTEXTS)
+        elif isinstance(answer, LLMFailure):
+            e = explain.explanation(fc, model, phash, None, str(answer), answer.code)
+        else:
+            e = explain.explanation(fc, model, phash, answer, None)
+        return self.settings.with_config(e)
+
+
+def _label_of(reply: LLMReply) -> str:
+    return explain.parse_label(reply.text).label
+
+
+async def explain_live(unit: ExplainUnit, client: LLMClient) -> tuple[Explanation, list[CallRow]]:
+    """An explain unit run live: its explanation and every call it cost."""
+    if unit.ask is None:
+        return unit.finish(None), []
+    try:
+        label, calls = await send(client, unit.ask)
+    except LLMFailure as exc:
+        return unit.finish(exc), exc.calls
+    return unit.finish(label), calls
+
+
 class ScoreUnit:
     """Score one label: its simulation asks, then its judge asks, and `finish`, which turns their answers
     (parsed values, or LLMFailure) and calls into the run's bundle."""
@@ -202,7 +253,7 @@ async def send(client: LLMClient, ask: Ask) -> tuple[Any, list[CallRow]]:
                                       echo=b.get("echo", False), logprobs=b.get("logprobs"))
         return ask.parse(reply), reply.calls
     return await llm.ask_parsed(client, ask.parse, role=ask.role, model=b["model"], messages=b["messages"],
-                                max_tokens=b["max_tokens"], reask="reask_json", max_reasks=ask.max_reasks,
+                                max_tokens=b["max_tokens"], reask=ask.reask, max_reasks=ask.max_reasks,
                                 top_logprobs=b.get("top_logprobs"))
 
 
