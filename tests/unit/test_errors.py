@@ -18,7 +18,7 @@ from tests.helpers import copy_db
 from tests.llm_server import LoopbackLLM, Reply
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OPENAI_API_KEY": "sk-test", **(env or {})}
     full_env.pop("OPENAI_BASE_URL", None)
     return subprocess.run([sys.executable, "-m", "autointerp", *args], capture_output=True, text=True,
