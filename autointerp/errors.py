@@ -1,15 +1,24 @@
-"""Errors by kind. Each kind decides what a stage may do when it meets one: only bad input found
-before the work is done may undo what the run registered; a lock timeout, an LLM failure or a bug
-never deletes finished work. The CLI prints any of them as one line, no traceback."""
+"""Errors by kind. Each kind decides what a stage may do when it meets one and how the CLI ends:
+bad input found before the work is done may undo what the run registered (exit 2); a lock timeout,
+an LLM failure or an internal error never deletes finished work (exit 1, with the cause). The CLI
+prints any of them as one line, no traceback."""
 
 
 class AutointerpError(Exception):
-    """Base of every error the CLI reports as one line. Raised directly, it means bad input
-    (older code raises it that way); new code raises one of the subclasses below."""
+    """The base of the kinds below; never raised itself, so every error says which kind it is."""
+
+    exit_code = 1
+
+    def __init__(self, *args: object):
+        if type(self) is AutointerpError:
+            raise TypeError("raise a kind of AutointerpError (BadInput, LockTimeout, LLMError, InternalError)")
+        super().__init__(*args)
 
 
 class BadInput(AutointerpError):
     """Wrong input, or a state we refuse to work in: fixing the input is the fix."""
+
+    exit_code = 2
 
 
 class LockTimeout(AutointerpError):
@@ -25,9 +34,17 @@ class LLMError(AutointerpError):
 
 
 class InternalError(AutointerpError):
-    """A bug or a broken invariant of autointerp itself, not the user's input."""
+    """A failure of autointerp or its database that the user's input did not cause (a read or write
+    that failed, a broken invariant); the message carries the cause."""
 
 
 def is_bad_input(exc: BaseException) -> bool:
-    """True for bad input: a BadInput, or a plain AutointerpError (the older way of raising it)."""
-    return isinstance(exc, BadInput) or type(exc) is AutointerpError
+    """True for bad input: what the user can fix by changing the command or its files."""
+    return isinstance(exc, BadInput)
+
+
+def cause(exc: BaseException) -> str:
+    """The first line of an underlying error's message (DuckDB adds the SQL and a caret below it), so the
+    error that carries it stays one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

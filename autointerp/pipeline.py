@@ -11,7 +11,7 @@ from autointerp import store
 from autointerp.behaviour.stage import BehaviourOutcome, behaviour_stage
 from autointerp.collect.stage import CollectOutcome, collect_stage
 from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig, LLMConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 from autointerp.label.batch import batch_stage, require_endpoint
 from autointerp.label.stage import Progress, label_stage, open_llm
 from autointerp.records import ProgressFn
@@ -37,7 +37,7 @@ def select(db: str | Path, dictionary_id: int, selection: Selection) -> list[int
     with store.open_store(db, read_only=True) as con:
         features = store.select_features(con, dictionary_id, selection.where, selection.features)
     if not features:
-        raise AutointerpError("no features selected")
+        raise BadInput("no features selected")
     return features
 
 
@@ -78,9 +78,9 @@ def control_config(db: str | Path, like_id: int, seed: int | None = None, scheme
     with store.open_store(db, read_only=True) as con:
         d = store.get_dictionary(con, like_id)
     if d.random_init:
-        raise AutointerpError(f"dictionary {like_id} is itself a random-init control")
+        raise BadInput(f"dictionary {like_id} is itself a random-init control")
     if d.kind == "sae" and not sae:
-        raise AutointerpError(
+        raise BadInput(
             f"dictionary {like_id} holds SAE latents; an SAE trained on the trained model means nothing on a "
             "random one. Pass --sae DIR with an SAE trained on the random-init model (same seed), or run a "
             "neuron control with `autointerp collect --random-init --hook HOOK` on the same hook")

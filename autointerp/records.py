@@ -23,6 +23,9 @@ class ProgressEvent:
 
 ProgressFn = Callable[[ProgressEvent], None]
 
+# A provider batch in one of these states will not change again.
+BATCH_DONE = ("completed", "failed", "expired", "cancelled")
+
 
 class FailureCode(StrEnum):
     """Why a piece of work failed, stored in its own `code` column (the full reason is in `error`)."""

@@ -38,7 +38,8 @@ from autointerp import store
 from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig, LLMConfig  # noqa: E402
 from autointerp.label import explain, scoring, simulate  # noqa: E402
-from autointerp.label.stage import LLMSession, open_llm, scoring_contexts  # noqa: E402
+from autointerp.label.stage import LLMSession, open_llm  # noqa: E402
+from autointerp.label.units import scoring_contexts  # noqa: E402
 from autointerp.llm.client import LLMFailure  # noqa: E402
 from autointerp.records import Context  # noqa: E402
 

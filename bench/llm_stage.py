@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig, LLMConfig  # noqa: E402
 from autointerp.label import explain  # noqa: E402
-from autointerp.label.stage import judged_view, label_stage, open_llm, scoring_contexts  # noqa: E402
+from autointerp.label.stage import label_stage, open_llm  # noqa: E402
+from autointerp.label.units import judged_view, scoring_contexts  # noqa: E402
 from autointerp.models import load_model  # noqa: E402
 from autointerp.store import open_store, read_feature_contexts  # noqa: E402
 from tests.helpers import make_model_dir, write_corpus  # noqa: E402

@@ -30,7 +30,7 @@ from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig  # noqa: E402
 from autointerp.label import scoring, simulate
 from autointerp.label.fewshot import fewshot_for  # noqa: E402
-from autointerp.label.stage import scoring_contexts  # noqa: E402
+from autointerp.label.units import scoring_contexts  # noqa: E402
 from autointerp.llm import local, prompts  # noqa: E402
 from autointerp.llm.client import OpenAICompatibleClient  # noqa: E402
 from autointerp.models import smollm2_gguf_path  # noqa: E402

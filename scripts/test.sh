@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check autointerp tests bench scripts
 .venv/bin/mypy
+.venv/bin/lint-imports
 # The docs: generated reference pages equal what the code makes now; the site builds with no broken link.
 .venv/bin/python scripts/gen_docs.py --check
 SITE=$(mktemp -d)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from autointerp.analysis import neuronpedia_dataset as npd
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 
 if TYPE_CHECKING:
     from autointerp.store import DictionaryRow
@@ -95,7 +95,7 @@ def np_model_id(model: str, override: str | None = None) -> str:
     by_hf = {hf.lower(): np_id for np_id, hf in NP_MODELS.items()}
     if model.lower() in by_hf:
         return by_hf[model.lower()]
-    raise AutointerpError(
+    raise BadInput(
         f"model '{model}' is not one of the Neuronpedia models this knows ({', '.join(NP_MODELS)}); "
         "pass --np-model-id ID (used as given, without this check)")
 
@@ -106,21 +106,21 @@ def np_source(hook: str, kind: str, source_set: str | None = None, override: str
     if override:
         src = override.lower()
         if not _NP_SOURCE.match(src):
-            raise AutointerpError(f"--np-source {override}: Neuronpedia sources are a layer number (MLP neurons) "
+            raise BadInput(f"--np-source {override}: Neuronpedia sources are a layer number (MLP neurons) "
                                   "or LAYER-SOURCESET, e.g. 6 or 6-res-jb")
         return src
     m = re.match(r"blocks\.(\d+)\.", hook)
     if kind == "neurons":
         if m and hook.endswith(".mlp.hook_post"):
             return m.group(1)
-        raise AutointerpError(f"Neuronpedia's neuron sources are MLP neurons (blocks.N.mlp.hook_post); for "
+        raise BadInput(f"Neuronpedia's neuron sources are MLP neurons (blocks.N.mlp.hook_post); for "
                               f"'{hook}' pass --np-source")
     if not source_set:
-        raise AutointerpError("an SAE dictionary needs --np-source-set NAME, the Neuronpedia source set its features "
+        raise BadInput("an SAE dictionary needs --np-source-set NAME, the Neuronpedia source set its features "
                               "belong to (e.g. res-jb); the source is then LAYER-NAME")
     layer = m.group(1) if m else ("e" if hook == "hook_embed" else None)
     if layer is None:
-        raise AutointerpError(f"cannot tell the layer of hook '{hook}'; pass --np-source")
+        raise BadInput(f"cannot tell the layer of hook '{hook}'; pass --np-source")
     return np_source("", "", override=f"{layer}-{source_set}")
 
 
@@ -152,7 +152,7 @@ def upload_bodies(labels: list[Mapping[str, Any]], model_id: str, source: str,
     for r in labels:
         text = str(r["label"]).strip()
         if len(text) > 512:
-            raise AutointerpError(f"feature {r['feature']}: label longer than Neuronpedia's 512 characters")
+            raise BadInput(f"feature {r['feature']}: label longer than Neuronpedia's 512 characters")
         per_feature.setdefault(int(r["feature"]), []).append(
             {"text": text, "methodName": _method(r, method_name)})
     features = []
@@ -160,7 +160,7 @@ def upload_bodies(labels: list[Mapping[str, Any]], model_id: str, source: str,
         acts = [{"tokens": list(t), "values": [float(v) for v in vals]}
                 for t, vals in activations.get(f, []) if t and len(t) == len(vals) <= 1024 and all(t)]
         if not acts:
-            raise AutointerpError(f"feature {f} has no stored context Neuronpedia accepts; upload-batch needs one")
+            raise BadInput(f"feature {f} has no stored context Neuronpedia accepts; upload-batch needs one")
         feat: dict[str, Any] = {"index": f, "explanations": explanations,
                                 "activations": acts[:NP_UPLOAD_MAX_ACTIVATIONS]}
         if f in density:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 
 NP_BATCH_ROWS = 1024  # FEATURES_EXPLANATIONS_BATCH_SIZE and ACTIVATIONS_BATCH_SIZE in export-data.py
 # The seed's bot user (apps/webapp/prisma/seed.ts), which Neuronpedia's exports use as every author and creator.
@@ -176,12 +176,12 @@ class Dataset:
 def write(ds: Dataset, out_dir: Path, batch_rows: int = NP_BATCH_ROWS) -> dict[str, list[Path]]:
     """The files of `ds` under out_dir (old batches there are removed first); returns them by kind."""
     if batch_rows < 1:
-        raise AutointerpError("--np-batch-rows must be at least 1")
+        raise BadInput("--np-batch-rows must be at least 1")
     base = out_dir / ds.model["id"] / ds.source["id"]
     known = {r["index"] for r in ds.neurons}
     missing = sorted({r["index"] for r in ds.explanations + ds.activations} - known, key=int)
     if missing:  # each would fail its batch's foreign key to Neuron
-        raise AutointerpError(f"features {', '.join(missing[:5])} have labels or contexts but no stored statistics")
+        raise BadInput(f"features {', '.join(missing[:5])} have labels or contexts but no stored statistics")
     files: dict[str, list[Path]] = {"config": [], "metadata": []}
     for name, rows in ds.config.items():
         if rows:

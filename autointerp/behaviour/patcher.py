@@ -43,7 +43,7 @@ def restart_layer(hook: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class FeatureContexts:
+class PatchJob:
     """One feature's scored contexts and the values it is set to on them: `tokens`, per context its token ids
     with BOS first (contexts may differ in length); `ablate_value`; `simulated`, per simulation and context
     the replacement values of the positions after BOS (on the feature's scale)."""
@@ -126,10 +126,10 @@ class Patcher:
         The clean and ablated passes are shared by all the simulations of one feature."""
         rows = list(tokens.cpu().numpy())
         sims = [list(v.detach().cpu().float().numpy()) for v in simulated]
-        return self.batch_losses([FeatureContexts(feature, rows, ablate_value, sims)])[0]
+        return self.batch_losses([PatchJob(feature, rows, ablate_value, sims)])[0]
 
     @torch.no_grad()
-    def batch_losses(self, jobs: Sequence[FeatureContexts], pad_id: int = 0) -> list[list[ContextLosses]]:
+    def batch_losses(self, jobs: Sequence[PatchJob], pad_id: int = 0) -> list[list[ContextLosses]]:
         """Per job, per simulation, the context losses: what `losses` gives for each job alone, computed with
         all the jobs in one batch. One clean pass over the distinct contexts of all jobs (its residual stream
         kept at the hook's block), then one patched pass per replacement index (the ablation, then each

@@ -26,7 +26,7 @@ import numpy as np
 from autointerp import __version__, store
 from autointerp.behaviour import patcher as behaviour
 from autointerp.config import BehaviourConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 from autointerp.label import scoring
 from autointerp.records import ProgressEvent, ProgressFn, ScoreRow, ScoreRun, SimulatedContext
 
@@ -71,7 +71,7 @@ Members = list[tuple[store.SimulationRunRef, list[SimulatedContext]]]
 
 
 def _jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Members, bos: int
-          ) -> list[tuple[behaviour.FeatureContexts, Members]]:
+          ) -> list[tuple[behaviour.PatchJob, Members]]:
     """The model work of one feature: runs over the same contexts with the same ablation share the clean and
     ablated passes, so each such group is one job with a simulation per run."""
     groups: dict[tuple, Members] = {}
@@ -82,7 +82,7 @@ def _jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Members, 
     out = []
     for (_, ablate_value), members in groups.items():
         tokens = [np.asarray([bos, *c.token_ids], dtype=np.int64) for c in members[0][1] if c.purpose == "scoring"]
-        out.append((behaviour.FeatureContexts(feature, tokens, ablate_value, [_calibrated(c) for _, c in members]),
+        out.append((behaviour.PatchJob(feature, tokens, ablate_value, [_calibrated(c) for _, c in members]),
                     members))
     return out
 
@@ -106,7 +106,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
         return outcome
     if not d.config.get("prepend_bos", True):
         # Replacement starts after the BOS position; without one, nothing is kept clean in front.
-        raise AutointerpError("behaviour scores need the BOS position; this dictionary was collected without it")
+        raise BadInput("behaviour scores need the BOS position; this dictionary was collected without it")
     device = models.resolve_device(cfg.device)
     sae = models.load_sae(d.sae, device, cfg.dtype) if d.sae else None
     if model is None:
@@ -124,7 +124,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
     order = list(by_feature)
     for b in range(0, len(order), cfg.feature_batch):
         batch = order[b:b + cfg.feature_batch]
-        work: list[tuple[int, behaviour.FeatureContexts, Members]] = []
+        work: list[tuple[int, behaviour.PatchJob, Members]] = []
         with store.open_store(db, wait_s=600) as con:
             for feature in batch:
                 mean_act = store.feature_mean(con, dictionary_id, feature)

@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 
 from autointerp import __version__, store
 from autointerp.analysis import render
-from autointerp.errors import AutointerpError, is_bad_input
+from autointerp.errors import AutointerpError, BadInput
 from autointerp.records import ProgressEvent
 
 DEFAULT_DB = "autointerp.duckdb"
@@ -48,7 +48,7 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
             return f(*args, **kwargs)
         except AutointerpError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2 if is_bad_input(exc) else 1)
+            sys.exit(exc.exit_code)
         except ValidationError as exc:
             msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
             click.echo(f"error: {msgs}", err=True)
@@ -199,6 +199,6 @@ def pick_dictionary(con: Any, dictionary_id: int | None) -> int:
         return dictionary_id
     complete = [d for d in store.list_dictionaries(con) if d.status == "complete"]
     if not complete:
-        raise AutointerpError("no complete dictionary in this database; run `autointerp collect` first")
+        raise BadInput("no complete dictionary in this database; run `autointerp collect` first")
     return complete[-1].dictionary_id
 

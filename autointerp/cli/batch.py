@@ -20,7 +20,7 @@ from autointerp.cli.base import (
 )
 from autointerp.cli.work import selection_options
 from autointerp.config import LabelConfig, LLMConfig
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 
 
 @main.command("batches")
@@ -40,26 +40,22 @@ def batches_cmd(db: str, dictionary_id: int | None, cancel_id: str | None, base_
       autointerp batches --cancel batch_abc123 --base-url https://api.openai.com/v1
     """
     if cancel_id is not None:
-        from autointerp.llm.client import BATCH_DONE, BatchAPI
+        from autointerp.llm.batch_api import BatchAPI
 
         with store.open_store(db, read_only=True) as con:
             row = store.get_batch(con, cancel_id)
         if row is None or row.batch_id is None:
-            raise AutointerpError(f"no created batch {cancel_id!r} in {db} (see `autointerp batches`)")
+            raise BadInput(f"no created batch {cancel_id!r} in {db} (see `autointerp batches`)")
         url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not url:
-            raise AutointerpError("--cancel needs the provider: pass --base-url or set OPENAI_BASE_URL")
+            raise BadInput("--cancel needs the provider: pass --base-url or set OPENAI_BASE_URL")
         api = BatchAPI(url, os.environ.get("OPENAI_API_KEY"))
         try:
             info = api.cancel(row.batch_id)
         finally:
             api.close()
         with store.open_store(db) as con:
-            # A running `label` may have polled the batch to its end meanwhile; the cancel call's answer
-            # (still `in_progress` or `cancelling`) must not overwrite that.
-            now = store.get_batch(con, row.batch_key)
-            if now is not None and now.status not in BATCH_DONE:
-                store.update_batch(con, row.batch_key, status=info.status)
+            store.record_cancel(con, row.batch_key, info.status)
         click.echo(f"batch {row.batch_id}: {info.status}")
         return
     with store.open_store(db, read_only=True) as con:

@@ -10,7 +10,7 @@ import click
 from autointerp import store
 from autointerp.analysis import render
 from autointerp.cli.base import db_option, format_option, friendly_errors, main, pick_dictionary
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 
 
 @main.command()
@@ -57,7 +57,7 @@ def show(db: str, feature: int, dictionary_id: int | None, split: str, kind: str
         stats = store.feature_stats(con, did, feature)
         if stats is None:
             d = store.get_dictionary(con, did)
-            raise AutointerpError(f"dictionary {did} has no feature {feature} ({d.n_features} features)")
+            raise BadInput(f"dictionary {did} has no feature {feature} ({d.n_features} features)")
         rows = store.feature_contexts(con, did, feature)
     color = sys.stdout.isatty() if color is None else color
     click.echo(f"dictionary {did} feature {feature}: max {stats['max_act']:.4g}, mean {stats['mean_act']:.4g}, "
@@ -123,7 +123,7 @@ def compare_cmd(db: str, dict_a: int, dict_b: int, explainer: str | None, fmt: s
     if explainer:
         values = [v for v in values if v.explainer == explainer]
     if not values:
-        raise AutointerpError(f"no scores for dictionaries {dict_a} and {dict_b}; label and score them first")
+        raise BadInput(f"no scores for dictionaries {dict_a} and {dict_b}; label and score them first")
     columns, rows = cmp.compare_table(values, dict_a, dict_b)
     click.echo(f"A = dictionary {dict_a} ({cmp.describe(a)}), B = dictionary {dict_b} ({cmp.describe(b)}); "
                "scores paired by feature, from the same simulator and run settings")
@@ -185,7 +185,7 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
         view = store.labels_table(con, did)
         rows = [dict(zip(view.columns, r, strict=True)) for r in view.rows]
         if not rows:
-            raise AutointerpError(f"dictionary {did} has no labels yet; run `autointerp explain` first")
+            raise BadInput(f"dictionary {did} has no labels yet; run `autointerp explain` first")
         if fmt in ("parquet", "jsonl"):
             n = export.write_table(rows, fmt, out, store.labels_arrow_schema(con), store.labels_columns(con))
             click.echo(f"wrote {n:,} records of dictionary {did} to {out}")
@@ -194,7 +194,7 @@ def export_cmd(db: str, fmt: str, out_path: str, dictionary_id: int | None, np_m
         source = export.np_source(d.hook, d.kind, np_source_set, np_source)
         labels = export.np_labels([r for r in rows if r["null_kind"] is None], np_include_baseline)
         if not labels:
-            raise AutointerpError(f"dictionary {did} has no ok labels to send"
+            raise BadInput(f"dictionary {did} has no ok labels to send"
                                   + ("" if np_include_baseline else " (baseline labels need --np-include-baseline)"))
         features = sorted({int(r["feature"]) for r in labels}) if fmt == "neuronpedia-upload" else None
         summaries, acts = _np_feature_data(con, did, features)
@@ -274,7 +274,7 @@ def import_labels_cmd(db: str, path: str, explainer: str, dictionary_id: int | N
     for example in out.examples:
         click.echo(f"    e.g. {example}")
     if out.imported + out.already == 0:
-        raise AutointerpError(f"no usable labels in {path} for dictionary {did}")
+        raise BadInput(f"no usable labels in {path} for dictionary {did}")
     if out.imported:
         click.echo(f"score them: autointerp score --dictionary {did} --explainers '{out.explainer}'")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 
 DEFAULT_CORPUS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 DEFAULT_CORPUS_NAME = "Python 3.11 documentation sources (Debian python3.11-doc, PSF licence)"
@@ -29,7 +29,7 @@ MAX_PIECE_CHARS = 20_000  # an enormous line is tokenized in pieces this long, c
 def default_corpus_files() -> list[Path]:
     files = sorted(DEFAULT_CORPUS_DIR.rglob("*.txt")) if DEFAULT_CORPUS_DIR.is_dir() else []
     if not files:
-        raise AutointerpError(
+        raise BadInput(
             f"the default corpus is missing: no text under {DEFAULT_CORPUS_DIR}. "
             "Install it with `apt-get install python3.11-doc` (scripts/setup.sh does), "
             "or pass --dataset PATH"
@@ -45,14 +45,14 @@ def corpus_files(dataset: str) -> list[Path] | None:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
         if not files:
-            raise AutointerpError(f"no {'/'.join(SUFFIXES)} files in {path}")
+            raise BadInput(f"no {'/'.join(SUFFIXES)} files in {path}")
         return files
     if path.exists():
         if path.suffix not in SUFFIXES:
-            raise AutointerpError(f"{path}: unsupported corpus file type '{path.suffix}' (use .txt, .jsonl or .parquet)")
+            raise BadInput(f"{path}: unsupported corpus file type '{path.suffix}' (use .txt, .jsonl or .parquet)")
         return [path]
     if path.suffix in SUFFIXES or dataset.startswith((".", "/")):
-        raise AutointerpError(f"corpus file {path} does not exist")
+        raise BadInput(f"corpus file {path} does not exist")
     return None
 
 
@@ -76,11 +76,11 @@ def _read_text(path: Path) -> Iterator[str]:
             final = not raw
             nul = raw.find(b"\x00")
             if nul >= 0:
-                raise AutointerpError(f"{path}: NUL byte at byte {offset + nul}; not a text file")
+                raise BadInput(f"{path}: NUL byte at byte {offset + nul}; not a text file")
             try:
                 text = decoder.decode(raw, final=final)
             except UnicodeDecodeError as exc:
-                raise AutointerpError(f"{path}: invalid UTF-8 near byte {offset + exc.start}: {exc.reason}") from exc
+                raise BadInput(f"{path}: invalid UTF-8 near byte {offset + exc.start}: {exc.reason}") from exc
             if text:
                 yield text
             if final:
@@ -117,7 +117,7 @@ def _txt_pieces(path: Path) -> Iterator[Piece]:
         yield from _split_long(para)
         yield None
     if not any_text:
-        raise AutointerpError(f"{path}: no text (the file is empty or only whitespace)")
+        raise BadInput(f"{path}: no text (the file is empty or only whitespace)")
 
 
 def _jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
@@ -132,12 +132,12 @@ def _jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise AutointerpError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
+            raise BadInput(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or text_field not in record:
-            raise AutointerpError(f"{path}:{line_no}: no '{text_field}' field (set --text-field)")
+            raise BadInput(f"{path}:{line_no}: no '{text_field}' field (set --text-field)")
         text = record[text_field]
         if not isinstance(text, str):
-            raise AutointerpError(f"{path}:{line_no}: '{text_field}' is not a string")
+            raise BadInput(f"{path}:{line_no}: '{text_field}' is not a string")
         if text.strip():
             any_text = True
             yield from _split_long(text)
@@ -152,7 +152,7 @@ def _jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
     line_no += 1
     yield from one(buffer)
     if not any_text:
-        raise AutointerpError(f"{path}: no text in any '{text_field}' field")
+        raise BadInput(f"{path}: no text in any '{text_field}' field")
 
 
 def _parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
@@ -161,33 +161,33 @@ def _parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a bad file
-        raise AutointerpError(f"{path}: not a readable parquet file ({exc})") from exc
+        raise BadInput(f"{path}: not a readable parquet file ({exc})") from exc
     if text_field not in pf.schema_arrow.names:
-        raise AutointerpError(f"{path}: no column '{text_field}' (columns: {pf.schema_arrow.names}; set --text-field)")
+        raise BadInput(f"{path}: no column '{text_field}' (columns: {pf.schema_arrow.names}; set --text-field)")
     any_text = False
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if isinstance(text, str) and text.strip():
                 if "\x00" in text:
-                    raise AutointerpError(f"{path}: NUL character in column '{text_field}'")
+                    raise BadInput(f"{path}: NUL character in column '{text_field}'")
                 any_text = True
                 yield from _split_long(text)
                 yield None
     if not any_text:
-        raise AutointerpError(f"{path}: no text in column '{text_field}'")
+        raise BadInput(f"{path}: no text in column '{text_field}'")
 
 
 def _hf_pieces(name: str, text_field: str) -> Iterator[Piece]:
     try:
         import datasets
     except ImportError as exc:
-        raise AutointerpError(
+        raise BadInput(
             f"'{name}' is not a local file, and HF datasets need the 'datasets' package: pip install 'autointerp[hub]'"
         ) from exc
     try:
         ds: Any = datasets.load_dataset(name, split="train", streaming=True)
     except Exception as exc:  # no network, unknown name, gated dataset...
-        raise AutointerpError(f"cannot load HF dataset '{name}': {exc}") from exc
+        raise BadInput(f"cannot load HF dataset '{name}': {exc}") from exc
     for record in ds:
         text = record.get(text_field)
         if isinstance(text, str) and text.strip():

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.config import CollectConfig
-from autointerp.errors import AutointerpError, BadInput
+from autointerp.errors import AutointerpError, BadInput, InternalError
 from autointerp.records import ProgressEvent, ProgressFn
 
 RAY_EXTRA = "pip install 'autointerp[ray]'"
@@ -74,10 +74,10 @@ def run(db: str | Path, cfg: CollectConfig, n_shards: int, pending: list[int], a
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, AutointerpError):
                         raise cause from None
-                    raise AutointerpError(f"shard {index} failed (after up to {MAX_RETRIES} retries): {exc}") from exc
+                    raise InternalError(f"shard {index} failed (after up to {MAX_RETRIES} retries): {exc}") from exc
                 except ray.exceptions.RayError as exc:  # the worker died more often than the retries allow
-                    raise AutointerpError(f"shard {index} was lost (after {MAX_RETRIES} retries): {exc}. The other "
-                                          "shards are kept: run the same command again to redo only the missing "
+                    raise InternalError(f"shard {index} was lost (after {MAX_RETRIES} retries): {exc}. The other "
+                                        "shards are kept: run the same command again to redo only the missing "
                                           "ones") from exc
                 done += 1
                 if on_progress is not None:

@@ -84,7 +84,7 @@ def prepare(cfg: CollectConfig, model: Any = None) -> Prepared:
         if hook is None:
             hook = sae_hook
         elif hook != sae_hook:
-            raise AutointerpError(f"the SAE was trained on hook '{sae_hook}', not '{hook}': pass --hook {sae_hook}")
+            raise BadInput(f"the SAE was trained on hook '{sae_hook}', not '{hook}': pass --hook {sae_hook}")
     if hook is None:
         hook = DEFAULT_HOOK
     if model is None:
@@ -97,7 +97,7 @@ def prepare(cfg: CollectConfig, model: Any = None) -> Prepared:
     reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop)
     tokenizer = model.tokenizer
     if tokenizer is None:
-        raise AutointerpError(f"model {cfg.model} has no tokenizer")
+        raise BadInput(f"model {cfg.model} has no tokenizer")
     bos = tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
     return Prepared(reader, hook, tokenizer, bos, token_strings(tokenizer), start, device)
 

@@ -5,18 +5,17 @@ provider's Batch API (`--batch-api`: upload, create, poll, download) or written 
 Every piece of work is a *unit*: a feature to explain, or an explanation to score. A *group* is units
 whose requests are ingested together (one provider batch per endpoint: echo simulation is
 /v1/completions, judges /v1/chat/completions). The group's `batches` rows are written before anything
-is sent and carry the units and settings, so a killed run, or an import, rebuilds the exact requests and
-reads the results through the same parse, score and store functions as live calls
-(`explain.parse_label`, `simulate.echo_values` / `chat_parser`, `detect.judge_parser`,
-`label.score_records` / `judge_rows`, `store.write_bundles`). A group's results are written in one
-transaction with its batches marked ingested: nothing finished is asked again, nothing half-written.
+is sent and carry the units and settings, so a killed run, or an import, rebuilds the exact requests. A
+score unit's requests are its `units.ScoreUnit` asks, the ones the live path sends, and its results are
+read back (label.batch_results) through the same `ScoreUnit.finish`; this module knows no simulator or
+judge. A group's results are written in one transaction with its batches marked ingested: nothing
+finished is asked again, nothing half-written.
 
 custom_id: `GROUP:dDICT:fFEATURE:eEXPLANATION:PART:aATTEMPT` (PART: explain, s<i> for the i-th simulated
 context, detection, fuzzing; EXPLANATION '-' when explaining)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -27,44 +26,28 @@ from typing import Any
 
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
-from autointerp.errors import AutointerpError
-from autointerp.label import detect, explain, simulate
-from autointerp.label.batchio import MISSING, Request, Result, custom_id, read_results, result_key
-from autointerp.label.fewshot import fewshot_for
+from autointerp.errors import BadInput
+from autointerp.label import explain
+from autointerp.label.batch_results import BatchResults
+from autointerp.label.batchio import Request, Result, custom_id, read_results
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
-from autointerp.label.stage import (
-    LabelBatch,
-    LLMSession,
-    Progress,
-    call_rows,
-    failed_run_bundle,
-    judge_rows,
-    judged_view,
-    score_records,
-    scored_run_bundle,
-    scoring_contexts,
-)
-from autointerp.llm import client as llm
-from autointerp.llm.client import LLMCall, LLMFailure, LLMReply
-from autointerp.records import FailureCode, FeatureContexts, ProgressEvent, ProgressFn
+from autointerp.label.stage import LabelBatch, LLMSession
+from autointerp.label.units import ExplainUnit, Progress
+from autointerp.llm import costs
+from autointerp.llm.batch_api import BatchAPI
+from autointerp.records import BATCH_DONE, FeatureContexts, ProgressEvent, ProgressFn
 
 CHUNK = 128
-JUDGES = ("detection", "fuzzing")
 
 
-def _endpoint(row: store.BatchRow) -> str:
-    """llm_calls.endpoint of a batch result: the provider and the batch's URL, or 'batch file'."""
-    return f"{row.provider}{row.url.removeprefix('/v1')}" if row.provider != "file" else "batch file"
-
-
-class BatchRun:
+class BatchRun(BatchResults):
     """Batch work over one dictionary. `session` (with a live client) is needed for the Batch API and for
     live retries and re-asks; `api` for the Batch API; import needs neither."""
 
     def __init__(self, db: str | Path, dictionary_id: int, cfg: LabelConfig, llm_cfg: LLMConfig,
                  session: LLMSession | None, explainer_model: str, simulator_model: str,
-                 api: llm.BatchAPI | None = None, prices: dict[str, tuple[float, ...]] | None = None,
-                 on_progress: ProgressFn | None = None, budget: llm.Budget | None = None):
+                 api: BatchAPI | None = None, prices: dict[str, tuple[float, ...]] | None = None,
+                 on_progress: ProgressFn | None = None, budget: costs.Budget | None = None):
         self.db = db
         self.dictionary_id = dictionary_id
         self.cfg = cfg
@@ -72,12 +55,12 @@ class BatchRun:
         self.session = session
         self.models = (explainer_model, simulator_model)
         self.api = api
-        self.prices = {**llm.DEFAULT_PRICES, **(prices or {})}
+        self.prices = {**costs.DEFAULT_PRICES, **(prices or {})}
         self.on_progress = on_progress
         self.progress = Progress()
         # --max-cost / --max-tokens: a unit is submitted only if its estimated cost fits (reserved until its
         # batch is ingested); results' real costs, and live retries and re-asks, are spent from it.
-        self.budget = budget or llm.Budget()
+        self.budget = budget or costs.Budget()
 
     # ------------------------------------------------------------ settings and units
 
@@ -93,9 +76,6 @@ class BatchRun:
         session = LLMSession(client, c["explainer"], c["simulator"])  # type: ignore[arg-type]
         return LabelBatch(self.db, self.dictionary_id, cfg, session, [], explain_stage=False, score_stage=True,
                           score_explainers=score_explainers)
-
-    def _live(self) -> bool:
-        return self.session is not None and self.llm_cfg.batch_retry == "live"
 
     def pending_units(self, stage: str, features: list[int], score_explainers: list[str] | None = None
                       ) -> list[dict[str, Any]]:
@@ -115,39 +95,17 @@ class BatchRun:
                           for p in job.to_score if p.explainer != explain.BASELINE]
         return units
 
-    def _requests(self, stage: str, group: str, unit: dict[str, Any], fc: FeatureContexts, cfg: LabelConfig,
-                  models: tuple[str, str]) -> list[Request]:
-        """A unit's requests, built exactly as the live path builds them."""
+    def _requests(self, stage: str, group: str, unit: dict[str, Any], fc: FeatureContexts, lb: LabelBatch
+                  ) -> list[Request]:
+        """A unit's requests: the asks the live path sends, each under its custom_id."""
         did, f, a = self.dictionary_id, unit["f"], unit["a"]
+        assert lb.session is not None
         if stage == "explain":
-            messages = explain.explain_messages(fc, cfg.n_explain_top, cfg.n_explain_quantile)
-            if messages is None:
-                return []
-            return [Request(custom_id(group, did, f, None, "explain", a), llm.CHAT_URL, "explainer",
-                            llm.chat_body(models[0], messages, explain.MAX_TOKENS))]
-        eid, label, model = unit["e"], unit["l"], models[1]
-        out = []
-        for i, (c, _) in enumerate(scoring_contexts(fc, cfg)):
-            cid = custom_id(group, did, f, eid, f"s{i}", a)
-            if cfg.simulator_mode == "echo":
-                prompt, offsets = simulate.echo_prompt(label, c.tokens,
-                                                       fewshot_for(self.db, did, f, cfg.fewshot))
-                if offsets:
-                    out.append(Request(cid, llm.COMPLETIONS_URL, "simulator", llm.completion_body(
-                        model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS)))
-            else:
-                out.append(Request(cid, llm.CHAT_URL, "simulator", llm.chat_body(
-                    model, simulate.chat_messages(label, c), simulate.chat_max_tokens(len(c.tokens)),
-                    top_logprobs=simulate.CHAT_TOP_LOGPROBS)))
-        for name in JUDGES if cfg.judge else ():
-            try:
-                _, templates, excerpts = detect.request(name, judged_view(fc, cfg), label, cfg.n_judge, 0)
-            except LLMFailure:
-                continue
-            out.append(Request(custom_id(group, did, f, eid, name, a), llm.CHAT_URL, "judge", llm.chat_body(
-                model, detect.judge_messages(templates, label, excerpts), detect.judge_max_tokens(len(excerpts)),
-                top_logprobs=detect.TOP_LOGPROBS)))
-        return out
+            eid, asks = None, ExplainUnit(lb.settings, fc, lb.session.explainer_model).asks()
+        else:
+            score = lb.score_unit(fc, unit["e"], unit["l"])
+            eid, asks = unit["e"], [*score.simulation_asks(), *score.judge_asks()]
+        return [Request(custom_id(group, did, f, eid, ask.part, a), ask.url, ask.role, ask.body) for ask in asks]
 
     def _load(self, features: Iterable[int]) -> dict[int, FeatureContexts]:
         with store.open_store(self.db, wait_s=600) as con:
@@ -156,14 +114,13 @@ class BatchRun:
     def group_requests(self, row: store.BatchRow) -> list[Request]:
         """Rebuild a group's requests (all endpoints) from its recorded units and settings."""
         units = json.loads(row.units)
-        c = json.loads(row.config)
-        cfg, models = LabelConfig(**c["label"]), (c["explainer"], c["simulator"])
+        lb = self._labeler(row.config)
         out: list[Request] = []
         for i in range(0, len(units), CHUNK):
             chunk = units[i : i + CHUNK]
             fcs = self._load(u["f"] for u in chunk)
             for u in chunk:
-                out += self._requests(row.stage, row.group_key, u, fcs[u["f"]], cfg, models)
+                out += self._requests(row.stage, row.group_key, u, fcs[u["f"]], lb)
         return out
 
     # ------------------------------------------------------------ groups
@@ -176,12 +133,13 @@ class BatchRun:
         lim_n, lim_b = self.llm_cfg.batch_max_requests, self.llm_cfg.batch_max_bytes
         group, members, reqs = uuid.uuid4().hex[:12], [], []  # type: ignore[var-annotated]
         counts: dict[str, list[int]] = {}
+        lb = self._labeler(self._config_json())
         for i in range(0, len(units), CHUNK):
             chunk = units[i : i + CHUNK]
             fcs = self._load(u["f"] for u in chunk)
             for k, u in enumerate(chunk):
-                mine = self._requests(stage, group, u, fcs[u["f"]], self.cfg, self.models)
-                est = [llm.estimate_cost(self.prices, r.body, batch=True) for r in mine]
+                mine = self._requests(stage, group, u, fcs[u["f"]], lb)
+                est = [costs.estimate_cost(self.prices, r.body, batch=True) for r in mine]
                 usd, tok = sum(e[0] for e in est), sum(e[1] for e in est)
                 if not self.budget.fits(usd, tok):
                     left = len(units) - i - k
@@ -202,7 +160,7 @@ class BatchRun:
                                    for url, (n, b) in add.items()):
                     yield group, members, reqs
                     group, members, reqs, counts = uuid.uuid4().hex[:12], [], [], {}
-                    mine = self._requests(stage, group, u, fcs[u["f"]], self.cfg, self.models)
+                    mine = self._requests(stage, group, u, fcs[u["f"]], lb)
                 members.append(u)
                 reqs += mine
                 for url, (n, b) in add.items():
@@ -258,7 +216,7 @@ class BatchRun:
                     rows = store.group_batches(con, group)
                 finished = True
                 for row in rows:
-                    if row.batch_id is None or row.status in llm.BATCH_DONE:
+                    if row.batch_id is None or row.status in BATCH_DONE:
                         total += row.n_requests
                         done_req += row.n_completed + row.n_failed
                         continue
@@ -270,7 +228,7 @@ class BatchRun:
                     total += row.n_requests
                     done_req += info.completed + info.failed
                     failed += info.failed
-                    finished = finished and info.status in llm.BATCH_DONE
+                    finished = finished and info.status in BATCH_DONE
                 if finished:
                     self._ingest_downloaded(group)
                     waiting.remove(group)
@@ -313,188 +271,6 @@ class BatchRun:
         if rows:
             self._poll(sorted({r.group_key for r in rows}, key=[r.group_key for r in rows].index))
 
-    # ------------------------------------------------------------ ingestion
-
-    def ingest(self, rows: list[store.BatchRow], results: dict[str, Result]) -> int:
-        """Parse, score and store a group's results (in one transaction with its batches marked ingested)."""
-        row = rows[0]
-        lb = self._labeler(row.config, None)
-        requests = self.group_requests(row)
-        by_url = {x.url: x for x in rows}
-        units = json.loads(row.units)
-        fcs = self._load(u["f"] for u in units)
-        by_unit: dict[tuple[int, str], dict[str, tuple[Request, Result]]] = {}
-        for r in requests:
-            k = result_key(r.custom_id)
-            _, _, f, e, part = k.split(":")
-            by_unit.setdefault((int(f[1:]), e[1:]), {})[part] = (r, results.get(k, MISSING))
-        costs = dict.fromkeys((x.batch_key for x in rows), 0.0)
-        gate = asyncio.Semaphore(self.llm_cfg.concurrency)
-        made: dict[str, LLMCall] = {}
-
-        def call(req: Request, res: Result) -> LLMCall:
-            """A result's llm_calls record, made once (its cost counted once, against the budget too)."""
-            if req.custom_id in made:
-                return made[req.custom_id]
-            usage = (0, 0, 0)
-            error = res.error
-            if res.body is not None:
-                try:
-                    usage = llm.parse_body(req.url, res.body)[2]
-                except llm.MalformedResponse as exc:
-                    error = f"malformed result: {exc}"
-            mine = by_url.get(req.url, row)
-            c = llm.batch_call(self.prices, role=req.role, model=req.body["model"], endpoint=_endpoint(mine),
-                               body=req.body, batch_id=mine.batch_id or mine.batch_key, custom_id=req.custom_id,
-                               usage=usage, error=error)
-            costs[mine.batch_key] += c.cost_usd
-            self.budget.add(c)
-            made[req.custom_id] = c
-            return c
-
-        async def one(u: dict[str, Any]) -> store.Bundle:
-            async with gate:
-                parts = by_unit.get((u["f"], u.get("e", "-")), {})
-                try:
-                    if row.stage == "explain":
-                        return await self._explain_unit(lb, u, fcs[u["f"]], parts, call)
-                    return await self._score_unit(lb, u, fcs[u["f"]], parts, call)
-                except llm.BudgetExhausted as exc:
-                    # A live retry or re-ask the budget refused: the batch results are kept as calls (they
-                    # are paid for) and the unit stays pending for the next run.
-                    self.progress.stopped = str(exc)
-                    fc = fcs[u["f"]]
-                    return store.Bundle(calls=call_rows([call(*p) for p in parts.values()], fc.dictionary_id,
-                                                        fc.feature, u.get("e")))
-
-        async def all_units() -> list[store.Bundle]:
-            return list(await asyncio.gather(*(one(u) for u in units)))
-
-        bundles = asyncio.run(all_units())
-        with store.open_store(self.db, wait_s=600) as con:
-            return store.finish_group(con, bundles, costs)
-
-    def _exhausted(self, attempt: int) -> bool:
-        return attempt >= self.llm_cfg.batch_attempts
-
-    async def _explain_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
-                            parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
-        model, phash = lb.session.explainer_model, lb.explain_hash  # type: ignore[union-attr]
-        cfg = lb.cfg
-        self.progress.features_done += 1
-        if "explain" not in parts:  # nothing to ask: the feature has no explain contexts
-            e = explain.explanation(fc, model, phash, None, explain.NO_CONTEXTS, FailureCode.NO_CONTEXTS)
-            return store.Bundle(explanations=[lb._with_config(e)])
-        req, res = parts["explain"]
-        c = call(req, res)
-        if c.status == "error":
-            if self._live():
-                e, calls = await explain.explain_with_llm(fc, lb.session.client, model,  # type: ignore[union-attr]
-                                                          n_top=cfg.n_explain_top, n_quantile=cfg.n_explain_quantile,
-                                                          max_reasks=cfg.max_reasks)
-                return self._explained(lb, fc, e, [c, *calls])
-            if not self._exhausted(u["a"]):
-                self.progress.failed[f"explanation: {res.code or FailureCode.MALFORMED_RESPONSE} (to retry)"] += 1
-                return store.Bundle(calls=call_rows([c], fc.dictionary_id, fc.feature, None))
-            code = res.code if res.body is None else FailureCode.MALFORMED_RESPONSE
-            e = explain.explanation(fc, model, phash, None, f"{c.error} (after {u['a']} batch attempt(s))", code)
-            return self._explained(lb, fc, e, [c])
-        text = llm.parse_body(req.url, res.body)[0]
-        try:
-            e = explain.explanation(fc, model, phash, explain.parse_label(text).label, None)
-            return self._explained(lb, fc, e, [c])
-        except ValueError as exc:
-            problem = f"{exc}; reply began {text[:80]!r}"
-            if self.session is None or cfg.max_reasks == 0:
-                e = explain.explanation(fc, model, phash, None, f"unusable reply: {problem}", FailureCode.UNUSABLE_REPLY)
-                return self._explained(lb, fc, e, [c])
-            messages = llm.reask_messages(req.body["messages"], text, str(exc), "explain.reask")
-            e, calls = await explain.explain_with_llm(fc, self.session.client, model, messages=messages,
-                                                      max_reasks=cfg.max_reasks - 1)
-            return self._explained(lb, fc, e, [c, *calls])
-
-    def _explained(self, lb: LabelBatch, fc: FeatureContexts, e: Any, calls: list[LLMCall]) -> store.Bundle:
-        e = lb._with_config(e)
-        if e.status == "ok":
-            self.progress.explained += 1
-        else:
-            self.progress.failed[f"explanation: {e.code}"] += 1
-        return store.Bundle(explanations=[e], calls=call_rows(calls, fc.dictionary_id, fc.feature, e.explanation_id))
-
-    async def _reasked(self, parse: Any, req: Request, text: str, problem: str, role: str) -> tuple[Any, list[LLMCall]]:
-        """A batch reply that did not parse, re-asked once live (LLMFailure when there is no live client)."""
-        if self.session is None:
-            raise LLMFailure(f"unusable reply (no live endpoint to re-ask): {problem}", [], FailureCode.UNUSABLE_REPLY)
-        messages = llm.reask_messages(req.body["messages"], text, problem, "reask_json")
-        return await llm.ask_parsed(self.session.client, parse, role=role, model=req.body["model"],
-                                    messages=messages, max_tokens=req.body["max_tokens"], reask="reask_json",
-                                    max_reasks=0, top_logprobs=req.body.get("top_logprobs"))
-
-    async def _parsed(self, parse: Any, req: Request, res: Result, role: str) -> tuple[Any, list[LLMCall]]:
-        text, logprobs, _ = llm.parse_body(req.url, res.body)
-        try:
-            return parse(LLMReply(text, logprobs, [])), []
-        except ValueError as exc:
-            return await self._reasked(parse, req, text, f"{exc}; reply began {text[:80]!r}", role)
-
-    async def _score_unit(self, lb: LabelBatch, u: dict[str, Any], fc: FeatureContexts,
-                          parts: dict[str, tuple[Request, Result]], call: Any) -> store.Bundle:
-        assert lb.session is not None
-        eid, label, cfg, model = u["e"], u["l"], lb.cfg, lb.session.simulator_model
-        self.progress.features_done += 1
-        calls = {p: call(req, res) for p, (req, res) in parts.items()}
-        bad = [p for p, c in calls.items() if c.status == "error"]
-        if bad:
-            first = parts[bad[0]][1]
-            code = first.code if first.body is None else FailureCode.MALFORMED_RESPONSE
-            if self._live():
-                bundle = await lb._score_llm(fc, eid, label)
-                bundle.calls[:0] = call_rows(list(calls.values()), fc.dictionary_id, fc.feature, eid,
-                                             bundle.runs[0].run_id)
-                return bundle
-            if not self._exhausted(u["a"]):
-                self.progress.failed[f"simulation: {code} (to retry)"] += 1
-                return store.Bundle(calls=call_rows([calls[p] for p in bad], fc.dictionary_id, fc.feature, eid))
-            run = lb.new_run(eid, fc, model, lb.sim_hash, lb.sim_settings, lb.sim_settings_hash)
-            self.progress.failed[f"simulation: {code}"] += 1
-            failed = run.model_copy(update={"status": "failed", "code": str(code),
-                                            "error": f"{calls[bad[0]].error} (after {u['a']} batch attempt(s))"})
-            return store.Bundle(runs=[failed], calls=call_rows(list(calls.values()), fc.dictionary_id, fc.feature,
-                                                               eid, run.run_id))
-        run = lb.new_run(eid, fc, model, lb.sim_hash, lb.sim_settings, lb.sim_settings_hash)
-        contexts = scoring_contexts(fc, cfg)
-        more: list[LLMCall] = []
-        try:
-            if cfg.simulator_mode == "echo":
-                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, cfg.fewshot)
-                built = [simulate.echo_prompt(label, c.tokens, fewshot) for c, _ in contexts]
-                logprobs = [llm.parse_body(parts[f"s{i}"][0].url, parts[f"s{i}"][1].body)[1]
-                            for i, (_, offs) in enumerate(built) if offs]
-                predicted = simulate.echo_values(built, logprobs, [])
-            else:
-                predicted = []
-                for i, (c, _) in enumerate(contexts):
-                    values, extra = await self._parsed(simulate.chat_parser(len(c.tokens)), *parts[f"s{i}"],
-                                                       "simulator")
-                    predicted.append(values)
-                    more += extra
-        except LLMFailure as exc:
-            return failed_run_bundle(self.progress, run, exc, [*calls.values(), *more, *exc.calls])
-        sims, scores = score_records(fc, run, contexts, predicted, cfg.n_boot)
-        errors: list[str] = []
-        for name in JUDGES if cfg.judge else ():
-            try:
-                ys, _, excerpts = detect.request(name, judged_view(fc, cfg), label, cfg.n_judge, 0)
-                (answers, probs), extra = await self._parsed(detect.judge_parser(len(excerpts)), *parts[name], "judge")
-                more += extra
-            except LLMFailure as exc:
-                more += exc.calls
-                errors.append(f"{name}: {exc}")
-                self.progress.failed[f"{name}: {exc.code}"] += 1
-                continue
-            scores += judge_rows(name, ys, answers, probs, run, cfg.n_boot)
-        return scored_run_bundle(self.progress, run, sims, scores, [*calls.values(), *more], errors)
-
     # ------------------------------------------------------------ rounds
 
     def run_stage(self, stage: str, features: list[int], score_explainers: list[str] | None = None) -> None:
@@ -515,7 +291,7 @@ def require_endpoint(llm_cfg: LLMConfig) -> str:
     before any work starts, since the embedded local server has no Batch API."""
     base_url = (list(llm_cfg.base_urls) or [os.environ.get("OPENAI_BASE_URL", "")])[0]
     if not base_url:
-        raise AutointerpError("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
+        raise BadInput("--batch-api needs an endpoint with a Batch API: pass --base-url or set OPENAI_BASE_URL")
     return base_url
 
 
@@ -530,7 +306,7 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
         label_stage(db, dictionary_id, features, cfg.model_copy(update={"null_samples": 0}), None,
                     explain_stage=explain_stage, score_stage=score_stage)
     base_url = require_endpoint(llm_cfg)
-    api = llm.BatchAPI(base_url, os.environ.get("OPENAI_API_KEY"), timeout_s=llm_cfg.timeout_s)
+    api = BatchAPI(base_url, os.environ.get("OPENAI_API_KEY"), timeout_s=llm_cfg.timeout_s)
     prices = getattr(session.client, "prices", None)
     run = BatchRun(db, dictionary_id, cfg, llm_cfg, session, session.explainer_model, session.simulator_model,
                    api=api, prices=prices, on_progress=on_progress, budget=getattr(session.client, "budget", None))

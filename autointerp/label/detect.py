@@ -26,8 +26,8 @@ from typing import Any
 
 from autointerp.label.explain import spread_over_bins
 from autointerp.llm import prompts
-from autointerp.llm.client import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
-from autointerp.records import Context, FailureCode, FeatureContexts
+from autointerp.llm.client import LLMClient, LLMFailure, LLMReply, ask_parsed
+from autointerp.records import CallRow, Context, FailureCode, FeatureContexts
 
 DETECT_TEMPLATES = ("detect.system", "detect.user", "reask_json")
 FUZZ_TEMPLATES = ("fuzz.system", "fuzz.user", "reask_json")
@@ -129,7 +129,7 @@ def judge_parser(n: int) -> Callable[[LLMReply], tuple[list[int], list[float] | 
 
 async def judge(client: LLMClient, model: str, templates: tuple[str, ...], label: str, excerpts: list[str],
                 max_reasks: int = 1, top_logprobs: int | None = TOP_LOGPROBS
-                ) -> tuple[list[int], list[float] | None, list[LLMCall]]:
+                ) -> tuple[list[int], list[float] | None, list[CallRow]]:
     """One chat request for all excerpts; returns the 0/1 answers, P(1) if available, and the calls."""
     (answers, probs), calls = await ask_parsed(
         client, judge_parser(len(excerpts)), role="judge", model=model,
@@ -168,14 +168,14 @@ def request(name: str, fc: FeatureContexts, label: str, n: int, seed: int
 
 
 async def detection(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
-                    ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
+                    ) -> tuple[list[bool], list[int], list[float] | None, list[CallRow]]:
     ys, templates, excerpts = request("detection", fc, label, n, seed)
     answers, probs, calls = await judge(client, model, templates, label, excerpts)
     return ys, answers, probs, calls
 
 
 async def fuzzing(client: LLMClient, model: str, fc: FeatureContexts, label: str, n: int, seed: int
-                  ) -> tuple[list[bool], list[int], list[float] | None, list[LLMCall]]:
+                  ) -> tuple[list[bool], list[int], list[float] | None, list[CallRow]]:
     ys, templates, excerpts = request("fuzzing", fc, label, n, seed)
     answers, probs, calls = await judge(client, model, templates, label, excerpts)
     return ys, answers, probs, calls

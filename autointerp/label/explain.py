@@ -9,8 +9,8 @@ from collections import defaultdict
 from pydantic import ValidationError
 
 from autointerp.llm import prompts
-from autointerp.llm.client import LLMCall, LLMClient, LLMFailure, ask_parsed
-from autointerp.records import Context, Explanation, FailureCode, FeatureContexts, Label
+from autointerp.llm.client import LLMClient, LLMFailure, ask_parsed
+from autointerp.records import CallRow, Context, Explanation, FailureCode, FeatureContexts, Label
 
 EXPLAIN_TEMPLATES = ("explain.system", "explain.user", "explain.reask")
 BASELINE = "baseline:token-lookup"
@@ -83,7 +83,7 @@ def format_excerpts(contexts: list[Context], max_act: float, fmt: str = EXCERPT_
     return EXCERPT_FORMATS[fmt](contexts, max_act)
 
 
-def prompt_hash(fmt: str = EXCERPT_FORMAT) -> str:
+def explain_hash(fmt: str = EXCERPT_FORMAT) -> str:
     """The hash stored with every LLM explanation: the templates and the excerpt format's version."""
     return prompts.templates_hash(*EXPLAIN_TEMPLATES, version=FORMAT_VERSIONS[fmt])
 
@@ -163,11 +163,11 @@ NO_CONTEXTS = "no explain-split contexts: the feature never activated"
 async def explain_with_llm(fc: FeatureContexts, client: LLMClient, model: str, *, n_top: int = 10,
                            n_quantile: int = 10, max_reasks: int = 2, max_tokens: int = MAX_TOKENS,
                            messages: list[dict[str, str]] | None = None,
-                           fmt: str = EXCERPT_FORMAT) -> tuple[Explanation, list[LLMCall]]:
+                           fmt: str = EXCERPT_FORMAT) -> tuple[Explanation, list[CallRow]]:
     """Ask for a label; re-ask a bounded number of times on unusable output; then a failed row with the reason.
     `messages` continues a conversation begun elsewhere (a batch reply being re-asked); `fmt` names the
     excerpt format (EXCERPT_FORMATS)."""
-    phash = prompt_hash(fmt)
+    phash = explain_hash(fmt)
     messages = messages or explain_messages(fc, n_top, n_quantile, fmt)
     if messages is None:
         return explanation(fc, model, phash, None, NO_CONTEXTS, FailureCode.NO_CONTEXTS), []

@@ -1,4 +1,5 @@
-"""Simulators: a label + held-out contexts + client -> predicted activations per token (0-9 scale).
+"""Simulation prompts and readers: a label + held-out contexts -> predicted activations per token (0-9
+scale). label.simulators puts them behind one interface; `simulate_echo` / `simulate_chat` run them alone.
 
 Echo (completions with echo and logprobs, as OpenAI's all-at-once simulator): one request per
 context. The prompt lists the context's tokens one per line as `token<TAB>unknown`; the prediction at
@@ -25,8 +26,8 @@ from string import Template
 from typing import Any
 
 from autointerp.llm import prompts
-from autointerp.llm.client import LLMCall, LLMClient, LLMFailure, LLMReply, ask_parsed
-from autointerp.records import Context, FailureCode
+from autointerp.llm.client import LLMClient, LLMFailure, LLMReply, ask_parsed
+from autointerp.records import CallRow, Context, FailureCode
 
 SIM_TEMPLATES: tuple[str, ...] = ("simulate", "simulate.block")
 CHAT_TEMPLATES: tuple[str, ...] = ("simulate_chat.system", "simulate_chat.user", "reask_json")
@@ -196,7 +197,7 @@ CHAT_TOP_LOGPROBS = 5
 async def simulate_echo(client: LLMClient, model: str, label: str, contexts: list[Context],
                         top_logprobs: int = ECHO_TOP_LOGPROBS,
                         fewshot: Sequence[FewShot | tuple[list[str], list[int]]] | None = None,
-                        parallel: int = 4) -> tuple[list[list[float]], list[LLMCall]]:
+                        parallel: int = 4) -> tuple[list[list[float]], list[CallRow]]:
     """One request per context (at most `parallel` in flight), predictions in the given order.
 
     Fails only when the endpoint does not answer or returns no usable logprobs, or when not one
@@ -220,7 +221,7 @@ async def simulate_echo(client: LLMClient, model: str, label: str, contexts: lis
     return echo_values(built, [r.logprobs for r in replies if isinstance(r, LLMReply)], calls), calls
 
 
-def echo_values(built: list[tuple[str, list[int]]], logprobs: list[Any], calls: list[LLMCall]) -> list[list[float]]:
+def echo_values(built: list[tuple[str, list[int]]], logprobs: list[Any], calls: list[CallRow]) -> list[list[float]]:
     """Predictions of every context from its echo reply's logprobs (`built`: echo_prompt of each context;
     `logprobs`: one per context with placeholders, in order). LLMFailure (with `calls`) when unusable."""
     out: list[list[float]] = []
@@ -284,9 +285,9 @@ def _chat_expected(logprobs: dict[str, Any] | None, n: int) -> list[float] | Non
 
 async def simulate_chat(client: LLMClient, model: str, label: str, contexts: list[Context],
                         max_reasks: int = 1, top_logprobs: int | None = CHAT_TOP_LOGPROBS
-                        ) -> tuple[list[list[float]], list[LLMCall]]:
+                        ) -> tuple[list[list[float]], list[CallRow]]:
     """One request per context; JSON answers, re-asked a bounded number of times (LLMFailure otherwise)."""
-    calls: list[LLMCall] = []
+    calls: list[CallRow] = []
     out: list[list[float]] = []
     for c in contexts:
         messages = chat_messages(label, c)

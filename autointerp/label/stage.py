@@ -13,52 +13,35 @@ import asyncio
 import json
 import os
 import threading
-import uuid
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from autointerp import store
-from autointerp.config import LabelConfig, LLMConfig, settings_hash
-from autointerp.errors import AutointerpError
-from autointerp.label import detect, explain, scoring, simulate
+from autointerp.config import LabelConfig, LLMConfig
+from autointerp.errors import BadInput, InternalError, LockTimeout, cause
+from autointerp.label import explain
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
-from autointerp.llm import client as llm
-from autointerp.llm import local, prompts
-from autointerp.llm.client import BudgetExhausted, LLMCall, LLMClient, LLMFailure
-from autointerp.records import (
-    CallRow,
-    Context,
-    Explanation,
-    FeatureContexts,
-    ProgressEvent,
-    ProgressFn,
-    ScoreRow,
-    ScoreRun,
-    Simulation,
+from autointerp.label.units import (
+    ExplainUnit,
+    Progress,
+    ScoreUnit,
+    Settings,
+    call_rows,
+    explain_live,
+    score_live,
+    score_records,
+    scoring_contexts,
 )
+from autointerp.llm import client as llm
+from autointerp.llm import local
+from autointerp.llm.client import BudgetExhausted, LLMClient
+from autointerp.records import FeatureContexts, ProgressEvent, ProgressFn
 
 FLUSH_S = 1.0
 CHUNK = 128
-
-
-@dataclass
-class Progress:
-    features_total: int = 0
-    features_done: int = 0
-    explained: int = 0
-    scored: int = 0
-    failed: Counter = field(default_factory=Counter)
-    tokens: int = 0
-    cost_usd: float = 0.0
-    stopped: str | None = None
-    score_values: dict[str, list[float]] = field(default_factory=dict)
-    nulls: Progress | None = None  # the pass that scored the null labels
 
 
 @dataclass(frozen=True)
@@ -87,7 +70,7 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
                 if any(len(v) not in (2, 4, 6) for v in prices.values()):
                     raise ValueError("each model needs 2, 4 or 6 prices")
             except (ValueError, TypeError, IndexError, OSError) as exc:
-                raise AutointerpError(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
+                raise BadInput(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
                                       f"(, batch_input, batch_output(, cached_input, batch_cached_input))]}} "
                                       f"({exc})") from None
         budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
@@ -102,86 +85,11 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
             embedded.stop()
 
 
-def scoring_contexts(fc: FeatureContexts, cfg: LabelConfig) -> list[tuple[Context, str]]:
-    """Held-out contexts to simulate, each with its purpose: odd ranks calibrate, even ranks are scored."""
-    top = sorted(fc.select("holdout", "top"), key=lambda c: c.rank)[: cfg.n_sim_top]
-    rnd = sorted(fc.select("holdout", "random"), key=lambda c: c.rank)[: cfg.n_sim_random]
-    return [(c, "calibration" if c.rank % 2 else "scoring") for c in top + rnd]
-
-
-def score_records(fc: FeatureContexts, run: ScoreRun, contexts: list[tuple[Context, str]],
-                  predicted: list[list[float]], n_boot: int) -> tuple[list[Simulation], list[ScoreRow]]:
-    """Simulation and score records of one simulation run."""
-    sims = [Simulation(run_id=run.run_id, explanation_id=run.explanation_id, simulator=run.simulator,
-                       dictionary_id=fc.dictionary_id, feature=fc.feature, seq=c.seq, split=c.split, kind=c.kind,
-                       rank=c.rank, purpose=purpose, predicted=[float(v) for v in p])
-            for (c, purpose), p in zip(contexts, predicted, strict=True)]
-    pairs = [(np.asarray(c.acts), np.asarray(p), c.kind, purpose)
-             for (c, purpose), p in zip(contexts, predicted, strict=True)]
-    scored = [(t, p) for t, p, _, purpose in pairs if purpose == "scoring"]
-    scored_random = [(t, p) for t, p, kind, purpose in pairs if purpose == "scoring" and kind == "random"]
-    calibration = [(t, p) for t, p, _, purpose in pairs if purpose == "calibration"]
-    results = [
-        scoring.correlation_score("correlation_top_random", scored, n_boot),
-        scoring.correlation_score("correlation_random", scored_random, n_boot),
-        scoring.explained_variance_score(calibration, scored, n_boot),
-    ]
-    return sims, [s.record(run) for s in results]
-
-
-def call_rows(calls: list[LLMCall], dictionary_id: int, feature: int, explanation_id: str | None,
-              run_id: str | None = None) -> list[CallRow]:
-    return [CallRow(call_id=c.call_id, role=c.role, model=c.model, endpoint=c.endpoint, prompt_hash=c.prompt_hash,
-                    prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, latency_s=c.latency_s,
-                    cost_usd=c.cost_usd, status=c.status, error=c.error, created_at=c.created_at,
-                    dictionary_id=dictionary_id, feature=feature, explanation_id=explanation_id, run_id=run_id,
-                    batch_id=c.batch_id, cached_tokens=c.cached_tokens)
-            for c in calls]
-
-
 def llm_explainers(cfg: LabelConfig, session: LLMSession | None) -> list[str]:
     """Whose labels the simulator scores: `cfg.explainers` (imported labels, say), else the explainer model's."""
     if cfg.explainers:
         return list(cfg.explainers)
     return [session.explainer_model] if session is not None else []
-
-
-def judged_view(fc: FeatureContexts, cfg: LabelConfig) -> FeatureContexts:
-    """The feature as the judges see it: with --judge-quiet, tokens at or below that share of the max are
-    inactive too (dense MLP neurons are rarely exactly 0)."""
-    if cfg.judge_quiet <= 0:
-        return fc
-    return fc.model_copy(update={"threshold": max(fc.threshold, cfg.judge_quiet * fc.max_act)})
-
-
-def judge_rows(name: str, ys: list[bool], answers: list[int], probs: list[float] | None, run: ScoreRun,
-               n_boot: int) -> list[ScoreRow]:
-    """A judge's scores: balanced accuracy, and AUC where P(1) is known."""
-    y = np.asarray(ys, bool)
-    rows = [scoring.accuracy_score(name, y, np.asarray(answers, bool), n_boot).record(run)]
-    if probs is not None:
-        rows.append(scoring.auc_score(f"{name}_auc", y, np.asarray(probs), n_boot).record(run))
-    return rows
-
-
-def failed_run_bundle(progress: Progress, run: ScoreRun, exc: LLMFailure, calls: list[LLMCall]) -> store.Bundle:
-    """A simulation run that failed: stored with its reason, code and every call it cost."""
-    progress.failed[f"simulation: {exc.code}"] += 1
-    failed = run.model_copy(update={"status": "failed", "error": str(exc)[:1000], "code": exc.code})
-    return store.Bundle(runs=[failed], calls=call_rows(calls, run.dictionary_id, run.feature, run.explanation_id,
-                                                       run.run_id))
-
-
-def scored_run_bundle(progress: Progress, run: ScoreRun, sims: list[Simulation], scores: list[ScoreRow],
-                      calls: list[LLMCall], judge_errors: list[str]) -> store.Bundle:
-    """A finished simulation run with its simulations, scores and calls (judges that could not run named)."""
-    for sc in scores:
-        if sc.value is not None:
-            progress.score_values.setdefault(sc.method, []).append(sc.value)
-    progress.scored += 1
-    run = run.model_copy(update={"error": "; ".join(judge_errors) or None})
-    return store.Bundle(runs=[run], simulations=sims, scores=scores,
-                        calls=call_rows(calls, run.dictionary_id, run.feature, run.explanation_id, run.run_id))
 
 
 @dataclass
@@ -212,16 +120,7 @@ class LabelBatch:
         # Cancelling the writer task does not stop a flush already running in its thread: the final
         # flush waits for it, else both write the same bundles (a duplicate explanation_id).
         self._flush_lock = threading.Lock()
-        self.explain_hash = explain.prompt_hash()
-        templates = simulate.SIM_TEMPLATES if cfg.simulator_mode == "echo" else simulate.CHAT_TEMPLATES
-        if cfg.judge:
-            templates = (*templates, *detect.DETECT_TEMPLATES, *detect.FUZZ_TEMPLATES)
-        self.sim_hash = prompts.templates_hash(*templates) + f"-{cfg.simulator_mode}"
-        self.sim_settings = cfg.simulation_settings(self.sim_hash)
-        self.sim_settings_hash = settings_hash(self.sim_settings)
-        self.base_settings = {"prompt_hash": explain.BASELINE_HASH,
-                              **cfg.model_dump(include={"n_sim_top", "n_sim_random", "n_boot"})}
-        self.base_settings_hash = settings_hash(self.base_settings)
+        self.settings = Settings(cfg)
         self.score_explainers = llm_explainers(cfg, session) if score_explainers is None else score_explainers
 
     # ------------------------------------------------------------ the queue
@@ -231,15 +130,15 @@ class LabelBatch:
         retry = cfg.retry_failed
         # Read-write like the flushes: DuckDB refuses two configurations of one file in one process.
         with store.open_store(self.db, wait_s=600) as con:
-            have_llm = (store.explained_features(con, self.dictionary_id, s.explainer_model, self.explain_hash, retry)
+            have_llm = (store.explained_features(con, self.dictionary_id, s.explainer_model, self.settings.explain_hash, retry)
                         if s is not None else set())
             have_base = store.explained_features(con, self.dictionary_id, explain.BASELINE, explain.BASELINE_HASH,
                                                  retry)
             unscored: dict[int, list[store.PendingScore]] = {}
             if self.score_stage:
-                queues = [(explain.BASELINE, self.base_settings_hash, [explain.BASELINE] if cfg.baseline else [])]
+                queues = [(explain.BASELINE, self.settings.base_settings_hash, [explain.BASELINE] if cfg.baseline else [])]
                 if s is not None:
-                    queues.append((s.simulator_model, self.sim_settings_hash, self.score_explainers))
+                    queues.append((s.simulator_model, self.settings.sim_settings_hash, self.score_explainers))
                 for simulator, key, explainers in queues:
                     for p in store.unscored_explanations(con, self.dictionary_id, simulator, key, explainers, retry):
                         unscored.setdefault(p.feature, []).append(p)
@@ -254,78 +153,34 @@ class LabelBatch:
 
     # ------------------------------------------------------------ work
 
-    def new_run(self, explanation_id: str, fc: FeatureContexts, simulator: str, phash: str, settings: dict,
-             key: str) -> ScoreRun:
-        return ScoreRun(run_id=str(uuid.uuid4()), explanation_id=explanation_id, dictionary_id=fc.dictionary_id,
-                        feature=fc.feature, stage="simulation", simulator=simulator, prompt_hash=phash,
-                        settings_hash=key, config=json.dumps(settings, sort_keys=True))
+    def score_unit(self, fc: FeatureContexts, eid: str, label: str) -> ScoreUnit:
+        """The unit that scores `label` with this pass's simulator and judges."""
+        assert self.session is not None
+        fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, self.cfg.fewshot) if self.cfg.fewshot else []
+        return ScoreUnit(self.settings, fc, eid, label, self.session.simulator_model, fewshot)
 
     async def _score_llm(self, fc: FeatureContexts, eid: str, label: str) -> store.Bundle:
         assert self.session is not None
-        client, model = self.session.client, self.session.simulator_model
-        run = self.new_run(eid, fc, model, self.sim_hash, self.sim_settings, self.sim_settings_hash)
-        contexts = scoring_contexts(fc, self.cfg)
-        try:
-            if self.cfg.simulator_mode == "echo":
-                fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, self.cfg.fewshot)
-                predicted, calls = await simulate.simulate_echo(client, model, label, [c for c, _ in contexts],
-                                                                fewshot=fewshot)
-            else:
-                predicted, calls = await simulate.simulate_chat(client, model, label, [c for c, _ in contexts])
-        except LLMFailure as exc:
-            return failed_run_bundle(self.progress, run, exc, exc.calls)
-        sims, scores = score_records(fc, run, contexts, predicted, self.cfg.n_boot)
-        judge_errors: list[str] = []
-        if self.cfg.judge:
-            judged, judge_calls, judge_errors = await self._judge(fc, run, label)
-            scores += judged
-            calls = calls + judge_calls
-        return scored_run_bundle(self.progress, run, sims, scores, calls, judge_errors)
-
-    async def _judge(self, fc: FeatureContexts, run: ScoreRun, label: str
-                     ) -> tuple[list[ScoreRow], list[LLMCall], list[str]]:
-        """Detection and fuzzing scores (balanced accuracy, and AUC where P(1) is known)."""
-        assert self.session is not None
-        rows: list[ScoreRow] = []
-        calls: list[LLMCall] = []
-        errors: list[str] = []
-        fc = judged_view(fc, self.cfg)
-        for name, fn in (("detection", detect.detection), ("fuzzing", detect.fuzzing)):
-            try:
-                labels, answers, probs, c = await fn(self.session.client, self.session.simulator_model, fc, label,
-                                                     self.cfg.n_judge, 0)
-            except LLMFailure as exc:
-                calls += exc.calls
-                errors.append(f"{name}: {exc}")
-                self.progress.failed[f"{name}: {exc.code}"] += 1
-                continue
-            calls += c
-            rows += judge_rows(name, labels, answers, probs, run, self.cfg.n_boot)
-        return rows, calls, errors
+        return await score_live(self.score_unit(fc, eid, label), self.session.client, self.progress)
 
     def _score_baseline(self, fc: FeatureContexts, eid: str) -> store.Bundle:
-        run = self.new_run(eid, fc, explain.BASELINE, explain.BASELINE_HASH, self.base_settings, self.base_settings_hash)
+        run = self.settings.new_run(eid, fc, explain.BASELINE, baseline=True)
         contexts = scoring_contexts(fc, self.cfg)
         predicted = explain.simulate_baseline(fc, [c for c, _ in contexts])
         sims, scores = score_records(fc, run, contexts, predicted, self.cfg.n_boot)
         return store.Bundle(runs=[run], simulations=sims, scores=scores)
 
-    def _with_config(self, e: Explanation) -> Explanation:
-        return e.model_copy(update={"config": self.cfg.model_dump_json()})
-
     async def _do(self, job: Job, fc: FeatureContexts) -> None:
         if job.baseline:
-            e = self._with_config(explain.explain_baseline(fc))
+            e = self.settings.with_config(explain.explain_baseline(fc))
             bundle = store.Bundle(explanations=[e])
             if self.score_stage and e.status == "ok":
                 bundle.extend(self._score_baseline(fc, e.explanation_id))
             self._pending.append(bundle)
         if job.explain_llm:
             assert self.session is not None
-            e, calls = await explain.explain_with_llm(
-                fc, self.session.client, self.session.explainer_model, n_top=self.cfg.n_explain_top,
-                n_quantile=self.cfg.n_explain_quantile, max_reasks=self.cfg.max_reasks)
-            e = self._with_config(e)
+            e, calls = await explain_live(ExplainUnit(self.settings, fc, self.session.explainer_model),
+                                          self.session.client)
             bundle = store.Bundle(explanations=[e],
                                   calls=call_rows(calls, fc.dictionary_id, fc.feature, e.explanation_id))
             if e.status == "ok":
@@ -410,23 +265,30 @@ class LabelBatch:
                 t.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
             # What finished is written even when the batch stops on a budget, an error or Ctrl-C.
-            try:
-                self._flush()
-            except Exception as exc:
-                raise AutointerpError(f"could not write {len(self._pending)} finished feature(s) to {self.db}: "
-                                      f"{exc}") from exc
-            self._report()
+            self._final_flush()
         if error is not None:
             raise error
         return self.progress
+
+    def _final_flush(self) -> None:
+        try:
+            self._flush()
+        except LockTimeout:
+            raise
+        except Exception as exc:
+            raise InternalError(f"could not write {len(self._pending)} finished feature(s) to {self.db}: "
+                                f"{cause(exc)}") from exc
+        self._report()
 
     def _load(self, features: list[int]) -> dict[int, FeatureContexts]:
         with store.open_store(self.db, wait_s=600) as con:
             try:
                 return store.read_feature_contexts(con, self.dictionary_id, features)
+            except LockTimeout:
+                raise
             except Exception as exc:
-                raise AutointerpError(f"could not read the contexts of features {features[0]}..{features[-1]} "
-                                      f"of dictionary {self.dictionary_id} from {self.db}: {exc}") from exc
+                raise InternalError(f"could not read the contexts of features {features[0]}..{features[-1]} "
+                                    f"of dictionary {self.dictionary_id} from {self.db}: {cause(exc)}") from exc
 
     def _report(self) -> None:
         budget = getattr(self.session.client, "budget", None) if self.session else None

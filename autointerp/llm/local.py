@@ -20,16 +20,14 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autointerp.errors import AutointerpError
-from autointerp.llm.client import LLMCall, LLMReply, prompt_hash
+from autointerp.errors import BadInput, LLMError
+from autointerp.llm.client import LLMReply, new_call, prompt_hash
 from autointerp.models import smollm2_gguf_path
 
 MODEL_NAME = "smollm2-135m-instruct"
@@ -57,7 +55,7 @@ class EmbeddedLLM:
         try:
             import llama_cpp.server  # noqa: F401
         except ImportError as exc:
-            raise AutointerpError(
+            raise BadInput(
                 "the embedded default LLM needs llama-cpp-python[server] (scripts/setup.sh installs it), "
                 "or pass --base-url for another OpenAI-compatible endpoint"
             ) from exc
@@ -73,7 +71,7 @@ class EmbeddedLLM:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AutointerpError(f"the local llama.cpp server exited ({proc.returncode}): "
+                raise LLMError(f"the local llama.cpp server exited ({proc.returncode}): "
                                       f"{log.read_text()[-800:]}")
             try:
                 with urllib.request.urlopen(server.base_url + "/models", timeout=2) as r:
@@ -82,7 +80,7 @@ class EmbeddedLLM:
             except OSError:
                 time.sleep(0.3)
         server.stop()
-        raise AutointerpError(f"the local llama.cpp server did not answer within {wait_s:.0f}s; log: {log}")
+        raise LLMError(f"the local llama.cpp server did not answer within {wait_s:.0f}s; log: {log}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -141,7 +139,7 @@ class InProcessLogprobs:
         for d in "0123456789":
             ids = self.llm.tokenize(d.encode(), add_bos=False, special=False)
             if len(ids) != 1:
-                raise AutointerpError(f"digit {d} is {len(ids)} tokens in this tokenizer; echo simulation needs one")
+                raise BadInput(f"digit {d} is {len(ids)} tokens in this tokenizer; echo simulation needs one")
             self.digit_ids.append(ids[0])
         self._pieces: dict[int, bytes] = {}
 
@@ -219,14 +217,12 @@ class EmbeddedClient:
         try:
             lp, n = await asyncio.to_thread(self.inproc.echo, prompt)
         except Exception as exc:
-            call = LLMCall(str(uuid.uuid4()), role, model, IN_PROCESS, prompt_hash(prompt), 0, 0,
-                           time.monotonic() - start, 0.0, "error", f"{type(exc).__name__}: {exc}"[:500],
-                           datetime.now(UTC))
+            call = new_call(role, model, IN_PROCESS, prompt_hash(prompt), 0, 0, time.monotonic() - start, 0.0,
+                            f"{type(exc).__name__}: {exc}"[:500])
             from autointerp.llm.client import LLMFailure
 
             raise LLMFailure(f"{role} in-process simulation failed: {exc}", [call]) from None
-        call = LLMCall(str(uuid.uuid4()), role, model, IN_PROCESS, prompt_hash(prompt), n, 0,
-                       time.monotonic() - start, 0.0, "ok", None, datetime.now(UTC))
+        call = new_call(role, model, IN_PROCESS, prompt_hash(prompt), n, 0, time.monotonic() - start, 0.0)
         self.budget.add(call)
         return LLMReply("", lp, [call])
 

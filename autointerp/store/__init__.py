@@ -17,6 +17,7 @@ from autointerp.store.batches import (
     group_batches,
     list_batches,
     open_batches,
+    record_cancel,
     update_batch,
 )
 from autointerp.store.collection import (
@@ -84,7 +85,7 @@ from autointerp.store.results import (
 
 __all__ = [
     "BatchRow", "add_batches", "batch_failures", "finish_group", "get_batch", "group_batches", "list_batches",
-    "open_batches", "update_batch",
+    "open_batches", "record_cancel", "update_batch",
     "LOCK_WAIT_S", "Bundle", "Connection", "DBError", "DictionaryRow", "LabelScores", "Migration", "PendingScore",
     "ScoreValue", "SimulationRunRef", "Table", "applied_migrations", "begin_dictionary", "behaviour_pending",
     "check_schema", "complete_dictionary", "delete_dictionary", "dictionary_status", "explained_features",

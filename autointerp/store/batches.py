@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
+from autointerp.records import BATCH_DONE
 from autointerp.store.db import Connection, insert_rows, transaction
 from autointerp.store.results import Bundle, insert_bundles
 
@@ -56,6 +57,15 @@ def update_batch(con: Connection, batch_key: str, **values: Any) -> None:
     sets = ", ".join(f"{k} = ?" for k in values)
     con.execute(f"UPDATE batches SET {sets}, updated_at = current_timestamp WHERE batch_key = ?",
                 [*values.values(), batch_key])
+
+
+def record_cancel(con: Connection, batch_key: str, status: str) -> None:
+    """The status a cancel call answered, unless the batch has already finished: a running label stage may
+    have polled it to its final status (and ingested it) while the cancel was on its way, and the cancel's
+    answer is older than that."""
+    done = ", ".join("?" for _ in BATCH_DONE)
+    con.execute(f"UPDATE batches SET status = ?, updated_at = current_timestamp WHERE batch_key = ? "
+                f"AND status NOT IN ({done})", [status, batch_key, *BATCH_DONE])
 
 
 def _rows(con: Connection, where: str, params: list[Any]) -> list[BatchRow]:

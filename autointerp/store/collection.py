@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from autointerp import __version__
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 from autointerp.records import Context, FeatureContexts
 from autointerp.store.db import Connection, insert_rows, register, transaction
 
@@ -50,7 +50,7 @@ def _dictionary(row: tuple[Any, ...]) -> DictionaryRow:
 def get_dictionary(con: Connection, dictionary_id: int) -> DictionaryRow:
     row = con.execute(f"SELECT {_DICT_COLS} FROM dictionaries WHERE dictionary_id = ?", [dictionary_id]).fetchone()
     if row is None:
-        raise AutointerpError(f"no dictionary {dictionary_id}; `autointerp status` lists them")
+        raise BadInput(f"no dictionary {dictionary_id}; `autointerp status` lists them")
     return _dictionary(row)
 
 

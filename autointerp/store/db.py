@@ -9,6 +9,7 @@ DuckDB lets one process write at a time, so writers hold a connection only while
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -21,12 +22,22 @@ import duckdb
 import pyarrow as pa
 
 from autointerp import __version__
-from autointerp.errors import AutointerpError, BadInput, InternalError, LockTimeout
+from autointerp.errors import BadInput, InternalError, LockTimeout
 from autointerp.resources import data_dir
 
 Connection = duckdb.DuckDBPyConnection
 DBError = duckdb.Error
 LOCK_WAIT_S = 60.0
+
+
+def lock_wait_s() -> float:
+    """How long a connection waits for a lock held elsewhere: AUTOINTERP_LOCK_WAIT_S, else LOCK_WAIT_S
+    (read when a connection opens, so a test or a script can shorten it)."""
+    value = os.environ.get("AUTOINTERP_LOCK_WAIT_S")
+    try:
+        return float(value) if value else LOCK_WAIT_S
+    except ValueError:
+        raise BadInput(f"AUTOINTERP_LOCK_WAIT_S={value!r} is not a number of seconds") from None
 
 
 @dataclass(frozen=True)
@@ -99,7 +110,7 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: Path) -> list[Migration]:
     applied = applied_migrations(con)
     unknown = [n for n in applied if n not in known_names]
     if unknown:
-        raise AutointerpError(
+        raise BadInput(
             f"{path} was written by a newer autointerp: it has migrations this version does not know "
             f"({', '.join(unknown)}). Upgrade autointerp (this is {__version__}) to open it."
         )
@@ -124,19 +135,21 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
 
 @contextmanager
 def open_store(
-    path: str | Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S
+    path: str | Path, read_only: bool = False, wait_s: float | None = None
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the database at `path`, migrated to this version's schema (writers),
-    or checked against it (readers). Closed on exit, so other processes can get the lock."""
+    or checked against it (readers), waiting `wait_s` (default `lock_wait_s()`) for a lock held
+    elsewhere. Closed on exit, so other processes can get the lock."""
     path = Path(path)
+    wait_s = lock_wait_s() if wait_s is None else wait_s
     if read_only and not path.exists():
-        raise AutointerpError(f"no database at {path}: run `autointerp collect --db {path} ...` first")
+        raise BadInput(f"no database at {path}: run `autointerp collect --db {path} ...` first")
     con = _connect(path, read_only, wait_s)
     try:
         if read_only:
             pending = check_schema(con, path)
             if pending:
-                raise AutointerpError(
+                raise BadInput(
                     f"{path} uses an older schema ({len(pending)} migration(s) behind); any writing command, "
                     "such as `autointerp collect`, upgrades it"
                 )
@@ -216,7 +229,7 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tup
     try:
         cur = con.execute(sql)
     except duckdb.Error as exc:
-        raise AutointerpError(f"SQL error: {exc}") from exc
+        raise BadInput(f"SQL error: {exc}") from exc
     if cur.description is None:
         return [], []
     return [d[0] for d in cur.description], cur.fetchall()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 from autointerp.store.db import Connection
 
 # ---------------------------------------------------------------- reads for status, compare, export, report
@@ -62,7 +62,7 @@ def label_scores(con: Connection, methods: tuple[str, ...],
     known = {d[0] for d in con.execute("DESCRIBE labels").fetchall()}
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise AutointerpError(f"no score columns {unknown} in the labels view")
+        raise BadInput(f"no score columns {unknown} in the labels view")
     sql = (f"SELECT dictionary_id, feature, explainer, simulator, label, null_kind, {', '.join(methods)} "
            "FROM labels WHERE status = 'ok'")
     params: list[Any] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from autointerp import __version__
-from autointerp.errors import AutointerpError
+from autointerp.errors import BadInput
 from autointerp.records import CallRow, Explanation, ScoreRow, ScoreRun, SimulatedContext, Simulation
 from autointerp.store.db import Connection, insert_rows, transaction
 
@@ -192,7 +192,7 @@ def feature_mean(con: Connection, dictionary_id: int, feature: int) -> float:
     row = con.execute("SELECT mean_act FROM features WHERE dictionary_id = ? AND feature = ?",
                       [dictionary_id, feature]).fetchone()
     if row is None:
-        raise AutointerpError(f"dictionary {dictionary_id} has no feature {feature}")
+        raise BadInput(f"dictionary {dictionary_id} has no feature {feature}")
     return float(row[0])
 
 

@@ -20,7 +20,7 @@ from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig, LabelConfig
 from autointerp.label import scoring, simulate
 from autointerp.label.fewshot import fewshot_for
-from autointerp.label.stage import scoring_contexts
+from autointerp.label.units import scoring_contexts
 from autointerp.llm import local, prompts
 from autointerp.llm.client import LLMFailure, OpenAICompatibleClient
 from autointerp.models import smollm2_gguf_path

@@ -332,6 +332,25 @@ def test_batches_lists_and_cancel_stops_a_batch_whose_rest_goes_to_the_next(tmp_
     assert [r[2] for r in labels(db) if r[1] == "e"] == ["ok"] * 10
 
 
+def test_a_cancel_answer_arriving_after_the_batch_finished_does_not_undo_its_final_status(tmp_path, collected_db):
+    """The race behind a flaky cancel test: the cancel call answers 'in_progress' (the provider has not moved
+    the batch yet), the running label stage then polls it to 'cancelled' and ingests it, and only then does
+    the cancel command write its (older) answer."""
+    from autointerp import store
+
+    db = copy_db(collected_db, tmp_path / "race.duckdb")
+    rows = [store.BatchRow(batch_key=k, group_key="g", provider="p", url="/v1/chat/completions", stage="explain",
+                           dictionary_id=1, status="in_progress", n_requests=1, units="[]", config="{}",
+                           batch_id=f"batch_{k}") for k in ("done", "running")]
+    with store.open_store(db) as con:
+        store.add_batches(con, rows)
+        store.update_batch(con, "done", status="cancelled")  # the label stage's poll won the race
+        store.record_cancel(con, "done", "in_progress")
+        store.record_cancel(con, "running", "cancelling")
+    assert q(db, "SELECT batch_key, status FROM batches ORDER BY 1") == [("done", "cancelled"),
+                                                                       ("running", "cancelling")]
+
+
 def test_cached_prompt_tokens_are_stored_for_live_and_batch_calls(tmp_path, collected_db):
     live, batch = copy_db(collected_db, tmp_path / "live.duckdb"), copy_db(collected_db, tmp_path / "batch.duckdb")
     with LoopbackLLM(script, prefix_cache=16) as server:

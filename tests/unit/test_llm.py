@@ -189,9 +189,9 @@ def test_compact_excerpt_windows_marks_runs_and_lists_the_strongest():
 
 
 def test_explanation_hash_names_the_excerpt_format():
-    assert explain.prompt_hash() != explain.prompt_hash("full")
+    assert explain.explain_hash() != explain.explain_hash("full")
     # the full format's hash is the templates' alone (as before formats had versions)
-    assert explain.prompt_hash("full") == prompts.templates_hash(*explain.EXPLAIN_TEMPLATES)
+    assert explain.explain_hash("full") == prompts.templates_hash(*explain.EXPLAIN_TEMPLATES)
 
 
 @pytest.mark.parametrize("fmt", sorted(explain.EXCERPT_FORMATS))

@@ -183,7 +183,7 @@ def test_an_sae_patch_equals_a_full_forward_with_the_sae_spliced_in(tiny_model, 
 # ---------------------------------------------------------------- several features in one batch
 
 
-def reference_losses(model, hook: str, job: behaviour.FeatureContexts, make_edit) -> list[behaviour.ContextLosses]:
+def reference_losses(model, hook: str, job: behaviour.PatchJob, make_edit) -> list[behaviour.ContextLosses]:
     """Each context alone (no padding, no restart, no batch): full forward passes, clean and with the edit."""
 
     def run(values_of) -> tuple[np.ndarray, np.ndarray]:  # per context: mean loss, mean KL to the clean logits
@@ -206,7 +206,7 @@ def reference_losses(model, hook: str, job: behaviour.FeatureContexts, make_edit
     return out
 
 
-def ragged_jobs(model, seed: int = 0) -> list[behaviour.FeatureContexts]:
+def ragged_jobs(model, seed: int = 0) -> list[behaviour.PatchJob]:
     """Three features over contexts of different lengths, sharing a context (as features share their random
     contexts), one of them twice (two groups of runs), with one to three simulations each, all different."""
     g = torch.Generator().manual_seed(seed)
@@ -221,10 +221,10 @@ def ragged_jobs(model, seed: int = 0) -> list[behaviour.FeatureContexts]:
     shared = context(9)
     a, b, c, d = ([context(12), shared, context(5)], [shared, context(14)], [context(7), context(11), context(3)],
                   [context(10), shared])
-    return [behaviour.FeatureContexts(5, a, 0.1, [sim(a), sim(a)]),
-            behaviour.FeatureContexts(7, b, 0.4, [sim(b)]),
-            behaviour.FeatureContexts(5, c, 0.0, [sim(c), sim(c)]),  # a feature's second group of runs
-            behaviour.FeatureContexts(11, d, 0.2, [sim(d), sim(d), sim(d)])]
+    return [behaviour.PatchJob(5, a, 0.1, [sim(a), sim(a)]),
+            behaviour.PatchJob(7, b, 0.4, [sim(b)]),
+            behaviour.PatchJob(5, c, 0.0, [sim(c), sim(c)]),  # a feature's second group of runs
+            behaviour.PatchJob(11, d, 0.2, [sim(d), sim(d), sim(d)])]
 
 
 FIELDS = ("clean", "ablated", "simulated", "kl_ablated", "kl_simulated")
@@ -272,5 +272,5 @@ def test_the_old_one_feature_entry_point_is_the_batch_of_one(gpt2_like):
     tokens, hook = tokens_for(gpt2_like, n=4), "blocks.1.mlp.hook_post"
     values = [values_for(tokens, seed=s) for s in (1, 2)]
     patcher = behaviour.Patcher(gpt2_like, hook)
-    job = behaviour.FeatureContexts(5, list(tokens.numpy()), 0.2, [list(v.numpy()) for v in values])
+    job = behaviour.PatchJob(5, list(tokens.numpy()), 0.2, [list(v.numpy()) for v in values])
     assert_same(patcher.losses(tokens, 5, 0.2, values), reference_losses(gpt2_like, hook, job, set_neuron))

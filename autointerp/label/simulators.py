@@ -1,0 +1,98 @@
+"""Simulators behind one interface: each turns a label and held-out contexts into the requests that
+simulate them (`plan`) and reads the answers back into predicted activations (`SimPlan.read`). Echo
+(completions with echoed logprobs) and chat (JSON activations) are the two members; `SIMULATORS` is the
+one place that picks one by `LabelConfig.simulator_mode`. The live and batch runners send a plan's
+asks without knowing which simulator made them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autointerp.label import simulate
+from autointerp.label.simulate import FewShot
+from autointerp.llm import bodies
+from autointerp.llm.client import LLMReply
+from autointerp.records import Context
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request of a unit of work: its part name (unique in the unit), endpoint path, role, body,
+    and how its reply is read (`parse` raises ValueError for an unusable reply, re-asked with the
+    `reask` template up to `max_reasks` times on chat endpoints)."""
+
+    part: str
+    url: str
+    role: str
+    body: dict[str, Any]
+    parse: Callable[[LLMReply], Any]
+    max_reasks: int = 0
+    reask: str = "reask_json"  # the template that says what was wrong with a reply
+
+
+@dataclass(frozen=True)
+class SimPlan:
+    """A simulation's asks, and `read`: their parsed answers by part -> predictions for every context
+    (LLMFailure with no calls when the answers are unusable)."""
+
+    asks: list[Ask]
+    read: Callable[[dict[str, Any]], list[list[float]]]
+
+
+class Simulator(ABC):
+    """A label + contexts -> requests -> predicted activations per token (0-9 scale)."""
+
+    templates: tuple[str, ...]
+
+    @abstractmethod
+    def plan(self, model: str, label: str, contexts: list[Context],
+             fewshot: Sequence[FewShot] | None = None) -> SimPlan: ...
+
+
+def _logprobs(reply: LLMReply) -> Any:
+    return reply.logprobs
+
+
+class EchoSimulator(Simulator):
+    """One completions request per context with placeholders, echo on; predictions are the expected
+    digit at each placeholder, read from the echoed prompt's top logprobs."""
+
+    templates = simulate.SIM_TEMPLATES
+
+    def plan(self, model: str, label: str, contexts: list[Context],
+             fewshot: Sequence[FewShot] | None = None) -> SimPlan:
+        built = [simulate.echo_prompt(label, c.tokens, fewshot) for c in contexts]
+        asks = [Ask(f"s{i}", bodies.COMPLETIONS_URL, "simulator",
+                    bodies.completion_body(model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS), _logprobs)
+                for i, (prompt, offsets) in enumerate(built) if offsets]
+
+        def read(answers: dict[str, Any]) -> list[list[float]]:
+            return simulate.echo_values(built, [answers[a.part] for a in asks], [])
+
+        return SimPlan(asks, read)
+
+
+class ChatSimulator(Simulator):
+    """One chat request per context answering {"activations": [...]}, re-asked once when unusable; the
+    expected digit replaces each generated one where the endpoint returns top logprobs."""
+
+    templates = simulate.CHAT_TEMPLATES
+
+    def plan(self, model: str, label: str, contexts: list[Context],
+             fewshot: Sequence[FewShot] | None = None) -> SimPlan:
+        asks = [Ask(f"s{i}", bodies.CHAT_URL, "simulator",
+                    bodies.chat_body(model, simulate.chat_messages(label, c), simulate.chat_max_tokens(len(c.tokens)),
+                                  top_logprobs=simulate.CHAT_TOP_LOGPROBS),
+                    simulate.chat_parser(len(c.tokens)), max_reasks=1)
+                for i, c in enumerate(contexts)]
+
+        def read(answers: dict[str, Any]) -> list[list[float]]:
+            return [answers[a.part] for a in asks]
+
+        return SimPlan(asks, read)
+
+
+SIMULATORS: dict[str, Simulator] = {"echo": EchoSimulator(), "chat": ChatSimulator()}

@@ -1,0 +1,92 @@
+"""Request bodies and replies of the OpenAI API, shared by live calls and batch files, so a reply read
+from a batch result is parsed exactly like one received over HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autointerp.llm import prompts
+
+
+class MalformedResponse(Exception):
+    """The server answered 200 with a body that is not a usable completion."""
+
+
+CHAT_URL = "/v1/chat/completions"
+COMPLETIONS_URL = "/v1/completions"
+
+
+def chat_body(model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0,
+              top_logprobs: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
+                            "temperature": temperature}
+    if top_logprobs:
+        body.update(logprobs=True, top_logprobs=top_logprobs)
+    return body
+
+
+def completion_body(model: str, prompt: str, max_tokens: int, echo: bool = False,
+                    logprobs: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                            "echo": echo}
+    if logprobs is not None:
+        body["logprobs"] = logprobs
+    return body
+
+
+def _json_body(raw: Any) -> Any:
+    try:
+        return json.loads(raw.http_response.content)
+    except ValueError as exc:
+        raise MalformedResponse(f"invalid JSON body ({exc})") from None
+
+
+Usage = tuple[int, int, int]  # prompt, completion, cached prompt tokens
+
+
+def _usage_of(body: dict[str, Any]) -> Usage:
+    """(prompt, completion, cached prompt) tokens. Cached tokens are OpenAI's (and vLLM's, with prefix
+    caching) `usage.prompt_tokens_details.cached_tokens`: 0 where the server does not say."""
+    usage = body.get("usage") or {}
+    try:
+        details = usage.get("prompt_tokens_details") or {}
+        p_tok = int(usage.get("prompt_tokens") or 0)
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        return p_tok, int(usage.get("completion_tokens") or 0), min(max(cached, 0), p_tok)
+    except (TypeError, ValueError, AttributeError):
+        raise MalformedResponse(f"unusable usage in the response: {usage!r:.100}") from None
+
+
+def parse_chat_json(body: Any) -> tuple[str, Any, Usage]:
+    """(text, the choice's logprobs, (prompt, completion, cached) tokens) of a chat completion body; raises
+    MalformedResponse for anything else."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    if not isinstance(message, dict):
+        raise MalformedResponse("no choices[0].message in the response")
+    text = message.get("content")
+    if not isinstance(text, str):
+        raise MalformedResponse("empty message content")
+    logprobs = first.get("logprobs")
+    return text, (logprobs if isinstance(logprobs, dict) else None), _usage_of(body)
+
+
+def parse_completion_json(body: Any) -> tuple[str, Any, Usage]:
+    """(text, logprobs, tokens) of a completions body; raises MalformedResponse for anything else."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("text"), str):
+        raise MalformedResponse("no choices[0].text in the response")
+    return choices[0]["text"], choices[0].get("logprobs"), _usage_of(body)
+
+
+def parse_body(url: str, body: Any) -> tuple[str, Any, Usage]:
+    return (parse_chat_json if url.endswith("chat/completions") else parse_completion_json)(body)
+
+
+def reask_messages(messages: list[dict[str, str]], reply_text: str, problem: str, reask: str
+                   ) -> list[dict[str, str]]:
+    """The conversation that re-asks after an unusable reply (prompts/REASK.txt with $problem)."""
+    return [*messages, {"role": "assistant", "content": reply_text[:2000]},
+            {"role": "user", "content": prompts.render(reask, problem=problem)}]
