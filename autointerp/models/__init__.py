@@ -535,3 +535,15 @@ class FeatureReader:
 
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of model `name` alone (no weights loaded): the offline default, a local HF directory,
+    or a hub name from the local cache."""
+    from transformers import AutoTokenizer
+
+    path = offline_hf_dir() if name == OFFLINE_MODEL else Path(name) if Path(name).is_dir() else name
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise AutointerpError(f"cannot load the tokenizer of {name}: {exc}") from exc
