@@ -22,8 +22,8 @@ from autointerp.cli.base import (
 from autointerp.config import CollectConfig, LabelConfig, LLMConfig
 from autointerp.errors import BadInput
 
-# Collection options that mean nothing without a model.
-_NO_MODEL = ("hook", "sae", "random_init", "init_scheme", "device", "dtype", "features", "model")
+# Collection options that mean nothing without a model (--model names the tokenizer).
+_NO_MODEL = ("hook", "sae", "random_init", "init_scheme", "device", "dtype", "features")
 # The check's dictionary when the database has none: small enough to build in seconds.
 CHECK_TOKENS = 100_000
 
