@@ -26,6 +26,21 @@ from autointerp.errors import BadInput
 _NO_MODEL = ("hook", "sae", "random_init", "init_scheme", "device", "dtype", "features")
 # The check's dictionary when the database has none: small enough to build in seconds.
 CHECK_TOKENS = 100_000
+# The check's own defaults where an option is not given: fewer contexts than a real run, so the default
+# check fits ~10 minutes on 2 cores with the embedded default (the CIs are over features, and say so).
+CHECK_DEFAULTS = {"n_sim_top": 4, "n_sim_random": 4, "n_judge": 3}
+
+
+def _check_defaults(kwargs: dict[str, Any]) -> list[str]:
+    """Apply CHECK_DEFAULTS to options left at their default; returns the flags applied."""
+    ctx = click.get_current_context()
+    applied = []
+    for name, value in CHECK_DEFAULTS.items():
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
+            kwargs[name] = value
+            flag = next(o for p in ctx.command.params if p.name == name for o in p.opts)
+            applied.append(f"{flag} {value}")
+    return applied
 
 
 def _build(db: str, cfg: CollectConfig, rules: str | None, builtin: bool) -> Any:
@@ -109,6 +124,9 @@ def check_llm(db: str, dictionary_id: int | None, feature_range: tuple[int, int]
         features = pick_features(store.firing_features(con, did), feature_range, all_rules)
     if not features:
         raise BadInput(f"no planted feature of dictionary {did} fires in the selection")
+    applied = _check_defaults(kwargs)
+    if applied:
+        click.echo(f"check defaults: {', '.join(applied)} (give an option to change it)")
     cfg, llm_cfg = build(LabelConfig, kwargs), build(LLMConfig, kwargs)
     with interruptible("finished features are saved; run the same command to continue.") as bars, \
             open_llm(llm_cfg) as session:

@@ -33,6 +33,8 @@ class _Tokens:
 
     def __init__(self, ids: torch.Tensor, strings: list[str], cache: dict[str, torch.Tensor]):
         self.ids, self.strings, self.cache = ids, strings, cache
+        # Per batch: a sub-rule shared by several rules (numbers, 'the') and the digit runs are computed once.
+        self.memo: dict[str, Any] = {}
 
     def vocab(self, key: str, fn: Callable[[str], float]) -> torch.Tensor:
         if key not in self.cache:
@@ -84,6 +86,12 @@ def _inside(p: Spec, t: _Tokens) -> torch.Tensor:
 
 def _digit_runs(t: _Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     """(is a digit token, the value of the whole run of digit tokens it belongs to), each [B, L]."""
+    if "digit_runs" not in t.memo:
+        t.memo["digit_runs"] = _compute_digit_runs(t)
+    return t.memo["digit_runs"]
+
+
+def _compute_digit_runs(t: _Tokens) -> tuple[torch.Tensor, torch.Tensor]:
     digit = t.vocab("digit", lambda s: s.strip().isdigit() and s.strip().isascii() and len(s.strip()) < 15)
     dval = t.vocab("digit_value", lambda s: float(s.strip()) if s.strip().isdigit() and s.strip().isascii()
                    and len(s.strip()) < 15 else 0.0).double()
@@ -173,7 +181,10 @@ _NESTED = {"or": ("rules",), "and": ("first", "then"), "except": ("rule", "after
 
 def fire(spec: Spec, t: _Tokens) -> torch.Tensor:
     """A (sub-)rule's activation [B, L], before noise."""
-    return KINDS[spec["kind"]][0](spec.get("params", {}), t)
+    key = json.dumps([spec["kind"], spec.get("params", {})], sort_keys=True)
+    if key not in t.memo:
+        t.memo[key] = KINDS[spec["kind"]][0](spec.get("params", {}), t)
+    return t.memo[key]
 
 
 # ---------------------------------------------------------------- checking specs
