@@ -82,6 +82,21 @@ def test_bad_rules_files_are_refused_with_one_line_and_nothing_written(tmp_path,
     assert not db.exists() or not store.list_dictionaries(store.open_store(db).__enter__())
 
 
+def test_a_yaml_rules_file_adds_its_rules_with_their_truth(tmp_path, tiny_model_dir, corpus_file):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: the-or-and\n    description: the words 'the' or 'and'\n"
+                     "    kind: or\n    params: {rules: [{kind: token, params: {words: [the]}},"
+                     " {kind: token, params: {words: [and]}}]}\n    noise: 0.2\n")
+    db = tmp_path / "yaml.duckdb"
+    code, out = _cli("planted", "--rules", str(rules), "--model", str(tiny_model_dir), "--dataset", str(corpus_file),
+                     "--tokens", "2000", "--ctx-len", "32", "--db", str(db))
+    assert code == 0, out
+    with store.open_store(db, read_only=True) as con:
+        truth = store.planted_truth(con, store.list_dictionaries(con)[0].dictionary_id)
+    assert truth[-1].name == "the-or-and" and truth[-1].noise == 0.2 and truth[-1].source == str(rules.resolve())
+    assert len(truth) == len(planted.rule_set()) + 1 and truth[0].source == "builtin"
+
+
 def _unescape(text: str) -> str:
     text = re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
     text = text.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r").replace("\\\\", "\\")
