@@ -122,13 +122,17 @@ def _ratio_ci(num: list[float], den: list[float], n_boot: int) -> Estimate:
 def _verdicts(r: CheckReport) -> dict[str, str]:
     true, diff, rec = r.following.get("true"), r.true_minus_wrong, r.recovery
     follows = bool(true and diff and true.mean >= FOLLOWS_GAIN and diff.low > 0)
-    if follows:
+    if true is None or true.n == 0:
+        sim = "not measured: no true description was scored (see the failures above)"
+    elif follows:
         sim = "follows labels: the true description scores above a wrong rule's"
     elif diff is not None and diff.low > 0:
         sim = "follows labels weakly: the true description beats a wrong rule's, but its gain is small"
     else:
         sim = "does not follow labels: scores from it measure its prior, not the label"
-    if not follows:
+    if true is None or true.n == 0:
+        exp = "not measured: no true description was scored"
+    elif not follows:
         exp = "cannot be judged with this simulator (it does not follow labels)"
     elif rec is not None and rec.mean >= FINDS_SHARE:
         exp = f"finds the planted rules: its labels score {rec.mean:.0%} of the true descriptions' gain"
@@ -136,7 +140,7 @@ def _verdicts(r: CheckReport) -> dict[str, str]:
         exp = "misses the planted rules: its labels score well below the true descriptions"
     dt, dw = r.judges.get("detection true"), r.judges.get("detection wrong")
     if dt is None or dw is None or not dt.n:
-        judge = "no judge scores (run with --judge)"
+        judge = "not measured: no judge scores (--judge is off, or every judge request failed)"
     elif dt.low > dw.high:
         judge = "tells the true description from a wrong one"
     else:

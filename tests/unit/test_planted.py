@@ -200,3 +200,12 @@ def test_behaviour_is_skipped_with_its_reason_for_planted_features(planted_db):
         did = store.list_dictionaries(con)[0].dictionary_id
     out = behaviour_stage(planted_db, did)
     assert out.skipped and "no model to patch" in out.skipped and out.scored == 0
+
+
+def test_a_check_with_nothing_scored_says_not_measured_not_a_verdict(tmp_path, planted_db):
+    """A check whose requests all failed (e.g. timeouts) has no figures: no verdict may be drawn from it."""
+    with store.open_store(planted_db, read_only=True) as con:
+        did = store.list_dictionaries(con)[0].dictionary_id
+    r = check.summarise(planted_db, did, [0, 1, 2], "m-sim", "m-explain", 100)
+    assert r.following["true"].n == 0
+    assert all(v.startswith("not measured") for v in r.verdicts.values()), r.verdicts
