@@ -36,6 +36,7 @@ class BehaviourOutcome:
     scored: int = 0
     no_effect: int = 0
     features: int = 0
+    skipped: str | None = None  # why behaviour scoring does not apply to the dictionary
 
 
 def _ablation_value(cfg: BehaviourConfig, mean_act: float, contexts: list[SimulatedContext]) -> float:
@@ -100,6 +101,9 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
     key = cfg.settings_hash()
     with store.open_store(db) as con:
         d = store.get_dictionary(con, dictionary_id)
+        if d.kind == "planted":
+            return BehaviourOutcome(skipped="planted features are rules, not part of a model: there is no model "
+                                    "to patch, so behaviour scoring does not apply")
         pending = store.behaviour_pending(con, dictionary_id, key, features, retry_failed)
     outcome = BehaviourOutcome()
     if not pending:

@@ -295,6 +295,9 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
 
 
 def _behaviour_summary(out: Any, dictionary_id: int) -> None:
+    if out.skipped:
+        click.echo(f"dictionary {dictionary_id}: behaviour skipped: {out.skipped}")
+        return
     click.echo(f"dictionary {dictionary_id}: behaviour scored for {out.features:,} features "
                f"({out.scored:,} labels scored, {out.no_effect:,} with no measurable ablation effect)")
 

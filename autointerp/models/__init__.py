@@ -8,6 +8,7 @@ from autointerp.models.lm import (
     OFFLINE_MODEL,
     cache_dir,
     load_model,
+    load_tokenizer,
     offline_hf_dir,
     resolve_device,
     smollm2_gguf_path,
@@ -26,7 +27,7 @@ from autointerp.models.sae import (
 
 __all__ = [
     "DTYPES", "EMBEDDING_MODULES", "INIT_SCHEMES", "OFFLINE_HF_DIRNAME", "OFFLINE_MODEL", "SAELENS_WEIGHTS",
-    "SPARSIFY_WEIGHTS", "FeatureFn", "FeatureReader", "cache_dir", "load_model", "load_sae", "offline_hf_dir",
+    "SPARSIFY_WEIGHTS", "FeatureFn", "FeatureReader", "cache_dir", "load_model", "load_sae", "load_tokenizer", "offline_hf_dir",
     "random_init_copy", "resolve_device", "sae_hook_name", "sae_model_kwargs", "smollm2_gguf_path",
     "sparsify_hook_name", "stop_layer", "torch_dtype",
 ]

@@ -171,3 +171,15 @@ def load_model(
         model = random_init_copy(model, seed, init_scheme)
     model.eval()
     return model
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of model `name` alone (no weights loaded): the offline default, a local HF directory,
+    or a hub name from the local cache."""
+    from transformers import AutoTokenizer
+
+    path = offline_hf_dir() if name == OFFLINE_MODEL else Path(name) if Path(name).is_dir() else name
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot load the tokenizer of {name}: {exc}") from exc

@@ -5,6 +5,7 @@ these named functions with typed records; none builds SQL.
 - `collection`: dictionaries, features and contexts (what collect writes)
 - `work`: the label and behaviour queues and their typed writes
 - `batches`: Batch API runs and batch files (the `batches` table, atomic ingestion)
+- `planted`: planted dictionaries' truth and the scores `check-llm` reads
 - `reads`: status, compare, export and report reads
 """
 
@@ -51,6 +52,17 @@ from autointerp.store.db import (
     transaction,
     user_query,
 )
+from autointerp.store.planted import (
+    LabelScore,
+    RoleUsage,
+    TruthRow,
+    add_planted_truth,
+    call_usage,
+    firing_features,
+    planted_dictionaries,
+    planted_scores,
+    planted_truth,
+)
 from autointerp.store.reads import (
     LabelScores,
     SchemaObject,
@@ -94,4 +106,6 @@ __all__ = [
     "null_explanations", "ok_labels", "open_store", "query", "read_feature_contexts", "sandbox", "score_values",
     "select_features", "simulated_contexts", "summary_table", "transaction", "unscored_explanations", "user_query",
     "write_bundles", "GainPending", "add_scores", "gain_pending", "SchemaObject", "schema_objects",
+    "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
+    "planted_scores", "planted_truth",
 ]
