@@ -33,8 +33,9 @@ from autointerp.records import ProgressEvent, ProgressFn, ScoreRow, ScoreRun, Si
 
 @dataclass
 class BehaviourOutcome:
-    scored: int = 0
-    no_effect: int = 0
+    scored: int = 0  # labels with a headline behaviour score
+    no_effect: int = 0  # labels whose feature's ablation changes nothing measurable
+    resolved: int = 0  # scored labels whose CI is narrower than patcher.RESOLVED_CI_WIDTH
     features: int = 0
 
 
@@ -55,7 +56,7 @@ def _calibrated(contexts: list[SimulatedContext]) -> list[np.ndarray]:
 
 def _scores(losses: behaviour.ContextLosses, kinds: list[str], run: ScoreRun, n_boot: int) -> list[ScoreRow]:
     rows = [sc.record(run, note) for sc, note in behaviour.behaviour_scores(losses, n_boot)]
-    # The same on random contexts only: behaviour on ordinary text, not top-heavy.
+    # The headline on random contexts only: behaviour on ordinary text, not top-heavy.
     keep = np.array([k == "random" for k in kinds])
     if keep.sum() >= 1:
         sub = replace(losses, **{f: getattr(losses, f)[keep] for f in
@@ -147,6 +148,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
                     if r.method == "behaviour":
                         outcome.scored += r.note is None
                         outcome.no_effect += r.note is not None
+                    outcome.resolved += r.method == "behaviour_resolved" and r.value == 1.0
         with store.open_store(db, wait_s=600) as con:
             store.write_bundles(con, [bundles[f] for f in batch if bundles[f].runs])
         if on_progress is not None:
