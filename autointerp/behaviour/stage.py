@@ -71,7 +71,7 @@ def _scores(losses: behaviour.ContextLosses, kinds: list[str], run: ScoreRun, n_
 Members = list[tuple[store.SimulationRunRef, list[SimulatedContext]]]
 
 
-def _jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Members, bos: int
+def feature_jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Members, bos: int
           ) -> list[tuple[behaviour.FeatureContexts, Members]]:
     """The model work of one feature: runs over the same contexts with the same ablation share the clean and
     ablated passes, so each such group is one job with a simulation per run."""
@@ -130,7 +130,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
             for feature in batch:
                 mean_act = store.feature_mean(con, dictionary_id, feature)
                 inputs = [(ref, store.simulated_contexts(con, ref.run_id)) for ref in by_feature[feature]]
-                work += [(feature, job, members) for job, members in _jobs(cfg, feature, mean_act, inputs, bos)]
+                work += [(feature, job, members) for job, members in feature_jobs(cfg, feature, mean_act, inputs, bos)]
         results = patcher.batch_losses([job for _, job, _ in work], pad_id=pad)
         bundles: dict[int, store.Bundle] = {f: store.Bundle() for f in batch}
         for (feature, job, members), losses_of in zip(work, results, strict=True):
