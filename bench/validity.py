@@ -3,7 +3,8 @@ Instruct: llama.cpp server for chat, in-process echo logprobs for simulation).
 
 For N features of the trained model and of each random-init control scheme: the score distributions
 of the LLM's labels, the token-lookup baseline, shuffled labels (another feature's LLM label) and the
-constant label, each mean with its bootstrap 95% CI over features; and the simulator's position
+constant label, each mean with its bootstrap 95% CI over features (behaviour: the KL headline, with
+`captured`, the KL-damage weighted share, and the features with no effect); and the simulator's position
 trend: the slope of the mean prediction of the constant label against the context's place in the
 scoring order (top contexts first, then random ones), which must be ~0 if prediction does not drift.
 
@@ -32,7 +33,8 @@ from autointerp.label import scoring
 from autointerp.label.stage import label_stage, open_llm  # noqa: E402
 from autointerp.pipeline import control_config  # noqa: E402
 
-METHODS = ("correlation_top_random", "correlation_gain", "correlation_random", "explained_variance", "behaviour", "behaviour_random")
+METHODS = ("correlation_top_random", "correlation_gain", "correlation_random", "explained_variance", "behaviour",
+           "behaviour_random", "behaviour_loss")
 
 
 def kind(explainer: str) -> str:
@@ -92,7 +94,7 @@ def main() -> None:
         for did in dictionaries.values():
             behaviour_stage(db, did, BehaviourConfig())
     with store.open_store(db, read_only=True) as con:
-        labels = store.label_scores(con, METHODS, list(dictionaries.values()))
+        labels = store.label_scores(con, (*METHODS, "ablation_kl"), list(dictionaries.values()))
     table = []
     for name, did in dictionaries.items():
         for k in ("LLM label", "token lookup", "shuffled label", "constant label"):
@@ -102,6 +104,9 @@ def main() -> None:
                 d = compare.distribution(np.array([np.nan if g.values[m] is None else g.values[m] for g in group],
                                                   dtype=np.float64))
                 row[m] = {"mean": d.mean, "ci": list(d.mean_ci), "n": d.n}
+            cap = compare.captured_share(*(np.array([np.nan if g.values[m] is None else g.values[m] for g in group],
+                                                    dtype=np.float64) for m in ("behaviour", "ablation_kl")))
+            row["captured"] = cap.text()
             table.append(row)
     slopes = {name: position_slope(db, did) for name, did in dictionaries.items()}
     out = {"features": args.features, "tokens": args.tokens, "wall_s": time.time() - t0, "table": table,
@@ -112,10 +117,10 @@ def main() -> None:
     def fmt(v: dict) -> str:
         return "" if not v["n"] else f"{v['mean']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
 
-    print(f"{'dictionary':30} {'labels':15} {'n':>3}  " + "  ".join(f"{m:28}" for m in METHODS))
+    print(f"{'dictionary':30} {'labels':15} {'n':>3}  " + "  ".join(f"{m:28}" for m in METHODS) + "  captured")
     for r in table:
         print(f"{r['dictionary']:30} {r['labels']:15} {r['n']:>3}  "
-              + "  ".join(f"{fmt(r[m]):28}" for m in METHODS))  # type: ignore[arg-type]
+              + "  ".join(f"{fmt(r[m]):28}" for m in METHODS) + f"  {r['captured']}")  # type: ignore[arg-type]
     print("\nposition trend of the constant label's mean prediction (slope per context, 95% CI over features):")
     for name, s in slopes.items():
         print(f"  {name}: {s['slope']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}] over {s['n']} features")

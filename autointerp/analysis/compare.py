@@ -61,20 +61,37 @@ def compare(method: str, explainer: str, a: dict[int, float | None], b: dict[int
                       len(diffs), diff_mean, scoring.mean_ci(diffs, n_boot, seed))
 
 
-def captured_share(behaviour: np.ndarray, effect: np.ndarray, n_boot: int = 1000,
-                   seed: int = 0) -> tuple[float, tuple[float, float]]:
+@dataclass(frozen=True)
+class Captured:
+    """The share of a dictionary's behaviour its labels capture, over the labels with a behaviour score."""
+
+    share: float
+    ci: tuple[float, float]
+    scored: int  # labels with a behaviour score (the weighted ones)
+    no_effect: int  # labels whose feature's ablation changes nothing measurable (no behaviour score)
+
+    def text(self) -> str:
+        if not np.isfinite(self.share):
+            return f"none scored ({self.no_effect} no effect)"
+        return f"{self.share:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] ({self.no_effect} no effect)"
+
+
+def captured_share(behaviour: np.ndarray, kl_damage: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Captured:
     """Share of the dictionary's behaviour its labels capture: behaviour scores weighted by each feature's
-    ablation effect, sum(b * e) / sum(e) over features with a positive effect, with a bootstrap CI."""
-    keep = np.isfinite(behaviour) & np.isfinite(effect) & (effect > 0)
-    b, e = behaviour[keep], effect[keep]
-    if len(b) == 0:
-        return float("nan"), (float("nan"), float("nan"))
-    return float((b * e).sum() / e.sum()), scoring.ratio_ci(b * e, e, n_boot, seed)
+    KL damage (never negative), sum(b * w) / sum(w), with a bootstrap CI over features. A feature with
+    KL damage but no behaviour score is one whose ablation changes nothing measurable: counted, not weighted."""
+    keep = np.isfinite(behaviour) & np.isfinite(kl_damage)
+    no_effect = int((~np.isfinite(behaviour) & np.isfinite(kl_damage)).sum())
+    b, w = behaviour[keep], kl_damage[keep]
+    if len(b) == 0 or w.sum() <= 0:
+        return Captured(float("nan"), (float("nan"), float("nan")), int(len(b)), no_effect)
+    return Captured(float((b * w).sum() / w.sum()), scoring.ratio_ci(b * w, w, n_boot, seed), int(len(b)), no_effect)
 
 
 # ---------------------------------------------------------------- tables for status and compare
 
-SUMMARY_METHODS = ("correlation_top_random", "correlation_gain", "explained_variance", "behaviour", "ablation_effect")
+SUMMARY_METHODS = ("correlation_top_random", "correlation_gain", "explained_variance", "behaviour", "behaviour_resolved",
+                   "ablation_kl")
 
 
 def describe(d: DictionaryRow) -> str:
@@ -98,13 +115,14 @@ def label_summary(labels: list[LabelScores]) -> tuple[list[str], list[list[Any]]
         def col(m: str, group: list[LabelScores] = group) -> np.ndarray:
             return np.array([np.nan if g.values[m] is None else g.values[m] for g in group], dtype=np.float64)
 
-        share, (lo, hi) = captured_share(col("behaviour"), col("ablation_effect"))
+        behaviour = col("behaviour")
+        resolved = int(np.nansum(col("behaviour_resolved")))
         out.append([did, expl, sim, len(group), _fmt(distribution(col("correlation_top_random"))),
-                    _fmt(distribution(col("correlation_gain"))), _fmt(distribution(col("explained_variance"))), _fmt(distribution(col("behaviour"))),
-                    "" if not np.isfinite(share) else f"{share:.3f} [{lo:.3f}, {hi:.3f}]"])
+                    _fmt(distribution(col("correlation_gain"))), _fmt(distribution(col("explained_variance"))),
+                    _fmt(distribution(behaviour)), f"{resolved}/{int(np.isfinite(behaviour).sum())}",
+                    captured_share(behaviour, col("ablation_kl")).text()])
     return ["dictionary", "explainer", "simulator", "labels", "correlation_top_random", "correlation_gain",
-            "explained_variance",
-            "behaviour", "captured"], out
+            "explained_variance", "behaviour", "resolved", "captured"], out
 
 
 def compare_table(values: list[ScoreValue], dict_a: int, dict_b: int) -> tuple[list[str], list[list[Any]]]:

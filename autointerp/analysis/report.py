@@ -21,12 +21,12 @@ from autointerp.label.nulls import CONSTANT, SHUFFLED
 from autointerp.store import DictionaryRow, LabelScores
 
 SCORE_METHODS = ("correlation_top_random", "correlation_gain", "correlation_random", "explained_variance", "detection", "fuzzing",
-                 "behaviour", "behaviour_kl")
+                 "behaviour", "behaviour_loss")
 SUMMARY_COLUMNS = ["dictionary_id", "init_scheme", "explainer", "simulator", "labels", "failed", "failed_scores",
                    "mean_correlation_top_random", "mean_correlation_top_random_margin", "mean_correlation_gain",
                    "mean_explained_variance",
                    "mean_detection", "mean_fuzzing", "mean_behaviour", "mean_behaviour_margin",
-                   "behaviour_captured"]
+                   "behaviour_scored", "behaviour_resolved", "behaviour_no_effect", "behaviour_captured"]
 N_CONTEXTS = 3
 
 

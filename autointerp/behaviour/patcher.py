@@ -3,9 +3,10 @@
 On held-out contexts the model runs three ways: clean; with the feature ablated (replaced by its
 mean activation, or zero); with the feature replaced by the label's simulated activations,
 calibrated to the feature's scale on the calibration split. The behaviour score is the share of
-the ablation's damage that the simulation repairs, (L_ablated - L_simulated) / (L_ablated - L_clean)
-with L the next-token loss summed over the scored contexts (and the same with KL divergence to the
-clean logits). Neurons are replaced at their hook; SAE latents through the SAE's encode / decode
+the ablation's damage that the simulation repairs. The headline measures damage as the KL divergence
+from the clean next-token distribution, 1 - KL(clean||simulated) / KL(clean||ablated) pooled over the
+scored contexts: never negative, so its denominator never changes sign. The loss form,
+(L_ablated - L_simulated) / (L_ablated - L_clean), is kept where the loss damage is reliably positive. Neurons are replaced at their hook; SAE latents through the SAE's encode / decode
 (normalisation and hook_z reshaping honoured), keeping the SAE's error term.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autointerp.behaviour import RESOLVED_CI_WIDTH
 from autointerp.label import scoring
 
 NO_EFFECT_NATS = 1e-5  # per token: below this the ablation changes nothing measurable
@@ -208,27 +210,55 @@ class Patcher:
                  for s in range(1, len(job.simulated) + 1)] for f, job in enumerate(jobs)]
 
 
-def behaviour_scores(losses: ContextLosses, n_boot: int = 1000, seed: int = 0) -> list[tuple[scoring.Score, str | None]]:
-    """'behaviour', 'behaviour_kl' and 'ablation_effect' (nats per token), each with a note when undefined."""
+Scored = tuple[scoring.Score, str | None]
+
+
+def _undefined(method: str, n: int, note: str) -> Scored:
+    return scoring.Score(method, float("nan"), n, float("nan"), float("nan")), note
+
+
+def _share(method: str, repaired: np.ndarray, damage: np.ndarray, n_boot: int, seed: int) -> Scored:
+    value = float(repaired.sum() / damage.sum())
+    return scoring.Score(method, value, len(damage), *scoring.ratio_ci(repaired, damage, n_boot, seed)), None
+
+
+def _resolved(headline: scoring.Score) -> Scored:
+    """1 when the headline's CI is narrower than RESOLVED_CI_WIDTH, 0 when wider, undefined with it."""
+    width = headline.ci_high - headline.ci_low
+    if not np.isfinite(width):
+        return _undefined("behaviour_resolved", headline.n_examples, "no CI: the behaviour score is undefined")
+    return (scoring.Score("behaviour_resolved", float(width < RESOLVED_CI_WIDTH), headline.n_examples,
+                          float("nan"), float("nan")),
+            f"CI width {width:.3g} against the bound {RESOLVED_CI_WIDTH}")
+
+
+def behaviour_scores(losses: ContextLosses, n_boot: int = 1000, seed: int = 0) -> list[Scored]:
+    """The behaviour stage's scores of one simulation, each with a note when undefined:
+    - 'behaviour', the headline: the share of the ablation's KL divergence from the clean next-token
+      distribution that the simulation removes, 1 - sum KL(clean||simulated) / sum KL(clean||ablated);
+    - 'behaviour_resolved': 1 when its 95% CI is narrower than RESOLVED_CI_WIDTH, else 0;
+    - 'behaviour_loss': the same share of the next-token loss, (L_ablated - L_simulated) / (L_ablated - L_clean),
+      defined only where the ablation's loss damage has a CI above 0 (else the ratio's sign is noise);
+    - 'ablation_effect' (loss damage) and 'ablation_kl' (KL damage), nats per token, with their CIs."""
     n = len(losses.clean)
     damage = losses.ablated - losses.clean
-    repaired = losses.ablated - losses.simulated
-    effect = float(damage.mean()) if n else float("nan")
     kl_damage = losses.kl_ablated
-    out: list[tuple[scoring.Score, str | None]] = []
-    lo, hi = scoring.ratio_ci(damage, np.ones_like(damage), n_boot, seed)
-    out.append((scoring.Score("ablation_effect", effect, n, lo, hi), None))
-    if n == 0 or abs(damage.sum()) < NO_EFFECT_NATS * n:
-        note = f"no effect: ablating the feature changes the loss by {effect:.2g} nats/token"
-        out.append((scoring.Score("behaviour", float("nan"), n, float("nan"), float("nan")), note))
-    else:
-        value = float(repaired.sum() / damage.sum())
-        out.append((scoring.Score("behaviour", value, n, *scoring.ratio_ci(repaired, damage, n_boot, seed)), None))
+    effect_ci = scoring.ratio_ci(damage, np.ones_like(damage), n_boot, seed)
+    out: list[Scored] = [
+        (scoring.Score("ablation_effect", float(damage.mean()) if n else float("nan"), n, *effect_ci), None),
+        (scoring.Score("ablation_kl", float(kl_damage.mean()) if n else float("nan"), n,
+                       *scoring.ratio_ci(kl_damage, np.ones_like(kl_damage), n_boot, seed)), None)]
     if n == 0 or kl_damage.sum() < NO_EFFECT_NATS * n:
-        note = "no effect: ablating the feature leaves the logits unchanged"
-        out.append((scoring.Score("behaviour_kl", float("nan"), n, float("nan"), float("nan")), note))
+        out.append(_undefined("behaviour", n, "no effect: ablating the feature leaves the logits unchanged"))
     else:
-        kl_repaired = losses.kl_ablated - losses.kl_simulated
-        value = float(kl_repaired.sum() / kl_damage.sum())
-        out.append((scoring.Score("behaviour_kl", value, n, *scoring.ratio_ci(kl_repaired, kl_damage, n_boot, seed)), None))
+        out.append(_share("behaviour", kl_damage - losses.kl_simulated, kl_damage, n_boot, seed))
+    out.append(_resolved(out[-1][0]))
+    if n == 0 or abs(damage.sum()) < NO_EFFECT_NATS * n:
+        out.append(_undefined("behaviour_loss", n, f"no effect: ablating the feature changes the loss by "
+                              f"{float(damage.mean()) if n else 0.0:.2g} nats/token"))
+    elif not effect_ci[0] > 0:
+        out.append(_undefined("behaviour_loss", n, f"loss damage {damage.mean():.2g} nats/token, 95% CI "
+                              f"[{effect_ci[0]:.2g}, {effect_ci[1]:.2g}] does not exclude 0"))
+    else:
+        out.append(_share("behaviour_loss", losses.ablated - losses.simulated, damage, n_boot, seed))
     return out

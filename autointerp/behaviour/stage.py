@@ -33,8 +33,9 @@ from autointerp.records import ProgressEvent, ProgressFn, ScoreRow, ScoreRun, Si
 
 @dataclass
 class BehaviourOutcome:
-    scored: int = 0
-    no_effect: int = 0
+    scored: int = 0  # labels with a headline behaviour score
+    no_effect: int = 0  # labels whose feature's ablation changes nothing measurable
+    resolved: int = 0  # scored labels whose CI is narrower than patcher.RESOLVED_CI_WIDTH
     features: int = 0
     skipped: str | None = None  # why behaviour scoring does not apply to the dictionary
 
@@ -56,7 +57,7 @@ def _calibrated(contexts: list[SimulatedContext]) -> list[np.ndarray]:
 
 def _scores(losses: behaviour.ContextLosses, kinds: list[str], run: ScoreRun, n_boot: int) -> list[ScoreRow]:
     rows = [sc.record(run, note) for sc, note in behaviour.behaviour_scores(losses, n_boot)]
-    # The same on random contexts only: behaviour on ordinary text, not top-heavy.
+    # The headline on random contexts only: behaviour on ordinary text, not top-heavy.
     keep = np.array([k == "random" for k in kinds])
     if keep.sum() >= 1:
         sub = replace(losses, **{f: getattr(losses, f)[keep] for f in
@@ -71,8 +72,8 @@ def _scores(losses: behaviour.ContextLosses, kinds: list[str], run: ScoreRun, n_
 Members = list[tuple[store.SimulationRunRef, list[SimulatedContext]]]
 
 
-def _jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Members, bos: int
-          ) -> list[tuple[behaviour.PatchJob, Members]]:
+def feature_jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Members, bos: int
+                 ) -> list[tuple[behaviour.PatchJob, Members]]:
     """The model work of one feature: runs over the same contexts with the same ablation share the clean and
     ablated passes, so each such group is one job with a simulation per run."""
     groups: dict[tuple, Members] = {}
@@ -133,7 +134,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
             for feature in batch:
                 mean_act = store.feature_mean(con, dictionary_id, feature)
                 inputs = [(ref, store.simulated_contexts(con, ref.run_id)) for ref in by_feature[feature]]
-                work += [(feature, job, members) for job, members in _jobs(cfg, feature, mean_act, inputs, bos)]
+                work += [(feature, job, members) for job, members in feature_jobs(cfg, feature, mean_act, inputs, bos)]
         results = patcher.batch_losses([job for _, job, _ in work], pad_id=pad)
         bundles: dict[int, store.Bundle] = {f: store.Bundle() for f in batch}
         for (feature, job, members), losses_of in zip(work, results, strict=True):
@@ -151,6 +152,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
                     if r.method == "behaviour":
                         outcome.scored += r.note is None
                         outcome.no_effect += r.note is not None
+                    outcome.resolved += r.method == "behaviour_resolved" and r.value == 1.0
         with store.open_store(db, wait_s=600) as con:
             store.write_bundles(con, [bundles[f] for f in batch if bundles[f].runs])
         if on_progress is not None:

@@ -89,6 +89,7 @@ def status(db: str, fmt: str) -> None:
       autointerp status --db runs.duckdb
     """
     from autointerp.analysis import compare as cmp
+    from autointerp.behaviour import RESOLVED_CI_WIDTH
 
     with store.open_store(db, read_only=True) as con:
         table = store.dictionary_status(con)
@@ -97,7 +98,10 @@ def status(db: str, fmt: str) -> None:
     if labels and fmt == "table":
         click.echo("\nlabels per dictionary, explainer and simulator, beside the null labels (null:shuffled:X is X's "
                    "labels given to other features, null:constant one label for all); means with bootstrap 95% "
-                   "CIs; captured = behaviour weighted by each feature's ablation effect:")
+                   "CIs; behaviour = the share of the ablation's KL damage the simulation repairs; resolved = "
+                   f"behaviour scores whose CI is narrower than {RESOLVED_CI_WIDTH}, of those scored; captured = "
+                   "behaviour weighted by each feature's KL damage, with the count of features whose ablation "
+                   "changes nothing measurable:")
         click.echo(render.table(*cmp.label_summary(labels)))
 
 

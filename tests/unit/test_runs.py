@@ -144,3 +144,22 @@ def test_behaviour_in_another_dtype_loads_the_model_in_it_and_is_another_run(tmp
     for (_, f32), (_, bf16) in zip(rows[::2], rows[1::2], strict=True):
         # bfloat16 logits carry ~0.01 nats of rounding: small ablation effects move by about that much.
         assert f32 != bf16 and abs(bf16 - f32) < 0.01, (f32, bf16)
+
+
+def test_status_shows_the_headline_its_resolved_count_and_a_captured_share_on_every_row(tmp_path, labelled, tiny_model):
+    from click.testing import CliRunner
+
+    from autointerp.cli import main
+
+    db = copy_db(labelled, tmp_path / "s.duckdb")
+    out = behaviour_stage(db, 1, BehaviourConfig(n_boot=50), model=tiny_model)
+    assert out.scored > 0 and 0 <= out.resolved <= out.scored
+    summary = query(db, "SELECT explainer, behaviour_scored, behaviour_resolved, behaviour_no_effect, behaviour_captured "
+                        "FROM dictionary_summary")
+    # Every row with a scored label has a share: the KL damage weights are never negative.
+    assert summary and all(captured is not None for _, scored, _, _, captured in summary if scored)
+    result = CliRunner().invoke(main, ["status", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "baseline:token-lookup" in line or "m-explain" in line]
+    assert rows and all("no effect)" in line for line in rows), result.output
+    assert "resolved" in result.output and "KL" in result.output

@@ -13,6 +13,10 @@ CONTRACT = {
                      "n_features", "created_at", "config"},
     "features": {"dictionary_id", "feature", "max_act", "mean_act", "frac_active"},
     "contexts": {"dictionary_id", "feature", "split", "kind", "rank", "tokens", "acts"},
+    "labels": {"behaviour", "behaviour_low", "behaviour_high", "behaviour_resolved", "behaviour_random",
+               "behaviour_note", "behaviour_loss", "behaviour_loss_note", "ablation_effect", "ablation_kl"},
+    "dictionary_summary": {"mean_behaviour", "mean_behaviour_loss", "behaviour_scored", "behaviour_resolved",
+                           "behaviour_no_effect", "behaviour_captured"},
 }
 
 
@@ -28,6 +32,12 @@ def test_blank_database_gets_every_migration_and_the_contract(tmp_path):
         assert applied == [m.name for m in store.known_migrations()]
         for name, cols in CONTRACT.items():
             assert cols <= _columns(con, name), name
+
+
+def test_migration_numbers_are_unique():
+    """Two branches that each took the same number give an order that depends on the rest of the name."""
+    numbers = [m.name.split("_", 1)[0] for m in store.known_migrations()]
+    assert len(numbers) == len(set(numbers)), f"migration numbers used twice: {sorted(numbers)}"
 
 
 def test_upgrade_from_the_first_schema(tmp_path):
@@ -93,3 +103,36 @@ def test_reads_and_inserts_work_after_a_one_row_lookup(tmp_path):
         store.insert_rows(con, "t", [{"x": 3}])
         assert con.execute("SELECT count(*) FROM t").fetchone() == (3,)
         assert store.read_feature_contexts(con, 1, [0]) == {}
+
+
+def _behaviour_run(con, run_id: str, scores: dict[str, tuple[float | None, float | None, float | None]]) -> None:
+    con.execute("INSERT INTO score_runs (run_id, explanation_id, dictionary_id, feature, stage, simulator, prompt_hash, "
+                "settings_hash, status) VALUES (?, 'e', 1, 0, 'behaviour', 's', 'p', 'k', 'ok')", [run_id])
+    for method, (value, lo, hi) in scores.items():
+        con.execute("INSERT INTO scores (run_id, explanation_id, dictionary_id, feature, simulator, method, value, "
+                    "n_examples, ci_low, ci_high) VALUES (?, 'e', 1, 0, 's', ?, ?, 12, ?, ?)", [run_id, method, value, lo, hi])
+
+
+def test_upgrade_makes_the_kl_form_the_headline_and_gates_the_old_loss_form(tmp_path):
+    """Behaviour runs written before the KL headline: behaviour_kl becomes behaviour, the loss form becomes
+    behaviour_loss, undefined where its run's loss damage CI does not exclude 0."""
+    db = tmp_path / "old.duckdb"
+    before = [m for m in store.known_migrations() if m.name < "008"]
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    for m in before:
+        con.execute(m.sql)
+        con.execute("INSERT INTO schema_migrations VALUES (?, current_timestamp)", [m.name])
+    _behaviour_run(con, "sure", {"behaviour": (0.7, 0.6, 0.8), "behaviour_kl": (0.4, 0.3, 0.5),
+                                 "behaviour_random": (0.9, 0.1, 2.0), "ablation_effect": (0.02, 0.01, 0.03)})
+    _behaviour_run(con, "unsure", {"behaviour": (1.6, -3.0, 4.0), "behaviour_kl": (0.2, 0.1, 0.3),
+                                   "ablation_effect": (-0.001, -0.004, 0.002)})
+    con.close()
+    with store.open_store(db) as con:
+        rows = con.execute("SELECT run_id, method, value, note FROM scores ORDER BY run_id, method").fetchall()
+    got = {(r, m): (v, n) for r, m, v, n in rows}
+    assert got["sure", "behaviour"] == (0.4, None) and got["sure", "behaviour_loss"] == (0.7, None)
+    assert ("sure", "behaviour_random") not in got and got["sure", "behaviour_loss_random"][0] == 0.9
+    assert got["unsure", "behaviour"] == (0.2, None)
+    assert got["unsure", "behaviour_loss"][0] is None and "does not exclude 0" in got["unsure", "behaviour_loss"][1]
+    assert not any(m == "behaviour_kl" for _, m, _, _ in rows)
