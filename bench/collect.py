@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autointerp import models, store
 from autointerp.collect import corpus  # noqa: E402
-from autointerp.collect.collector import collect_contexts, collect_memory  # noqa: E402
+from autointerp.collect.collector import collect_contexts  # noqa: E402
+from autointerp.collect.memory import collect_memory  # noqa: E402
 from autointerp.collect.stage import collect_stage, token_strings  # noqa: E402
 from autointerp.config import CollectConfig  # noqa: E402
 
