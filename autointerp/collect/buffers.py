@@ -32,9 +32,19 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def hash_uniform(seed: int, salt: int, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """Deterministic uniforms in [0, 1) from integer keys (broadcast a with b), independent of batching."""
+    return _hash(seed, salt, a, None if b is None else (b, True))
+
+
+def hash_pairs(seed: int, salt: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """hash_uniform(seed, salt, a, b) at the pairs (a[i], b[i]) only, bit for bit: [n] from [n] and [n]."""
+    return _hash(seed, salt, a, (b, False))
+
+
+def _hash(seed: int, salt: int, a: torch.Tensor, b: tuple[torch.Tensor, bool] | None) -> torch.Tensor:
     x = _mix(torch.full_like(a, (seed * 1_000_003 + salt) & _MASK62) ^ _mix(a.to(torch.int64) & _MASK62))
     if b is not None:
-        x = _mix(x.unsqueeze(-1) ^ _mix(b.to(torch.int64) + 0x9E37_79B9))
+        keys, outer = b
+        x = _mix((x.unsqueeze(-1) if outer else x) ^ _mix(keys.to(torch.int64) + 0x9E37_79B9))
     return (x >> 9).to(torch.float64) / float(1 << 53)
 
 

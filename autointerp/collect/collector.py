@@ -28,6 +28,7 @@ from autointerp.collect.buffers import (
     SPLITS,
     Batch,
     SplitBuffers,
+    hash_pairs,
     hash_uniform,
     split_of,
 )
@@ -38,6 +39,7 @@ from autointerp.collect.result import (
     sequences_table,
     split_examples,
 )
+from autointerp.collect.sparse import MAX_DENSITY, sparse_of
 from autointerp.collect.stats import Stats
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureFn
@@ -52,8 +54,11 @@ class Collector:
     """Feeds batches of contexts through a feature function and keeps what each feature needs."""
 
     def __init__(self, cfg: CollectConfig, n_features: int, feature_offset: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", max_density: float = MAX_DENSITY):
+        """max_density: a batch with at most this fraction of nonzero activations takes the sparse path
+        (sparse.py; the same results, bit for bit); 0 keeps every batch on the dense path."""
         self.cfg = cfg
+        self.max_density = max_density
         self.n_features = n_features
         self.device = torch.device(device)
         self.feature_ids = torch.arange(feature_offset, feature_offset + n_features, device=self.device)
@@ -154,9 +159,14 @@ class Collector:
         self.n_contexts += len(seqs)
         for s, t in zip(seqs.tolist(), tokens, strict=True):
             self.tokens_of[s] = t
-        ctx_max = acts.amax(1)  # [b, F]
+        sparse = sparse_of(acts, cfg.threshold, self.max_density) if self.max_density > 0 else None
+        if sparse is None:
+            ctx_max = acts.amax(1)  # [b, F]
+            self.stats.update(acts, ctx_max, cfg.threshold)
+        else:
+            ctx_max = sparse.context_max()
+            self.stats.update_sparse(sparse, ctx_max, cfg.threshold)
         batch = Batch(acts)
-        self.stats.update(acts, ctx_max, cfg.threshold)
         holdout = split_of(cfg.seed, cfg.holdout_frac, seqs)
         for name, mask in (("explain", ~holdout), ("holdout", holdout)):
             if mask.any():
@@ -179,14 +189,18 @@ class Collector:
             buf.top.merge(cand, seqs, ctx_max, batch, rows, feats)
 
         # Uniform reservoir of active contexts: keep the smallest hash keys.
-        keys = hash_uniform(cfg.seed, _SALT_RESERVOIR, seqs, self.feature_ids)  # [b, F]
-        keys = torch.where(active, keys, math.inf)
+        # Hashed only where active (a few pairs of a sparse batch): the same bits as hashing every pair.
+        keys = torch.full(active.shape, math.inf, dtype=torch.float64, device=active.device)
+        b_idx, f_idx = active.nonzero(as_tuple=True)
+        keys[b_idx, f_idx] = hash_pairs(cfg.seed, _SALT_RESERVOIR, seqs[b_idx], self.feature_ids[f_idx])
         feats = (keys.amin(0) < buf.res.worst()).nonzero().squeeze(1)
         if len(feats):
             buf.res.merge(keys, seqs, ctx_max, batch, rows, feats)
+        self._add_random(buf, seqs, batch, rows)
 
-        # Random contexts, the same for every feature: the smallest per-context hash keys.
-        rkeys = hash_uniform(cfg.seed, _SALT_RANDOM, seqs)
+    def _add_random(self, buf: SplitBuffers, seqs: torch.Tensor, batch: Batch, rows: torch.Tensor) -> None:
+        """Random contexts, the same for every feature: the smallest per-context hash keys."""
+        rkeys = hash_uniform(self.cfg.seed, _SALT_RANDOM, seqs)
         if rkeys.min() < buf.rnd_key[-1]:
             size = len(buf.rnd_key)
             top, order = torch.cat([buf.rnd_key, rkeys]).sort(stable=True)
@@ -256,9 +270,11 @@ def collect_contexts(
     checkpoint_every_s: float = 300.0,
     first_seq: int = 0,
     device: torch.device | str = "cpu",
+    max_density: float = MAX_DENSITY,
 ) -> tuple[Collector, int]:
     """The collector after `contexts` (numbered from `first_seq`: a shard's contexts keep their index in the
-    whole run), and how many contexts came from the checkpoint. Buffers live on `device`."""
+    whole run), and how many contexts came from the checkpoint. Buffers live on `device`; max_density chooses
+    the sparse or the dense path per batch (Collector)."""
     dev = torch.device(device)
     if dev.type == "mps":  # no float64 or int64 scatter there: the reduction stays on the host
         dev = torch.device("cpu")
@@ -269,6 +285,7 @@ def collect_contexts(
         except (ValueError, OSError, EOFError, zipfile.BadZipFile):
             collector = None  # unreadable, foreign or not ours (a pickle is refused, never run): start over
     collector = collector or Collector(cfg, n_features, feature_offset, dev)
+    collector.max_density = max_density
     skip = collector.n_contexts
     if progress is not None and skip:
         progress(skip * cfg.ctx_len)
