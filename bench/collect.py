@@ -102,6 +102,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=64, help="latents per token of the TopK SAE")
     ap.add_argument("--l0", type=float, default=50.0, help="mean latents per token the JumpReLU thresholds aim at")
     ap.add_argument("--skip-full", action="store_true", help="skip the full forward pass (slow on CPU)")
+    ap.add_argument("--compare-dense", action="store_true",
+                    help="also time the buffers with every batch on the dense path (the path before the sparse one)")
     ap.add_argument("--profile", type=int, default=0, help="print the collector's top N functions by own CPU time")
     ap.add_argument("--shards", type=int, default=0, help="also time N shards and their merge (0: skip)")
     ap.add_argument("--out", default="bench/results/collect.json")
@@ -209,12 +211,16 @@ def measure(args: argparse.Namespace, model: Any, reader: Any, cfg: CollectConfi
 
     with PeakRSS() as mem_collect:
         buffers_s = timed(run, "buffers")
+    if profiler:
+        print(f"profile of the buffers (default path), top {args.profile} by own time:")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+    dense: dict[str, Any] = {}
+    if args.compare_dense:
+        dense = compare_dense(args, reader, cfg, ctxs, bos, n_tok)
     collector = out.pop("collector")
     with PeakRSS() as mem_result:
         result_s = timed(lambda c=collector: out.update(result=c.result(token_strings(model.tokenizer))), "result")
     del collector
-    if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
     result = out.pop("result")
     read_s = timed(read, "read")
     to_hook_s = timed(lambda: forward(stop), "to_hook")
@@ -243,8 +249,30 @@ def measure(args: argparse.Namespace, model: Any, reader: Any, cfg: CollectConfi
         "rss_result_over_base_gib": (mem_result.peak - base_rss) / GIB,
         "formula_collect_gib": formula.collect / GIB, "formula_result_gib": formula.result / GIB,
         "ru_maxrss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), **dense,
     }
+
+
+def compare_dense(args: argparse.Namespace, reader: Any, cfg: CollectConfig, ctxs: list[np.ndarray], bos: int,
+                  n_tok: int) -> dict[str, Any]:
+    """The buffers' wall and CPU seconds with every batch on the dense path, profiled like the default run."""
+    profiler = cProfile.Profile() if args.profile else None
+
+    def run() -> None:
+        if profiler:
+            profiler.enable()
+        collect_contexts(cfg, reader, reader.n_features, iter(ctxs), bos, max_density=0.0)
+        if profiler:
+            profiler.disable()
+
+    wall = timed(run, "buffers_dense_path")
+    if profiler:
+        print(f"profile of the buffers on the dense path, top {args.profile} by own time:")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+    cpu = CPU["buffers_dense_path"]
+    print(f"  buffers on the dense path {wall:.1f} s ({cpu:.1f} CPU) against {CPU['buffers']:.1f} CPU s by default")
+    return {"dense_path_buffers_s": wall, "dense_path_buffers_cpu_s": cpu,
+            "dense_path_cpu_us_per_token": 1e6 * cpu / n_tok}
 
 
 def write_db(hook: str, reader: Any, cfg: CollectConfig, result: Any) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from autointerp.collect.sparse import SparseActs
 from autointerp.config import CollectConfig
 
 SPLITS = ("explain", "holdout")
@@ -58,8 +59,9 @@ class Batch:
     from acts directly (L cache lines each, F floats apart); many, from one transposed copy [B, F, L] made on
     first need (a pass over the batch): early in a run nearly every context enters every feature's buffers."""
 
-    def __init__(self, acts: torch.Tensor):
+    def __init__(self, acts: torch.Tensor, sparse: SparseActs | None = None):
         self.acts = acts
+        self.sparse = sparse  # when given, rows and contexts are built from its nonzero entries: no pass over acts
         self._by_feature: torch.Tensor | None = None
 
     def _transposed(self) -> torch.Tensor:
@@ -69,12 +71,16 @@ class Batch:
 
     def rows(self, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """[n, L]: the activations of context b[i] for feature f[i]."""
+        if self.sparse is not None:
+            return self.sparse.rows(b, f)
         if self._by_feature is None and len(b) * 8 <= self.acts.shape[0] * self.acts.shape[2]:
             return self.acts[b, :, f]
         return self._transposed()[b, f]
 
     def contexts(self, b: torch.Tensor) -> torch.Tensor:
         """[F, n, L]: every feature's activations on contexts b."""
+        if self.sparse is not None:
+            return self.sparse.contexts(b)
         return self._transposed()[b].transpose(0, 1)
 
 

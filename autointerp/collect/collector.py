@@ -166,7 +166,7 @@ class Collector:
         else:
             ctx_max = sparse.context_max()
             self.stats.update_sparse(sparse, ctx_max, cfg.threshold)
-        batch = Batch(acts)
+        batch = Batch(acts, sparse)
         holdout = split_of(cfg.seed, cfg.holdout_frac, seqs)
         for name, mask in (("explain", ~holdout), ("holdout", holdout)):
             if mask.any():

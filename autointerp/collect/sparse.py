@@ -9,7 +9,7 @@ MAX_DENSITY; dense features (MLP neurons, a random SAE) stay on the dense path. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,7 @@ class SparseActs:
     pos: torch.Tensor  # [n] int64
     feat: torch.Tensor  # [n] int64
     vals: torch.Tensor  # [n] float32, all > 0
+    _cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     def context_max(self) -> torch.Tensor:
         """[B, F]: acts.amax(1), the max over each context's positions (0 where a feature is silent)."""
@@ -38,19 +39,47 @@ class SparseActs:
 
     def context_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ctx [n], feat [n], rows [n, L]): the whole row acts[ctx, :, feat] of every (context, feature) pair with
-        a nonzero entry, each pair once."""
-        b, length, f = self.shape
-        # Pairs numbered through a [B * F] map rather than by sorting (torch.unique): O(B F + n), not O(n log n).
-        key = self.ctx * f + self.feat
-        seen = torch.zeros(b * f, dtype=torch.bool, device=key.device)
-        seen[key] = True
-        pairs = seen.nonzero().squeeze(1)
-        number = torch.empty(b * f, dtype=torch.int64, device=key.device)
-        number[pairs] = torch.arange(len(pairs), device=key.device)
-        inverse = number[key]
-        rows = torch.zeros((len(pairs), length), dtype=self.vals.dtype, device=self.vals.device)
-        rows[inverse, self.pos] = self.vals
+        a nonzero entry, each pair once, in (context, feature) order."""
+        pairs, rows, _ = self._pairs()
+        f = self.shape[2]
         return pairs // f, pairs % f, rows
+
+    def rows(self, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """[n, L]: acts[b[i], :, f[i]], zeros where the pair has no nonzero entry."""
+        _, rows, number = self._pairs()
+        idx = number[b * self.shape[2] + f]
+        out = torch.zeros((len(b), self.shape[1]), dtype=self.vals.dtype, device=self.vals.device)
+        has = idx >= 0
+        out[has] = rows[idx[has]]
+        return out
+
+    def contexts(self, b: torch.Tensor) -> torch.Tensor:
+        """[F, n, L]: every feature's activations on contexts b."""
+        n_ctx, length, f = self.shape
+        slot = torch.full((n_ctx,), -1, dtype=torch.int64, device=self.ctx.device)
+        slot[b] = torch.arange(len(b), device=b.device)
+        j = slot[self.ctx]
+        m = j >= 0
+        out = torch.zeros((f, len(b), length), dtype=self.vals.dtype, device=self.vals.device)
+        out[self.feat[m], j[m], self.pos[m]] = self.vals[m]
+        return out
+
+    def _pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pairs [n] as ctx * F + feat, rows [n, L], number [B * F]: each pair's row, -1 for silent pairs), made
+        once. Pairs are numbered through the [B * F] map rather than by sorting: O(B F + n), not O(n log n)."""
+        cache = self._cache
+        if cache is None:
+            b, length, f = self.shape
+            key = self.ctx * f + self.feat
+            number = torch.full((b * f,), -1, dtype=torch.int64, device=key.device)
+            number[key] = 0
+            pairs = (number == 0).nonzero().squeeze(1)
+            number[pairs] = torch.arange(len(pairs), device=key.device)
+            rows = torch.zeros((len(pairs), length), dtype=self.vals.dtype, device=self.vals.device)
+            rows[number[key], self.pos] = self.vals
+            cache = (pairs, rows, number)
+            object.__setattr__(self, "_cache", cache)
+        return cache
 
 
 def sparse_of(acts: torch.Tensor, threshold: float, max_density: float = MAX_DENSITY) -> SparseActs | None:

@@ -104,3 +104,12 @@ def test_dense_batches_and_negative_values_keep_the_dense_path():
     sp = sparse_of(acts, 0.0, max_density=1.0)
     assert sp is not None
     assert torch.equal(sp.context_max(), acts.amax(1))
+
+
+def test_hashing_only_the_active_pairs_gives_the_keys_of_every_pair():
+    from autointerp.collect.buffers import _SALT_RESERVOIR, hash_pairs, hash_uniform
+
+    seqs, feats = torch.arange(1000, 1013), torch.arange(40, 77)
+    every = hash_uniform(5, _SALT_RESERVOIR, seqs, feats)  # [13, 37]
+    b, f = torch.meshgrid(torch.arange(13), torch.arange(37), indexing="ij")
+    assert torch.equal(hash_pairs(5, _SALT_RESERVOIR, seqs[b.flatten()], feats[f.flatten()]), every.flatten())
