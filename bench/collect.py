@@ -116,11 +116,13 @@ def main() -> None:
     model = models.load_model(models.OFFLINE_MODEL)
     specs = [(k, int(w)) for k, w in (s.split(":") for s in args.saes.split(","))] if args.saes else \
         [(args.sae_kind if args.sae_width else "neurons", args.sae_width)]
-    table = []
+    table: list[dict[str, Any]] = []
     for kind, width in specs:
         table.append(bench_one(args, model, kind, width))
         gc.collect()
-    out: dict[str, Any] = dict(table[0]) if len(table) == 1 else {"table": table}
+        save(args.out, {"table": [{k: v for k, v in r.items() if k != "_cfg"} for r in table], "complete": False,
+                        "load_before": load_before, "load_now": os.getloadavg()})  # a stopped run keeps its rows
+    out: dict[str, Any] = dict(table[0]) if len(table) == 1 else {"table": table, "complete": True}
     if args.shards:
         out.update(bench_shards(table[-1].pop("_cfg"), model, args.shards, table[-1]["tokens"]))
     for row in table:
@@ -129,8 +131,12 @@ def main() -> None:
     print(f"load average {load_before[0]:.2f} before, {out['load_after'][0]:.2f} after ({os.cpu_count()} cores)")
     if len(table) > 1:
         print_table(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    save(args.out, out)
+
+
+def save(path: str, out: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=1))
 
 
 def make_sae(args: argparse.Namespace, model: Any, kind: str, width: int, sample: list[torch.Tensor]) -> Path:
