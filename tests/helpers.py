@@ -3,6 +3,7 @@ tiny corpora, and SAELens SAEs saved to disk. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,36 @@ def make_sae_dir(path: Path, hook: str, d_in: int, d_sae: int = 48, seed: int = 
         sae.b_enc.fill_(-0.1)
     path.mkdir(parents=True, exist_ok=True)
     sae.save_model(path)
+    return path
+
+
+def random_encoder(d_in: int, d_sae: int, seed: int = 0) -> Any:
+    """[d_in, d_sae] random unit-scale encoder directions (a trained SAE's sparsity comes from its activation)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+
+
+def make_topk_sae_dir(path: Path, hook: str, d_in: int, d_sae: int, k: int, seed: int = 0) -> Path:
+    """An EleutherAI sparsify TopK checkpoint (cfg.json + sae.safetensors) with random weights: k latents per token."""
+    from safetensors.torch import save_file
+
+    enc = random_encoder(d_in, d_sae, seed)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({"encoder.weight": enc.T.contiguous(), "encoder.bias": torch.zeros(d_sae), "W_dec": enc.T.contiguous(),
+               "b_dec": torch.zeros(d_in)}, str(path / "sae.safetensors"))
+    (path / "cfg.json").write_text(json.dumps({"k": k, "d_in": d_in, "hook_name": hook, "activation": "topk"}))
+    return path
+
+
+def make_jumprelu_sae_file(path: Path, hook: str, enc: Any, threshold: Any) -> Path:
+    """A JumpReLU SAE as a .safetensors file with its JSON sidecar: encoder enc [d_in, d_sae], thresholds [d_sae]."""
+    from safetensors.torch import save_file
+
+    d_in, d_sae = enc.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"W_enc": enc.contiguous(), "b_enc": torch.zeros(d_sae), "W_dec": enc.T.contiguous(),
+               "b_dec": torch.zeros(d_in), "threshold": threshold.float().contiguous()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"hook_name": hook, "activation": "jumprelu"}))
     return path
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
-from autointerp.collect.collector import SPLITS
+from autointerp.collect.buffers import SPLITS
 from autointerp.collect.stats import HIST_BINS
 
 State = tuple[dict[str, np.ndarray], dict[str, Any]]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from autointerp.collect.sparse import SparseActs
+
 HIST_BINS = 64
 
 
@@ -75,28 +77,46 @@ class Stats:
         """acts: [b, L, F] float32 (whole contexts); ctx_max: [b, F], acts' maximum over positions."""
         b, length, _ = acts.shape
         self.n_tokens += b * length
-        x = context_sums(acts).clamp_(-MAX_ABS, MAX_ABS)
-        whole = x.trunc()
-        frac = ((x - whole) * 2.0**FRAC_BITS).trunc_()  # exact float64 steps; bits below 2^-40 dropped
-        self.limbs[:, 0] += whole.long().sum(0)
-        self.limbs[:, 1] += frac.long().sum(0)
-        carry = torch.div(self.limbs[:, 1], 2**FRAC_BITS, rounding_mode="floor")  # keeps the fraction limb small
-        self.limbs[:, 1] -= carry * 2**FRAC_BITS
-        self.limbs[:, 0] += carry
+        self._add_sums(context_sums(acts), None)
         self.max_act = torch.maximum(self.max_act, ctx_max.amax(0))
         positive = (acts > 0).sum((0, 1), dtype=torch.int32)
         self._hist_update(acts, positive)
         self.n_active += positive if threshold == 0.0 else (acts > threshold).sum((0, 1), dtype=torch.int32)
 
-    def _hist_update(self, acts: torch.Tensor, positive: torch.Tensor) -> None:
-        """Adds acts' positive activations (`positive` of them per feature) to the histogram.
+    def update_sparse(self, sp: SparseActs, ctx_max: torch.Tensor, threshold: float) -> None:
+        """The same update from the batch's nonzero entries (all positive; threshold >= 0), bit for bit: zeros
+        add nothing to the sums, the counts or the histogram, and each (context, feature) pair with a nonzero
+        entry has its whole row summed by the same tree."""
+        b, length, f = sp.shape
+        self.n_tokens += b * length
+        _, feats, rows = sp.context_rows()
+        self._add_sums(context_sums(rows.unsqueeze(-1))[:, 0], feats)
+        self.max_act = torch.maximum(self.max_act, ctx_max.amax(0))
+        positive = torch.bincount(sp.feat, minlength=f)
+        self._rebin_to(hist_width(self.max_act))
+        w = torch.where(self.bin_width > 0, self.bin_width, 1.0).float()
+        bins = (sp.vals / w[sp.feat]).floor_().clamp_(-1, HIST_BINS - 1)
+        counts = torch.bincount(bins.long() + sp.feat * (HIST_BINS + 1) + 1, minlength=f * (HIST_BINS + 1))
+        self._add_hist(counts.view(f, HIST_BINS + 1), positive)
+        self.n_active += positive if threshold == 0.0 else torch.bincount(sp.feat[sp.vals > threshold], minlength=f)
 
-        Exact histogram of positive activations over [0, HIST_BINS * width), bin j holding [j*width, (j+1)*width),
-        width doubling as the max grows (adjacent bins merge), so no pass over the data is needed to know the
-        range. One floor bins everything (x / width is exact: width is a power of two); negative activations go to
-        an extra column that is dropped, and zeros land in bin 0's column beside the positives under width, so
-        bin 0 is what the other bins leave of `positive`."""
-        width = hist_width(self.max_act)
+    def _add_sums(self, x: torch.Tensor, feats: torch.Tensor | None) -> None:
+        """Adds context sums x (float64) to the limbs: x is [b, F], or [n] of features `feats`."""
+        x = x.clamp(-MAX_ABS, MAX_ABS)
+        whole = x.trunc()
+        frac = ((x - whole) * 2.0**FRAC_BITS).trunc_()  # exact float64 steps; bits below 2^-40 dropped
+        if feats is None:
+            self.limbs[:, 0] += whole.long().sum(0)
+            self.limbs[:, 1] += frac.long().sum(0)
+        else:
+            self.limbs[:, 0].index_add_(0, feats, whole.long())
+            self.limbs[:, 1].index_add_(0, feats, frac.long())
+        carry = torch.div(self.limbs[:, 1], 2**FRAC_BITS, rounding_mode="floor")  # keeps the fraction limb small
+        self.limbs[:, 1] -= carry * 2**FRAC_BITS
+        self.limbs[:, 0] += carry
+
+    def _rebin_to(self, width: torch.Tensor) -> None:
+        """Merges adjacent bins of the features whose bin width grows to `width` (powers of two: bins nest)."""
         grow = (self.bin_width > 0) & (width > self.bin_width)
         if grow.any():
             feats = grow.nonzero().squeeze(1)
@@ -107,6 +127,23 @@ class Stats:
                 merged = self.hist[sel].view(len(sel), HIST_BINS // mm, mm).sum(-1)
                 self.hist[sel] = torch.nn.functional.pad(merged, (0, HIST_BINS - merged.shape[1]))
         self.bin_width = width
+
+    def _add_hist(self, counts: torch.Tensor, positive: torch.Tensor) -> None:
+        """counts [F, HIST_BINS + 1]: column j + 1 holds bin j's count (column 1 may hold zeros too, so bin 0 is
+        what the other bins leave of `positive`); column 0, negative activations, is dropped."""
+        self.hist[:, 1:] += counts[:, 2:]
+        self.hist[:, 0] += positive - counts[:, 2:].sum(1)
+
+    def _hist_update(self, acts: torch.Tensor, positive: torch.Tensor) -> None:
+        """Adds acts' positive activations (`positive` of them per feature) to the histogram.
+
+        Exact histogram of positive activations over [0, HIST_BINS * width), bin j holding [j*width, (j+1)*width),
+        width doubling as the max grows (adjacent bins merge), so no pass over the data is needed to know the
+        range. One floor bins everything (x / width is exact: width is a power of two); negative activations go to
+        an extra column that is dropped, and zeros land in bin 0's column beside the positives under width, so
+        bin 0 is what the other bins leave of `positive`."""
+        self._rebin_to(hist_width(self.max_act))
+        width = self.bin_width
         n_features = self.n_features
         cols = HIST_BINS + 1  # column 0: negative (dropped); column j + 1: bin j (and zeros in column 1)
         w = torch.where(width > 0, width, 1.0).float()
@@ -118,5 +155,4 @@ class Stats:
         else:
             flat = (bins.to(torch.int64) + torch.arange(1, n_features * cols, cols, device=acts.device)).reshape(-1)
         counts = torch.bincount(flat, minlength=n_features * cols).view(n_features, cols)
-        self.hist[:, 1:] += counts[:, 2:]
-        self.hist[:, 0] += positive - counts[:, 2:].sum(1)
+        self._add_hist(counts, positive)

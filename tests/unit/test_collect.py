@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autointerp.collect import corpus
-from autointerp.collect.collector import _SALT_RANDOM, _SALT_RESERVOIR, hash_uniform, split_of
+from autointerp.collect.buffers import _SALT_RANDOM, _SALT_RESERVOIR, hash_uniform, split_of
 from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig
 from autointerp.models import FeatureReader, load_sae

@@ -85,7 +85,7 @@ def _quantiles_one_feature_at_a_time(res_seq, res_max, top_seq, n_q, per):
 
 @pytest.mark.parametrize(("n_q", "per"), [(10, 5), (3, 2), (4, 9)])
 def test_vectorised_quantile_samples_equal_the_per_feature_loop(n_q, per):
-    from autointerp.collect.collector import _quantile_rows
+    from autointerp.collect.result import _quantile_rows
 
     rng = np.random.default_rng(n_q)
     n_feat, size, k = 40, 30, 6

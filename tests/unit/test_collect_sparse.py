@@ -1,0 +1,115 @@
+"""The sparse path (only nonzero activations touch the statistics and buffers) against the dense path: the same
+state and the same tables, bit for bit, on real SAEs over a tiny model and on planted activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autointerp.collect import corpus
+from autointerp.collect.collector import Collector, collect_contexts
+from autointerp.collect.sparse import sparse_of
+from autointerp.config import CollectConfig
+from autointerp.models import FeatureReader, load_sae
+from tests.helpers import make_jumprelu_sae_file, make_topk_sae_dir, random_encoder
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _assert_same_state(a: Collector, b: Collector) -> None:
+    arrays_a, meta_a = a.state()
+    arrays_b, meta_b = b.state()
+    assert meta_a == meta_b
+    assert arrays_a.keys() == arrays_b.keys()
+    for key in arrays_a:
+        assert arrays_a[key].dtype == arrays_b[key].dtype, key
+        assert np.array_equal(arrays_a[key], arrays_b[key], equal_nan=True), key
+
+
+def _assert_same_tables(a: Collector, b: Collector, strings) -> None:
+    ra, rb = a.result(strings), b.result(strings)
+    for name in ("sequences", "features", "examples"):
+        assert getattr(ra, name).equals(getattr(rb, name)), name
+
+
+def _sae(kind: str, tmp_path: Path, d_in: int):
+    if kind == "topk":
+        return load_sae(str(make_topk_sae_dir(tmp_path / "topk", HOOK, d_in=d_in, d_sae=96, k=3)))
+    enc = random_encoder(d_in, 96, seed=1)
+    threshold = torch.linspace(1.5, 4.0, 96)  # per latent, so latents fire at different rates
+    return load_sae(str(make_jumprelu_sae_file(tmp_path / "jump.safetensors", HOOK, enc, threshold)))
+
+
+@pytest.mark.parametrize("kind", ["topk", "jumprelu"])
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_sparse_and_dense_paths_give_the_same_tables_on_an_sae(tmp_path, tiny_model, tiny_model_dir, corpus_file,
+                                                               kind, threshold):
+    reader = FeatureReader(tiny_model, HOOK, sae=_sae(kind, tmp_path, tiny_model.cfg.d_model))
+    cfg = CollectConfig(model=str(tiny_model_dir), hook=HOOK, dataset=str(corpus_file), n_tokens=1600, ctx_len=16,
+                        top_k=4, n_quantiles=3, per_quantile=2, n_random=5, batch_size=7, seed=3, threshold=threshold)
+    ctxs = list(corpus.contexts(corpus.pieces(cfg.dataset), tiny_model.tokenizer, cfg.ctx_len, 100))
+    bos = tiny_model.tokenizer.bos_token_id
+    first = reader(torch.cat([torch.full((7, 1), bos), torch.from_numpy(np.stack(ctxs[:7]))], 1))[:, 1:]
+    assert sparse_of(first, threshold, max_density=1.0) is not None  # the sparse path does run on this SAE
+    assert float((first != 0).float().mean()) < 0.25
+    dense, _ = collect_contexts(cfg, reader, reader.n_features, iter(ctxs), bos, max_density=0.0)
+    sparse, _ = collect_contexts(cfg, reader, reader.n_features, iter(ctxs), bos, max_density=1.0)
+    assert int(dense.stats.n_active.sum()) > 0
+    _assert_same_state(dense, sparse)
+    strings = [f"t{i}" for i in range(tiny_model.cfg.d_vocab)]
+    _assert_same_tables(dense, sparse, strings)
+
+
+def _planted(seed: int, n_ctx: int = 60, length: int = 9, n_feat: int = 11) -> torch.Tensor:
+    """Sparse activations spanning many binades (so histogram bins merge as maxima grow), with whole contexts
+    active for some features (rows with no zero) and features silent throughout."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 2.0 ** torch.randint(-12, 6, (n_ctx, length, n_feat), generator=g).float()
+    acts = torch.rand((n_ctx, length, n_feat), generator=g) * scale
+    acts *= torch.rand((n_ctx, length, n_feat), generator=g) < 0.15
+    acts[5, :, 2] = torch.rand(length, generator=g) + 0.5
+    acts[:, :, 7] = 0.0
+    return acts
+
+
+@pytest.mark.parametrize("cuts", [[60], [1, 7, 30, 60], list(range(1, 61))])
+@pytest.mark.parametrize("threshold", [0.0, 0.01])
+def test_sparse_and_dense_paths_agree_bit_for_bit_on_planted_activations(cuts, threshold):
+    acts = _planted(4)
+    cfg = CollectConfig(hook="x", n_tokens=64, ctx_len=acts.shape[1], top_k=3, n_quantiles=2, per_quantile=2,
+                        n_random=4, threshold=threshold)
+    tokens = np.arange(acts.shape[0] * acts.shape[1]).reshape(acts.shape[:2]) % 50
+    states = []
+    for density in (0.0, 1.0):
+        c = Collector(cfg, acts.shape[2], 0, max_density=density)
+        lo = 0
+        for hi in cuts:
+            c.add(torch.arange(lo, hi), tokens[lo:hi], acts[lo:hi])
+            lo = hi
+        states.append(c)
+    _assert_same_state(*states)
+    _assert_same_tables(*states, [f"t{i}" for i in range(50)])
+
+
+def test_dense_batches_and_negative_values_keep_the_dense_path():
+    acts = _planted(1)
+    assert sparse_of(acts, 0.0, max_density=0.05) is None  # denser than asked
+    assert sparse_of(acts, -0.1, max_density=1.0) is None  # zeros would be active
+    negative = acts.clone()
+    negative[0, 0, 0] = -1.0
+    assert sparse_of(negative, 0.0, max_density=1.0) is None
+    sp = sparse_of(acts, 0.0, max_density=1.0)
+    assert sp is not None
+    assert torch.equal(sp.context_max(), acts.amax(1))
+
+
+def test_hashing_only_the_active_pairs_gives_the_keys_of_every_pair():
+    from autointerp.collect.buffers import _SALT_RESERVOIR, hash_pairs, hash_uniform
+
+    seqs, feats = torch.arange(1000, 1013), torch.arange(40, 77)
+    every = hash_uniform(5, _SALT_RESERVOIR, seqs, feats)  # [13, 37]
+    b, f = torch.meshgrid(torch.arange(13), torch.arange(37), indexing="ij")
+    assert torch.equal(hash_pairs(5, _SALT_RESERVOIR, seqs[b.flatten()], feats[f.flatten()]), every.flatten())
