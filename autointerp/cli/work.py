@@ -289,7 +289,7 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
 
     behaviour_cfg = build(BehaviourConfig, kwargs) if with_behaviour else None
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
-        out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where),
+        out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where, "--label-where"),
                         build(LabelConfig, kwargs), build(LLMConfig, kwargs), behaviour_cfg, on_progress=bars)
     _finish_run(out, db)
 
@@ -354,7 +354,8 @@ def control(db: str, like_id: int, init_seed: int | None, scheme: str, control_s
     from autointerp.pipeline import Selection, control_stage
 
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
-        out = control_stage(db, like_id, Selection(label_features, label_where), build(LabelConfig, kwargs),
+        out = control_stage(db, like_id, Selection(label_features, label_where, "--label-where"),
+                            build(LabelConfig, kwargs),
                             build(LLMConfig, kwargs), build(BehaviourConfig, kwargs), seed=init_seed, scheme=scheme,
                             sae=control_sae, on_progress=bars)
     click.echo(f"control dictionary {out.collect.dictionary_id} (random init: {scheme}, seed "

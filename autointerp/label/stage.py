@@ -80,16 +80,7 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
         urls = [embedded.base_url]
     try:
         default_model = local.MODEL_NAME if embedded else "gpt-4o-mini"
-        prices = None
-        if cfg.prices:
-            try:
-                prices = {k: tuple(float(x) for x in v) for k, v in json.loads(Path(cfg.prices).read_text()).items()}
-                if any(len(v) not in (2, 4, 6) for v in prices.values()):
-                    raise ValueError("each model needs 2, 4 or 6 prices")
-            except (ValueError, TypeError, IndexError, OSError) as exc:
-                raise AutointerpError(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
-                                      f"(, batch_input, batch_output(, cached_input, batch_cached_input))]}} "
-                                      f"({exc})") from None
+        prices = cfg.price_table()
         budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
         client: LLMClient = llm.OpenAICompatibleClient(
             urls, os.environ.get("OPENAI_API_KEY"), timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,

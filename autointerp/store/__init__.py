@@ -38,6 +38,8 @@ from autointerp.store.db import (
     Migration,
     applied_migrations,
     check_schema,
+    check_where,
+    first_line,
     insert_rows,
     known_migrations,
     lock_holder,
@@ -47,6 +49,7 @@ from autointerp.store.db import (
     sandbox,
     select_features,
     transaction,
+    unique_columns,
     user_query,
 )
 from autointerp.store.reads import (
@@ -87,5 +90,5 @@ __all__ = [
     "known_migrations", "label_scores", "labels_table", "list_dictionaries", "llm_usage", "lock_holder", "migrate",
     "null_explanations", "ok_labels", "open_store", "query", "read_feature_contexts", "sandbox", "score_values",
     "select_features", "simulated_contexts", "summary_table", "transaction", "unscored_explanations", "user_query",
-    "write_bundles", "GainPending", "add_scores", "gain_pending",
+    "write_bundles", "GainPending", "add_scores", "gain_pending", "check_where", "first_line", "unique_columns",
 ]
