@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -156,7 +157,12 @@ def open_store(
                 f"{path} uses an older schema ({len(pending)} migration(s) behind); any writing command, "
                 "such as `autointerp collect`, upgrades it"
             )
-        yield con
+        try:
+            yield con
+        except (duckdb.IOException, duckdb.SerializationException) as exc:
+            if "read" not in str(exc).lower():
+                raise
+            raise BadInput(f"cannot read {path}: a damaged DuckDB database ({first_line(exc)})") from exc
     finally:
         con.close()
 
@@ -259,9 +265,11 @@ def unique_columns(names: list[str]) -> list[str]:
 
 
 def _run_interruptibly(con: duckdb.DuckDBPyConnection, work: Any, timeout_s: float | None) -> Any:
-    """`work()` on a worker thread while this (main) thread waits: Ctrl-C reaches Python at once, even
-    while DuckDB is busy, and interrupts the query; so does `timeout_s`."""
+    """`work()` on a worker thread while this thread waits, so that Ctrl-C and `timeout_s` interrupt the
+    query at once. Ctrl-C only sets a flag: DuckDB polls Python's signal handlers from the worker, and a
+    KeyboardInterrupt raised there aborts the process."""
     box: dict[str, Any] = {}
+    stop = threading.Event()
 
     def target() -> None:
         try:
@@ -269,21 +277,27 @@ def _run_interruptibly(con: duckdb.DuckDBPyConnection, work: Any, timeout_s: flo
         except BaseException as exc:  # handed to the waiting thread
             box["error"] = exc
 
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    except ValueError:  # not the main thread: no signal to catch
+        previous = None
     thread = threading.Thread(target=target, name="autointerp-user-sql", daemon=True)
     deadline = None if not timeout_s else time.monotonic() + timeout_s
-    thread.start()
     try:
+        thread.start()
         while thread.is_alive():
             thread.join(0.05)
-            if deadline is not None and thread.is_alive() and time.monotonic() > deadline:
+            late = deadline is not None and time.monotonic() > deadline
+            if thread.is_alive() and (late or stop.is_set()):
                 con.interrupt()
                 thread.join()
+                if stop.is_set():
+                    raise KeyboardInterrupt
                 raise BadInput(f"the query ran longer than --timeout {timeout_s:g}s and was stopped; "
                                "narrow it or pass a larger --timeout (0: no limit)")
-    except KeyboardInterrupt:
-        con.interrupt()
-        thread.join()
-        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if "error" in box:
         raise box["error"]
     return box.get("value")
