@@ -95,7 +95,36 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group()
+class _UsageLine(click.ClickException):
+    """A usage error (bad option value, unknown option) as one line, exit status 2, like every other."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "autointerp"
+        super().__init__(f"{exc.format_message()} (see `{where} --help`)")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {render.printable(' '.join(self.format_message().split()))}", err=True)
+
+
+class _Group(click.Group):
+    """The command group, reporting usage errors of the group and of every command in one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _UsageLine(exc) from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _UsageLine(exc) from exc
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__)
 @click.option("--verbose", is_flag=True, help="Show the traceback of an error (also: AUTOINTERP_VERBOSE=1).")
 def main(verbose: bool) -> None:
