@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from autointerp.errors import BadInput
 
 # The random-init control's schemes (models.INIT_SCHEMES builds them; Heap et al. 2025, arXiv 2501.17727).
 RANDOM_INIT_SCHEMES: dict[str, str] = {
@@ -18,7 +22,21 @@ RANDOM_INIT_SCHEMES: dict[str, str] = {
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: a NaN threshold or price compares false with everything and silently changes results
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+BIGINT_MAX = 2**63 - 1  # the store keeps seeds and ids as BIGINT
+
+
+def option_flag(field: str) -> str:
+    """The command-line option of a config field (`n_tokens` -> `--tokens`), for error messages."""
+    for model in Frozen.__subclasses__():
+        info = model.model_fields.get(field)
+        if info is not None:
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            return "--" + str(extra.get("flag") or field.replace("_", "-"))
+    return "--" + field.replace("_", "-")
 
 
 def _check_device(device: str) -> None:
@@ -38,12 +56,12 @@ class CollectConfig(Frozen):
     text_field: str = Field("text", description="field holding the text in .jsonl/.parquet/HF datasets")
     n_tokens: int = Field(200_000, gt=0, description="tokens to collect over (text tokens, BOS not counted)", json_schema_extra={"flag": "tokens"})
     ctx_len: int = Field(64, gt=1, le=4096, description="text tokens per context")
-    seed: int = Field(0, ge=0, description="seeds the split assignment, the random and quantile samples, and random init")
-    batch_size: int = Field(16, gt=0, description="contexts per forward pass")
-    top_k: int = Field(20, gt=0, description="top-activating contexts kept per feature and split")
-    n_quantiles: int = Field(10, gt=0, description="rank-quantile bins of active contexts (Delphi's 10)", json_schema_extra={"flag": "quantiles"})
-    per_quantile: int = Field(5, gt=0, description="contexts sampled from each quantile bin per split")
-    n_random: int = Field(20, gt=0, description="random contexts per split (the same contexts for every feature)", json_schema_extra={"flag": "random"})
+    seed: int = Field(0, ge=0, le=BIGINT_MAX, description="seeds the split assignment, the random and quantile samples, and random init")
+    batch_size: int = Field(16, gt=0, le=65536, description="contexts per forward pass")
+    top_k: int = Field(20, gt=0, le=100_000, description="top-activating contexts kept per feature and split")
+    n_quantiles: int = Field(10, gt=0, le=1000, description="rank-quantile bins of active contexts (Delphi's 10)", json_schema_extra={"flag": "quantiles"})
+    per_quantile: int = Field(5, gt=0, le=100_000, description="contexts sampled from each quantile bin per split")
+    n_random: int = Field(20, gt=0, le=100_000, description="random contexts per split (the same contexts for every feature)", json_schema_extra={"flag": "random"})
     holdout_frac: float = Field(0.2, gt=0.0, lt=1.0, description="share of contexts assigned to the holdout split", json_schema_extra={"flag": "holdout"})
     threshold: float = Field(0.0, description="a token is 'active' when its activation exceeds this")
     features: tuple[int, int] | None = Field(None, description="collect only features [start, stop) of the hook or SAE")
@@ -110,7 +128,7 @@ class LabelConfig(Frozen):
                                       "context (another feature's top context, cut to a window around its peak, with its real "
                                       "0-9 values and its token-lookup label; never the scored feature's own); default: "
                                       f"{DEFAULT_FEWSHOT} with echo, 0 with chat", json_schema_extra={"flag": "sim-fewshot"})
-    n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
+    n_boot: int = Field(1000, ge=10, le=1_000_000, description="bootstrap resamples for the 95% CIs")
     judge: bool = Field(True, description="also score detection and fuzzing (Delphi), one chat request each")
     n_judge: int = Field(5, ge=1, description="positive and negative examples each for detection and fuzzing")
     judge_quiet: float = Field(0.0, ge=0.0, lt=1.0, description="for the judges, a token is inactive at or below "
@@ -179,6 +197,37 @@ class LLMConfig(Frozen):
     batch_poll_s: float = Field(30.0, gt=0, description="seconds between two polls of the running batches",
                                 json_schema_extra={"flag": "batch-poll"})
 
+    @model_validator(mode="after")
+    def _check(self) -> LLMConfig:
+        from autointerp.redact import refuse_url_credentials
+
+        for url in self.base_urls:
+            refuse_url_credentials(url, "--base-url")
+        self.price_table()
+        return self
+
+    def price_table(self) -> dict[str, tuple[float, ...]] | None:
+        """The --prices file as {model: prices}: each 2, 4 or 6 finite, non-negative numbers (a negative
+        or NaN price would turn --max-cost off)."""
+        if not self.prices:
+            return None
+        shape = ('expected JSON {"model": [input, output(, batch_input, batch_output(, cached_input, '
+                 'batch_cached_input))]} with finite prices >= 0')
+        try:
+            raw = json.loads(Path(self.prices).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise BadInput(f"--prices {self.prices}: {shape} ({exc})") from None
+        if not isinstance(raw, dict):
+            raise BadInput(f"--prices {self.prices}: {shape}; this holds a JSON {type(raw).__name__}")
+        table = {}
+        for model, values in raw.items():
+            ok = isinstance(values, list) and len(values) in (2, 4, 6) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values)
+            if not ok:
+                raise BadInput(f"--prices {self.prices}: model '{model}' has {json.dumps(values)[:80]}; {shape}")
+            table[str(model)] = tuple(float(v) for v in values)
+        return table
+
 
 class BehaviourConfig(Frozen):
     """What `autointerp behaviour` does: the model re-run with each feature ablated or simulated."""
@@ -186,7 +235,7 @@ class BehaviourConfig(Frozen):
     ablate: Literal["calibrated", "mean", "zero"] = Field(
         "calibrated", description="what the ablated feature is replaced by: calibrated (its mean on the run's "
         "calibration contexts: a constant label then scores 0), mean (over the corpus) or zero")
-    n_boot: int = Field(1000, ge=10, description="bootstrap resamples for the 95% CIs")
+    n_boot: int = Field(1000, ge=10, le=1_000_000, description="bootstrap resamples for the 95% CIs")
     feature_batch: int = Field(8, gt=0, description="features whose contexts go through the model in one batch "
                                "(1: one feature at a time; the scores are the same)")
     device: str = Field("auto", description="where the model runs: auto (cuda when available, else cpu), cpu, "

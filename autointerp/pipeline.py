@@ -23,6 +23,7 @@ class Selection:
 
     features: tuple[int, int] | None = None
     where: str | None = None
+    option: str = "--where"  # the option the condition came from, for messages
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RunOutcome:
 
 def select(db: str | Path, dictionary_id: int, selection: Selection) -> list[int]:
     with store.open_store(db, read_only=True) as con:
-        features = store.select_features(con, dictionary_id, selection.where, selection.features)
+        features = store.select_features(con, dictionary_id, selection.where, selection.features, selection.option)
     if not features:
         raise BadInput("no features selected")
     return features
@@ -63,8 +64,11 @@ def run_stage(db: str | Path, collect_cfg: CollectConfig, selection: Selection, 
               llm_cfg: LLMConfig, behaviour_cfg: BehaviourConfig | None,
               on_progress: ProgressFn | None = None) -> RunOutcome:
     """Collect, explain and score, then behaviour scores (None: skipped). Each step resumes where it stopped."""
+    # Everything checkable is checked before the collection, which commits a dictionary.
+    if selection.where is not None:
+        store.check_where(selection.where, selection.option)
     if llm_cfg.batch_api:
-        require_endpoint(llm_cfg)  # before the collection, not after it
+        require_endpoint(llm_cfg)
     collected = collect_stage(db, collect_cfg, on_progress)
     progress, outcome = label_and_behaviour(db, collected.dictionary_id, selection, label_cfg, llm_cfg,
                                             behaviour_cfg, on_progress=on_progress)

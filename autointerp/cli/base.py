@@ -38,28 +38,96 @@ def format_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def _verbose() -> bool:
+    ctx = click.get_current_context(silent=True)
+    flag = bool(ctx is not None and ctx.find_root().params.get("verbose"))
+    return flag or os.environ.get("AUTOINTERP_VERBOSE", "") not in ("", "0")
+
+
+def _fail(message: str, status: int) -> typing.NoReturn:
+    """One line on stderr (control characters escaped, whatever the message quotes), then exit."""
+    if _verbose():
+        import traceback
+
+        traceback.print_exc()
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    click.echo(f"error: {render.printable(line)}", err=True)
+    sys.exit(status)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """Pydantic's errors, each led by the option it is about and the value given."""
+    from autointerp.config import option_flag
+
+    parts = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["loc"]:
+            given = e.get("input")
+            value = f" {given}" if isinstance(given, int | float | str) else ""
+            msg = f"{option_flag(str(e['loc'][0]))}{value}: {msg}"
+        parts.append(msg)
+    return "; ".join(parts)
+
+
 def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
-    """An error of ours ends with one clear line on stderr and exit status 2 (bad input) or 1 (a lock
-    held too long, an LLM failure, a bug of ours), not a traceback."""
+    """An error ends with one clear line on stderr and exit status 2 (bad input) or 1 (a lock held too
+    long, an LLM failure, a bug of ours), Ctrl-C with one line and 130; the traceback only with --verbose
+    or AUTOINTERP_VERBOSE=1."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
         except AutointerpError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.exit_code)
         except ValidationError as exc:
-            msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-            click.echo(f"error: {msgs}", err=True)
-            sys.exit(2)
+            _fail(_validation_message(exc), 2)
+        except KeyboardInterrupt:
+            _fail("interrupted (Ctrl-C); nothing more was written", 130)
+        except store.DBError as exc:
+            _fail(f"database error: {store.first_line(exc)}", 1)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            _fail(f"internal error ({type(exc).__name__}: {exc}); run with --verbose for the traceback", 1)
 
     return wrapper
 
 
-@click.group()
+class _UsageLine(click.ClickException):
+    """A usage error (bad option value, unknown option) as one line, exit status 2, like every other."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "autointerp"
+        super().__init__(f"{exc.format_message()} (see `{where} --help`)")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {render.printable(' '.join(self.format_message().split()))}", err=True)
+
+
+class _Group(click.Group):
+    """The command group, reporting usage errors of the group and of every command in one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _UsageLine(exc) from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _UsageLine(exc) from exc
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__)
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="Show the traceback of an error (also: AUTOINTERP_VERBOSE=1).")
+def main(verbose: bool) -> None:
     """Label, score and query every feature of a language model.
 
     \b

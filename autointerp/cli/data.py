@@ -17,12 +17,17 @@ from autointerp.errors import BadInput
 @click.argument("query")
 @click.option("--allow-files", is_flag=True,
               help="Let the query read files (read_parquet, read_csv, ...) to join outside data. Off by default.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, max=10**7), default=300.0, show_default=True,
+              help="Stop the query after this many seconds (0: no limit).")
+@click.option("--max-rows", type=click.IntRange(min=0, max=10**9), default=10_000, show_default=True,
+              help="Print at most this many rows and say when there were more (0: all rows, held in memory).")
 @db_option
 @format_option
 @friendly_errors
-def sql(db: str, query: str, fmt: str, allow_files: bool) -> None:
+def sql(db: str, query: str, fmt: str, allow_files: bool, timeout_s: float, max_rows: int) -> None:
     """Run one SELECT on a read-only, sandboxed connection: no file or network access (unless
     --allow-files, which lets it read files), no extensions, no settings changes, one statement.
+    Columns with the same name are numbered (a, a_2); control characters in text are escaped.
 
     \b
     Example:
@@ -30,9 +35,16 @@ def sql(db: str, query: str, fmt: str, allow_files: bool) -> None:
       autointerp sql "SELECT * FROM contexts WHERE feature = 3 AND kind = 'top'" --format json
       autointerp sql "SELECT f.*, x.note FROM features f JOIN read_parquet('notes.parquet') x USING (feature)" --allow-files
     """
+    if timeout_s != timeout_s:  # NaN passes FloatRange's comparisons
+        raise BadInput("--timeout nan: give a number of seconds (0: no limit)")
     with store.open_store(db, read_only=True) as con:
-        columns, rows = store.user_query(con, query, allow_files=allow_files)
-    click.echo(render.FORMATS[fmt](columns, rows))
+        columns, rows = store.user_query(con, query, allow_files=allow_files, timeout_s=timeout_s or None,
+                                         max_rows=max_rows or None)
+    cut = bool(max_rows) and len(rows) > max_rows
+    click.echo(render.FORMATS[fmt](columns, rows[:max_rows] if cut else rows))
+    if cut:
+        click.echo(f"note: only the first {max_rows:,} rows are shown; add LIMIT/OFFSET to the query or pass "
+                   "--max-rows N (0: all)", err=True)
 
 
 @main.command()

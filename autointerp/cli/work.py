@@ -91,10 +91,10 @@ def collect(db: str, checkpoint_every_s: float, n_shards: int | None, shard_inde
                                         checkpoint_every_s=checkpoint_every_s)
         else:
             out = collect_stage(db, cfg, bars, checkpoint_every_s=checkpoint_every_s)
-    _collected(out, db, time.monotonic() - t0)
+    _collected(out, db, time.monotonic() - t0, cfg.n_tokens)
 
 
-def _collected(out: Any, db: str, secs: float) -> None:
+def _collected(out: Any, db: str, secs: float, asked: int | None = None) -> None:
     if out.already_complete:
         click.echo(f"dictionary {out.dictionary_id} already holds this collection ({out.n_tokens:,} tokens); "
                    "nothing to do.")
@@ -102,6 +102,8 @@ def _collected(out: Any, db: str, secs: float) -> None:
     resumed = f", resumed from a checkpoint at {out.resumed_tokens:,} tokens" if out.resumed_tokens else ""
     click.echo(f"dictionary {out.dictionary_id}: {out.n_features:,} features over {out.n_tokens:,} tokens "
                f"({out.n_contexts:,} contexts) in {secs:.1f}s{resumed} -> {db}")
+    if asked is not None and out.n_tokens < asked - asked % max(out.n_tokens // max(out.n_contexts, 1), 1):
+        click.echo(f"note: --tokens asked for {asked:,}; the corpus ran out at {out.n_tokens:,}", err=True)
 
 
 @main.command()
@@ -131,8 +133,9 @@ def merge(db: str, n_shards: int | None, feature_parts: list[tuple[int, int]] | 
 
     t0 = time.monotonic()
     with interruptible("nothing was written; the shards are kept: run the same command again.") as bars:
-        out = merge_stage(db, build(CollectConfig, kwargs), n_shards, on_progress=bars, feature_parts=feature_parts)
-    _collected(out, db, time.monotonic() - t0)
+        cfg = build(CollectConfig, kwargs)
+        out = merge_stage(db, cfg, n_shards, on_progress=bars, feature_parts=feature_parts)
+    _collected(out, db, time.monotonic() - t0, cfg.n_tokens)
 
 
 # ---------------------------------------------------------------- explain / score / run
@@ -289,7 +292,7 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
 
     behaviour_cfg = build(BehaviourConfig, kwargs) if with_behaviour else None
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
-        out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where),
+        out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where, "--label-where"),
                         build(LabelConfig, kwargs), build(LLMConfig, kwargs), behaviour_cfg, on_progress=bars)
     _finish_run(out, db)
 
@@ -357,7 +360,8 @@ def control(db: str, like_id: int, init_seed: int | None, scheme: str, control_s
     from autointerp.pipeline import Selection, control_stage
 
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
-        out = control_stage(db, like_id, Selection(label_features, label_where), build(LabelConfig, kwargs),
+        out = control_stage(db, like_id, Selection(label_features, label_where, "--label-where"),
+                            build(LabelConfig, kwargs),
                             build(LLMConfig, kwargs), build(BehaviourConfig, kwargs), seed=init_seed, scheme=scheme,
                             sae=control_sae, on_progress=bars)
     click.echo(f"control dictionary {out.collect.dictionary_id} (random init: {scheme}, seed "

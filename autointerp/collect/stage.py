@@ -14,6 +14,7 @@ from typing import Any
 from autointerp import store
 from autointerp.collect import corpus
 from autointerp.collect.collector import run_collection
+from autointerp.collect.memory import collect_memory
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError, BadInput, LockTimeout, is_bad_input
 from autointerp.records import ProgressEvent, ProgressFn
@@ -99,7 +100,23 @@ def prepare(cfg: CollectConfig, model: Any = None) -> Prepared:
     if tokenizer is None:
         raise BadInput(f"model {cfg.model} has no tokenizer")
     bos = tokenizer.bos_token_id if model.cfg.default_prepend_bos else None
+    _check_memory(cfg, reader.n_features)
     return Prepared(reader, hook, tokenizer, bos, token_strings(tokenizer), start, device)
+
+
+def _check_memory(cfg: CollectConfig, n_features: int) -> None:
+    """Refuse settings whose buffers cannot fit in this machine's memory, before the dictionary is
+    registered (an allocation failing mid-run would leave it incomplete)."""
+    import psutil
+
+    estimate = collect_memory(cfg, n_features)
+    need = max(estimate.collect, estimate.result)
+    have = psutil.virtual_memory().total
+    if need > have:
+        raise BadInput(f"these settings need about {need / 2**30:,.1f} GiB for {n_features:,} features "
+                       f"(--top-k {cfg.top_k}, --random {cfg.n_random}, --quantiles {cfg.n_quantiles} x --per-quantile "
+                       f"{cfg.per_quantile}, --ctx-len {cfg.ctx_len}) and this machine has {have / 2**30:,.1f} GiB; "
+                       "lower them or collect fewer --features")
 
 
 @contextmanager

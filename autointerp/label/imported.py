@@ -276,6 +276,9 @@ def read(path: str | Path, fmt: str = "auto", module: str | None = None) -> Pars
         raise BadInput(f"{p}: cannot read it as {fmt} ({exc})") from None
     if not files:
         raise BadInput(f"{p}: no {fmt} label files in it")
+    nul = next((r for r in rows if r.label is not None and "\x00" in r.label), None)
+    if nul is not None:  # no label holds a NUL byte: it is a damaged or hostile file, refused whole
+        raise BadInput(f"{nul.where}: the label holds a NUL byte; nothing was imported")
     if module is not None:
         found = sorted({r.origin for r in rows if r.origin})
         rows = [r for r in rows if r.origin == module]

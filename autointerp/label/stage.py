@@ -10,7 +10,6 @@ loader or a writer error) stops the batch with that error, after what finished h
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
-from autointerp.errors import BadInput, InternalError, LockTimeout, cause
+from autointerp.errors import InternalError, LockTimeout, cause
 from autointerp.label import explain
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
@@ -63,16 +62,7 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
         urls = [embedded.base_url]
     try:
         default_model = local.MODEL_NAME if embedded else "gpt-4o-mini"
-        prices = None
-        if cfg.prices:
-            try:
-                prices = {k: tuple(float(x) for x in v) for k, v in json.loads(Path(cfg.prices).read_text()).items()}
-                if any(len(v) not in (2, 4, 6) for v in prices.values()):
-                    raise ValueError("each model needs 2, 4 or 6 prices")
-            except (ValueError, TypeError, IndexError, OSError) as exc:
-                raise BadInput(f"--prices {cfg.prices}: expected JSON {{\"model\": [input, output"
-                                      f"(, batch_input, batch_output(, cached_input, batch_cached_input))]}} "
-                                      f"({exc})") from None
+        prices = cfg.price_table()
         budget = llm.Budget(cfg.max_cost_usd, cfg.max_tokens)
         client: LLMClient = llm.OpenAICompatibleClient(
             urls, os.environ.get("OPENAI_API_KEY"), timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,

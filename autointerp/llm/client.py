@@ -39,6 +39,7 @@ from autointerp.llm.bodies import (
 )
 from autointerp.llm.costs import DEFAULT_PRICES, Budget, BudgetExhausted, cost
 from autointerp.records import CallRow, FailureCode
+from autointerp.redact import redact, refuse_url_credentials
 
 T = TypeVar("T")
 
@@ -157,10 +158,7 @@ def _reason(exc: BaseException, secret: str | list[str] | None) -> str:
         text = f"connection error: {exc.__cause__ or exc}"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    for hidden in [secret] if isinstance(secret, str) else (secret or []):
-        if hidden:
-            text = text.replace(hidden, "***")
-    return text[:500]
+    return (redact(text, [secret] if isinstance(secret, str) else (secret or [])) or "")[:500]
 
 
 class OpenAICompatibleClient:
@@ -171,6 +169,8 @@ class OpenAICompatibleClient:
                  budget: Budget | None = None):
         if not base_urls:
             raise BadInput("no LLM endpoint: pass --base-url or set OPENAI_BASE_URL")
+        for url in base_urls:
+            refuse_url_credentials(url, "the endpoint URL (--base-url or $OPENAI_BASE_URL)")
         # Never recorded or shown: the key, and whatever credentials the endpoint URLs carry.
         self._secret = [x for x in [api_key or ""] + [x for u in base_urls for x in _url_secrets(u)] if x]
         self._clients = [

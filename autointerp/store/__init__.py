@@ -41,6 +41,8 @@ from autointerp.store.db import (
     Migration,
     applied_migrations,
     check_schema,
+    check_where,
+    first_line,
     insert_rows,
     known_migrations,
     lock_holder,
@@ -50,6 +52,7 @@ from autointerp.store.db import (
     sandbox,
     select_features,
     transaction,
+    unique_columns,
     user_query,
 )
 from autointerp.store.planted import (
@@ -108,4 +111,5 @@ __all__ = [
     "write_bundles", "GainPending", "add_scores", "gain_pending", "SchemaObject", "schema_objects",
     "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
     "planted_scores", "planted_truth",
+    "check_where", "first_line", "unique_columns",
 ]

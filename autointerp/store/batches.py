@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from autointerp.records import BATCH_DONE
+from autointerp.redact import redact
 from autointerp.store.db import Connection, insert_rows, transaction
 from autointerp.store.results import Bundle, insert_bundles
 
@@ -54,6 +55,8 @@ def update_batch(con: Connection, batch_key: str, **values: Any) -> None:
     bad = set(values) - _UPDATABLE
     if bad:
         raise ValueError(f"not updatable batch columns: {sorted(bad)}")
+    if values.get("error") is not None:
+        values["error"] = redact(values["error"])
     sets = ", ".join(f"{k} = ?" for k in values)
     con.execute(f"UPDATE batches SET {sets}, updated_at = current_timestamp WHERE batch_key = ?",
                 [*values.values(), batch_key])
