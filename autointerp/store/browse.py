@@ -177,7 +177,7 @@ def null_values(con: Connection, dictionary_id: int, explainer: str) -> dict[tup
         SELECT run.simulator, s.method, s.value FROM run JOIN scores s USING (run_id) WHERE s.value IS NOT NULL
         UNION ALL
         SELECT run.simulator, s.method, s.value FROM run
-        JOIN (SELECT * FROM score_runs WHERE stage = 'behaviour'
+        JOIN (SELECT * FROM score_runs WHERE stage = 'behaviour' AND source_run_id IN (SELECT run_id FROM run)
               QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1) b
           ON b.source_run_id = run.run_id
         JOIN scores s ON s.run_id = b.run_id WHERE s.value IS NOT NULL""",

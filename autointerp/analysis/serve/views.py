@@ -17,6 +17,10 @@ from autointerp.store.browse import LabelRun, RunScore
 
 # Score columns of the list, in this order, where the dictionary has them.
 LIST_METHODS = ("correlation_top_random", "correlation_gain", "detection", "fuzzing", "behaviour")
+# Scores of a label, compared with the shuffled-label null (the methods the `labels` view gives margins); the
+# others (ablation_effect: the feature's own effect, the *_random controls) have no label-level null.
+MARGIN_METHODS = ("correlation_top_random", "correlation_gain", "correlation_random", "explained_variance",
+                  "detection", "fuzzing", "behaviour")
 CONTEXT_KINDS = (("top", "top activations"), ("quantile", "quantiles"), ("random", "random contexts"))
 
 
@@ -38,7 +42,7 @@ def score(s: RunScore | None, method: str, nulls: list[float]) -> Score:
     if s is None:
         return Score(method, None, None, None, None, len(nulls))
     ci = (s.ci_low, s.ci_high) if s.ci_low is not None and s.ci_high is not None else None
-    if s.value is None or not nulls:
+    if s.value is None or not nulls or method not in MARGIN_METHODS:
         return Score(method, s.value, ci, None, None, len(nulls), s.note)
     margin = s.value - sum(nulls) / len(nulls)
     p = (1 + sum(v >= s.value for v in nulls)) / (1 + len(nulls))
