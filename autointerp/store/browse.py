@@ -151,19 +151,24 @@ class RunScore:
 
 
 def run_scores(con: Connection, dictionary_id: int, features: list[int], run_ids: list[str]) -> list[RunScore]:
-    """Scores of these simulation runs (of these features) and of the newest behaviour run made from each."""
+    """Scores of these simulation runs (of these features) and of the newest behaviour run made from each.
+    The features' range bounds the scans: DuckDB skips row groups outside it (rows are written in batches of
+    neighbouring features)."""
     if not run_ids:
         return []
     rows = con.execute("""
         WITH beh AS (SELECT run_id, source_run_id FROM score_runs WHERE stage = 'behaviour' AND dictionary_id = $d
-                     AND feature IN (SELECT unnest($fs)) AND source_run_id IN (SELECT unnest($ids))
+                     AND feature BETWEEN $lo AND $hi AND feature IN (SELECT unnest($fs))
+                     AND source_run_id IN (SELECT unnest($ids))
                      QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1),
         owner AS (SELECT unnest($ids) AS run_id, unnest($ids) AS sim_run
                   UNION ALL SELECT run_id, source_run_id FROM beh)
         SELECT o.sim_run, s.method, s.value, s.ci_low, s.ci_high, s.n_examples, s.note
-        FROM owner o JOIN (SELECT * FROM scores WHERE dictionary_id = $d AND feature IN (SELECT unnest($fs))) s
+        FROM owner o JOIN (SELECT * FROM scores WHERE dictionary_id = $d AND feature BETWEEN $lo AND $hi
+                           AND feature IN (SELECT unnest($fs))) s
           USING (run_id) ORDER BY o.sim_run, s.method""",
-                       {"d": dictionary_id, "fs": features, "ids": run_ids}).fetchall()
+                       {"d": dictionary_id, "fs": features, "ids": run_ids, "lo": min(features),
+                        "hi": max(features)}).fetchall()
     return [RunScore(*r) for r in rows]
 
 
@@ -216,10 +221,10 @@ def feature_labels(con: Connection, dictionary_id: int, feature: int) -> list[La
     """Every newest label of one feature with its newest runs: real labels first, then the nulls."""
     rows = con.execute(f"""
         WITH e AS (SELECT * FROM explanations WHERE dictionary_id = $d AND feature = $f {_NEWEST_EXPLANATION}),
-        run AS (SELECT * FROM score_runs WHERE stage = 'simulation'
+        run AS (SELECT * FROM score_runs WHERE stage = 'simulation' AND dictionary_id = $d AND feature = $f
                 AND explanation_id IN (SELECT explanation_id FROM e) {_NEWEST_RUN}),
-        beh AS (SELECT source_run_id, config FROM score_runs WHERE stage = 'behaviour'
-                AND source_run_id IN (SELECT run_id FROM run)
+        beh AS (SELECT source_run_id, config FROM score_runs WHERE stage = 'behaviour' AND dictionary_id = $d
+                AND feature = $f AND source_run_id IN (SELECT run_id FROM run)
                 QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1)
         SELECT e.explanation_id, e.explainer, e.label, e.status, e.error, e.null_kind, e.null_of, e.label_feature,
                e.prompt_hash, CAST(e.config AS VARCHAR), e.created_at, run.run_id, run.simulator, run.status,

@@ -212,4 +212,6 @@ def test_a_label_run_writes_the_file_while_the_browser_serves(server, served_db,
     assert failures == []
     assert len(times) >= 3
     assert query(served_db, "SELECT count(*) FROM explanations")[0][0] > before
+    with urllib.request.urlopen(server + "/?dictionary=1&q=digits", timeout=60) as resp:
+        assert "24 features with a m-explain label" in resp.read().decode()  # the run's labels, nothing stale
     print(f"{len(times)} requests during the label run, slowest {max(times):.2f}s")

@@ -4,6 +4,7 @@ writing the same file waits at most for one request's reads; the browser waits f
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,37 @@ from autointerp.store import browse
 
 PAGE_SIZE = 50
 LOCK_WAIT_S = 30.0  # how long a request waits for a writer (a label run) to let go of the file
+
+
+class FileMemo:
+    """Reads that change only when the database file does (the shuffled-label nulls of a dictionary), kept
+    while the file and its write-ahead log keep their size and modification time; any write drops them all."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.state: tuple[tuple[int, int] | None, ...] | None = None
+        self.values: dict[Any, Any] = {}
+
+    def _state(self) -> tuple[tuple[int, int] | None, ...]:
+        out: list[tuple[int, int] | None] = []
+        for path in (self.db, self.db.with_name(self.db.name + ".wal")):
+            try:
+                st = path.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def check(self) -> None:
+        """Call before a request opens the file: forgets everything if the file changed."""
+        state = self._state()
+        if state != self.state:
+            self.state, self.values = state, {}
+
+    def get(self, key: Any, read: Callable[[], Any]) -> Any:
+        if key not in self.values:
+            self.values[key] = read()
+        return self.values[key]
 
 
 def _int(request: Request, name: str, default: int | None = None) -> int | None:
@@ -52,7 +84,7 @@ def _default_dictionary(dicts: list[store.DictionaryRow]) -> int:
     return (trained or complete)[-1].dictionary_id
 
 
-def _list_context(con: Any, request: Request) -> dict[str, Any]:
+def _list_context(con: Any, request: Request, memo: FileMemo) -> dict[str, Any]:
     dicts = store.list_dictionaries(con)
     did = _int(request, "dictionary") or _default_dictionary(dicts)
     d = store.get_dictionary(con, did)
@@ -66,7 +98,8 @@ def _list_context(con: Any, request: Request) -> dict[str, Any]:
     listing = browse.feature_page(con, q, methods)
     runs = [r.run_id for r in listing.rows if r.run_id]
     scores = views.by_run(browse.run_scores(con, did, [r.feature for r in listing.rows], runs))
-    nulls = browse.null_values(con, did, explainer) if explainer else {}
+    nulls = memo.get(("nulls", did, explainer), functools.partial(browse.null_values, con, did, explainer)
+                     ) if explainer else {}
     columns = [m for m in views.LIST_METHODS if m in methods]
     rows = [(r, [views.score(scores.get(r.run_id or "", {}).get(m), m, nulls.get((r.simulator or "", m), []))
                  for m in columns]) for r in listing.rows]
@@ -78,7 +111,7 @@ def _list_context(con: Any, request: Request) -> dict[str, Any]:
             "pages": max(1, -(-listing.total // PAGE_SIZE)), "q": q, "params": params}
 
 
-def _feature_context(con: Any, did: int, feature: int) -> dict[str, Any]:
+def _feature_context(con: Any, did: int, feature: int, memo: FileMemo) -> dict[str, Any]:
     d = store.get_dictionary(con, did)
     stats = store.feature_stats(con, did, feature)
     if stats is None:
@@ -86,7 +119,8 @@ def _feature_context(con: Any, did: int, feature: int) -> dict[str, Any]:
     labels = browse.feature_labels(con, did, feature)
     runs = [lab.run_id for lab in labels if lab.run_id]
     scores = views.by_run(browse.run_scores(con, did, [feature], runs))
-    nulls = {x: browse.null_values(con, did, x) for x in {lab.explainer for lab in labels if lab.null_kind is None}}
+    nulls = {x: memo.get(("nulls", did, x), functools.partial(browse.null_values, con, did, x))
+             for x in {lab.explainer for lab in labels if lab.null_kind is None}}
     controls = []
     for c in views.paired(d, store.list_dictionaries(con)):
         c_labels = [lab for lab in browse.feature_labels(con, c.dictionary_id, feature) if lab.null_kind is None]
@@ -108,9 +142,11 @@ def create_app(db: str | Path) -> Starlette:
     db = Path(db)
     env = report.environment()
     env.globals.update(fmt=views.fmt, qs=views.query_string)
+    memo = FileMemo(db)
 
     def page(template: str, build: Callable[[Any], dict[str, Any]]) -> Response:
         started = time.perf_counter()
+        memo.check()
         try:
             with store.open_store(db, read_only=True, wait_s=LOCK_WAIT_S) as con:
                 context = build(con)
@@ -122,11 +158,11 @@ def create_app(db: str | Path) -> Starlette:
 
     def features(request: Request) -> Response:
         name = "serve/rows.html.j2" if request.query_params.get("fragment") else "serve/list.html.j2"
-        return page(name, lambda con: _list_context(con, request))
+        return page(name, lambda con: _list_context(con, request, memo))
 
     def feature(request: Request) -> Response:
         did, f = int(request.path_params["did"]), int(request.path_params["feature"])
-        return page("serve/feature.html.j2", lambda con: _feature_context(con, did, f))
+        return page("serve/feature.html.j2", lambda con: _feature_context(con, did, f, memo))
 
     def sql(request: Request) -> Response:
         text = request.query_params.get("q", "").strip()
