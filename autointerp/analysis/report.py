@@ -123,7 +123,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _histograms(series: dict[str, dict[str, list[float | None]]]) -> Plot:
+def histograms(series: dict[str, dict[str, list[float | None]]]) -> Plot:
     methods = [m for m in SCORE_METHODS if any(per.get(m) for per in series.values())]
     if not methods:
         return Plot(note="No scores yet.")
@@ -202,7 +202,7 @@ def _section(con: Any, d: DictionaryRow, controls: list[DictionaryRow], n_best: 
         did=d.dictionary_id, model=d.model, hook=d.hook, kind=d.kind, n_features=d.n_features, n_tokens=d.n_tokens,
         compared=[names[c.dictionary_id] for c in controls],
         summary=_summary(store.summary_table(con, [g.dictionary_id for g in group], SUMMARY_COLUMNS)),
-        histograms=_histograms(series),
+        histograms=histograms(series),
         behaviour_scatter=_scatter([llm[f].values["correlation_top_random"] for f in feats],
                                    [llm[f].values["behaviour"] for f in feats], "correlation_top_random", "behaviour"),
         baseline_scatter=_scatter([base[f].values["correlation_top_random"] if f in base else None for f in feats],

@@ -147,6 +147,11 @@ def test_search_open_feature_and_run_sql_in_chromium(tmp_path, server, served_db
         assert [c[0] for c in cells] == ["0", "1", "2"]
         driver.get(server + "/sql?q=COPY+features+TO+'out.csv'")
         assert "refused" in driver.find_element(By.ID, "error").text
+        # The compare page: trained against its control, the compare command's rows and the plot.
+        driver.get(server + "/compare")
+        assert driver.find_elements(By.CSS_SELECTOR, "#compare tbody tr")
+        (plot,) = driver.find_elements(By.CSS_SELECTOR, "img.plot")
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", plot)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "/sql?q=COPY" not in e["message"]]
         assert errors == []
     finally:

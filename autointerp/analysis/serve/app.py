@@ -199,4 +199,9 @@ def _compare_context(con: Any, request: Request) -> dict[str, Any]:
         values = store.score_values(con, [a, b])
         context["columns"], context["rows"] = cmp.compare_table(values, a, b) if values else ([], [])
         context["names"] = (views.dictionary_name(da), views.dictionary_name(dbb))
+        series: dict[str, dict[str, list[float | None]]] = {}
+        for v in values:
+            series.setdefault(f"{'A' if v.dictionary_id == a else 'B'}: {v.explainer}", {}).setdefault(
+                v.method, []).append(v.value)
+        context["plot"] = report.histograms(series) if values else None
     return context
