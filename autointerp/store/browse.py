@@ -153,23 +153,21 @@ class RunScore:
 def run_scores(con: Connection, dictionary_id: int, features: list[int], run_ids: list[str]) -> list[RunScore]:
     """Scores of these simulation runs (of these features) and of the newest behaviour run made from each.
     The features' range bounds the scans: DuckDB skips row groups outside it (rows are written in batches of
-    neighbouring features)."""
+    neighbouring features); `list_contains` filters during the scan, faster here than a join."""
     if not run_ids:
         return []
+    bounds = {"d": dictionary_id, "lo": min(features), "hi": max(features)}
+    source = dict(con.execute("""
+        SELECT run_id, source_run_id FROM score_runs WHERE stage = 'behaviour' AND dictionary_id = $d
+        AND feature BETWEEN $lo AND $hi AND list_contains($ids, source_run_id)
+        QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1""",
+                              {**bounds, "ids": run_ids}).fetchall())
     rows = con.execute("""
-        WITH beh AS (SELECT run_id, source_run_id FROM score_runs WHERE stage = 'behaviour' AND dictionary_id = $d
-                     AND feature BETWEEN $lo AND $hi AND feature IN (SELECT unnest($fs))
-                     AND source_run_id IN (SELECT unnest($ids))
-                     QUALIFY row_number() OVER (PARTITION BY source_run_id ORDER BY created_at DESC, run_id) = 1),
-        owner AS (SELECT unnest($ids) AS run_id, unnest($ids) AS sim_run
-                  UNION ALL SELECT run_id, source_run_id FROM beh)
-        SELECT o.sim_run, s.method, s.value, s.ci_low, s.ci_high, s.n_examples, s.note
-        FROM owner o JOIN (SELECT * FROM scores WHERE dictionary_id = $d AND feature BETWEEN $lo AND $hi
-                           AND feature IN (SELECT unnest($fs))) s
-          USING (run_id) ORDER BY o.sim_run, s.method""",
-                       {"d": dictionary_id, "fs": features, "ids": run_ids, "lo": min(features),
-                        "hi": max(features)}).fetchall()
-    return [RunScore(*r) for r in rows]
+        SELECT run_id, method, value, ci_low, ci_high, n_examples, note FROM scores
+        WHERE dictionary_id = $d AND feature BETWEEN $lo AND $hi AND list_contains($ids, run_id)""",
+                       {**bounds, "ids": run_ids + list(source)}).fetchall()
+    out = [RunScore(source.get(r[0], r[0]), *r[1:]) for r in rows]
+    return sorted(out, key=lambda s: (s.run_id, s.method))
 
 
 def null_values(con: Connection, dictionary_id: int, explainer: str) -> dict[tuple[str, str], list[float]]:
