@@ -27,7 +27,7 @@ _NEWEST_RUN = "QUALIFY row_number() OVER (PARTITION BY explanation_id, simulator
 
 @dataclass(frozen=True)
 class FeatureQuery:
-    """One request of the feature list. `sort` is a features column or a score method; `score_min` and
+    """One request of the feature list. `sort` is a features column, 'label' or a score method; `score_min` and
     `score_max` bound the sort column when it is a score."""
 
     dictionary_id: int
@@ -92,6 +92,8 @@ def _best_labels_sql(sort_method: str | None, paged_first: bool, search: bool = 
 
 def _order(q: FeatureQuery, sort_method: str | None) -> str:
     direction = "DESC" if q.descending else "ASC"
+    if q.sort == "label":
+        return f"b.label {direction} NULLS LAST, f.feature"
     if sort_method:
         return f"b.sort_value {direction} NULLS LAST, f.feature"
     return f"f.{q.sort} {direction}, f.feature"
@@ -100,14 +102,16 @@ def _order(q: FeatureQuery, sort_method: str | None) -> str:
 def feature_page(con: Connection, q: FeatureQuery, methods: list[str]) -> ListPage:
     """A page of features with the explainer's best label: searched (case-insensitive substring of the
     label), bounded by a score range, sorted by a features column or a score (`methods` are the known ones)."""
-    if q.sort not in FEATURE_SORTS and q.sort not in methods:
-        raise BadInput(f"cannot sort by '{q.sort}': use one of {', '.join(FEATURE_SORTS + tuple(methods))}")
-    sort_method = None if q.sort in FEATURE_SORTS else q.sort
+    if q.sort not in FEATURE_SORTS and q.sort != "label" and q.sort not in methods:
+        raise BadInput(f"cannot sort by '{q.sort}': use one of {', '.join(FEATURE_SORTS + ('label', *methods))}")
+    sort_method = None if q.sort in FEATURE_SORTS or q.sort == "label" else q.sort
     where = ["f.dictionary_id = $d"]
     params: dict[str, Any] = {"d": q.dictionary_id, "x": q.explainer or "", "lim": q.limit, "off": q.offset}
     if sort_method:
         params["m"] = sort_method
         where.append("TRUE")  # a score sort needs every label's score
+    if q.sort == "label":
+        where.append("TRUE")  # a label sort needs every feature's best label
     if q.search:
         where.append("b.label IS NOT NULL")
         params["s"] = "%" + q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -78,6 +78,14 @@ def test_score_sort_range_and_paging(labelled):
     assert _page(labelled, offset=10 * n).total == n
 
 
+def test_label_sort(labelled):
+    labels = _labels(labelled)
+    page = _page(labelled, sort="label", limit=100)
+    expected = sorted(labels, key=lambda f: (labels[f][0], f))
+    assert [r.feature for r in page.rows][: len(labels)] == expected
+    assert all(r.label is None for r in page.rows[len(labels):])
+
+
 def test_bad_requests_say_why(labelled):
     with pytest.raises(BadInput, match="cannot sort by 'label; DROP'"):
         _page(labelled, sort="label; DROP")
