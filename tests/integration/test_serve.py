@@ -89,69 +89,86 @@ def _driver(tmp_path: Path):
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
 
+def _search_the_list(driver, wait, server: str, db: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(server + "/?dictionary=1&explainer=baseline:token-lookup")
+    total = driver.find_element(By.ID, "total").text
+    assert total.startswith(f"{query(db, 'SELECT count(*) FROM features WHERE dictionary_id = 1')[0][0]} ")
+    driver.get(server + "/?dictionary=1")
+    # Live search: typing a word of the LLM label re-fetches the table; the <script> in it is text.
+    box = driver.find_element(By.ID, "search")
+    box.send_keys("digits")
+    wait.until(lambda d: d.find_element(By.ID, "total").text.startswith("12 features with a m-explain label"))
+    labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#features td.label")]
+    assert labels == [HOSTILE_LABEL] * 12
+    assert driver.find_elements(By.CSS_SELECTOR, "#features script") == []
+    assert len(driver.find_elements(By.TAG_NAME, "script")) == 1  # the page's own live-search script only
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(IMAGES / "browser-list.png"))
+    box.clear()
+    box.send_keys("no label says this")
+    wait.until(lambda d: d.find_element(By.ID, "total").text.startswith("0 features"))
+
+
+def _read_a_feature(driver, wait, server: str, db: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    # A feature page: tokens highlighted by activation (the value on hover), scores with CIs and margins.
+    driver.get(server + "/?dictionary=1&sort=correlation_top_random&desc=1")
+    driver.find_element(By.CSS_SELECTOR, "#features tbody tr td a").click()
+    wait.until(lambda d: d.find_elements(By.ID, "histogram"))
+    shaded = driver.find_elements(By.CSS_SELECTOR, ".ctx span.tok[style*='background']")
+    assert shaded and all(float(s.get_attribute("title")) > 0 for s in shaded)
+    assert {e.get_attribute("data-split") for e in driver.find_elements(By.CSS_SELECTOR, ".ctx")} == {
+        "explain", "holdout"}
+    rows = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "tr.score")]
+    assert any(t.startswith("correlation_top_random ") for t in rows) and any(t.startswith("behaviour ") for t in rows)
+    assert any(m.text.startswith(("+", "-")) for m in driver.find_elements(By.CSS_SELECTOR, "tr.score td.margin"))
+    # Every label of the feature is listed: the LLM's, the baseline's and the nulls given to it.
+    feature = int(driver.current_url.rsplit("/", 1)[1])
+    stored = query(db, "SELECT count(*) FROM labels WHERE dictionary_id = 1 AND feature = ?", [feature])[0][0]
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#labels tr.labelrow")) == stored
+    kinds = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#labels tr.labelrow td:first-child .muted")]
+    assert "label" in kinds and "baseline" in kinds
+    assert "the same feature on 2 (random init)" in driver.page_source
+    assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "span.label")].count(HOSTILE_LABEL) >= 1
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    driver.set_window_size(1200, 1300)
+    assert driver.save_screenshot(str(IMAGES / "browser-feature.png"))
+
+
+def _sql_and_compare(driver, wait, server: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    # The SQL box: one sandboxed SELECT, the result as a table; anything else refused in one line.
+    driver.get(server + "/sql")
+    area = driver.find_element(By.ID, "sql")
+    area.send_keys("SELECT feature, max_act FROM features WHERE dictionary_id = 1 ORDER BY feature LIMIT 3")
+    driver.find_element(By.ID, "run-sql").click()
+    wait.until(lambda d: d.find_elements(By.ID, "result"))
+    cells = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+             for tr in driver.find_elements(By.CSS_SELECTOR, "#result tbody tr")]
+    assert [c[0] for c in cells] == ["0", "1", "2"]
+    driver.get(server + "/sql?q=COPY+features+TO+'out.csv'")
+    assert "refused" in driver.find_element(By.ID, "error").text
+    # The compare page: trained against its control, the compare command's rows and the plot.
+    driver.get(server + "/compare")
+    assert driver.find_elements(By.CSS_SELECTOR, "#compare tbody tr")
+    (plot,) = driver.find_elements(By.CSS_SELECTOR, "img.plot")
+    assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", plot)
+
+
 @needs_chromium
 def test_search_open_feature_and_run_sql_in_chromium(tmp_path, server, served_db):
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = _driver(tmp_path)
     wait = WebDriverWait(driver, 30)
     try:
-        driver.get(server + "/?dictionary=1&explainer=baseline:token-lookup")
-        total = driver.find_element(By.ID, "total").text
-        assert total.startswith(f"{query(served_db, 'SELECT count(*) FROM features WHERE dictionary_id = 1')[0][0]} ")
-        driver.get(server + "/?dictionary=1")
-        # Live search: typing a word of the LLM label re-fetches the table; the <script> in it is text.
-        box = driver.find_element(By.ID, "search")
-        box.send_keys("digits")
-        wait.until(lambda d: d.find_element(By.ID, "total").text.startswith("12 features with a m-explain label"))
-        labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#features td.label")]
-        assert labels == [HOSTILE_LABEL] * 12
-        assert driver.find_elements(By.CSS_SELECTOR, "#features script") == []
-        assert len(driver.find_elements(By.TAG_NAME, "script")) == 1  # the page's own live-search script only
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        assert driver.save_screenshot(str(IMAGES / "browser-list.png"))
-        box.clear()
-        box.send_keys("no label says this")
-        wait.until(lambda d: d.find_element(By.ID, "total").text.startswith("0 features"))
-        # A feature page: tokens highlighted by activation (the value on hover), scores with CIs and margins.
-        driver.get(server + "/?dictionary=1&sort=correlation_top_random&desc=1")
-        driver.find_element(By.CSS_SELECTOR, "#features tbody tr td a").click()
-        wait.until(lambda d: d.find_elements(By.ID, "histogram"))
-        shaded = driver.find_elements(By.CSS_SELECTOR, ".ctx span.tok[style*='background']")
-        assert shaded and all(float(s.get_attribute("title")) > 0 for s in shaded)
-        assert {e.get_attribute("data-split") for e in driver.find_elements(By.CSS_SELECTOR, ".ctx")} == {
-            "explain", "holdout"}
-        rows = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "tr.score")]
-        assert any(t.startswith("correlation_top_random ") for t in rows) and any(t.startswith("behaviour ") for t in rows)
-        assert any(m.text.startswith(("+", "-")) for m in driver.find_elements(By.CSS_SELECTOR, "tr.score td.margin"))
-        # Every label of the feature is listed: the LLM's, the baseline's and the nulls given to it.
-        feature = int(driver.current_url.rsplit("/", 1)[1])
-        stored = query(served_db, "SELECT count(*) FROM labels WHERE dictionary_id = 1 AND feature = ?", [feature])[0][0]
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#labels tr.labelrow")) == stored
-        kinds = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#labels tr.labelrow td:first-child .muted")]
-        assert "label" in kinds and "baseline" in kinds
-        assert "the same feature on 2 (random init)" in driver.page_source
-        assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "span.label")].count(HOSTILE_LABEL) >= 1
-        assert driver.find_elements(By.TAG_NAME, "script") == []
-        driver.set_window_size(1200, 1300)
-        assert driver.save_screenshot(str(IMAGES / "browser-feature.png"))
-        # The SQL box: one sandboxed SELECT, the result as a table; anything else refused in one line.
-        driver.get(server + "/sql")
-        area = driver.find_element(By.ID, "sql")
-        area.send_keys("SELECT feature, max_act FROM features WHERE dictionary_id = 1 ORDER BY feature LIMIT 3")
-        driver.find_element(By.ID, "run-sql").click()
-        wait.until(lambda d: d.find_elements(By.ID, "result"))
-        cells = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-                 for tr in driver.find_elements(By.CSS_SELECTOR, "#result tbody tr")]
-        assert [c[0] for c in cells] == ["0", "1", "2"]
-        driver.get(server + "/sql?q=COPY+features+TO+'out.csv'")
-        assert "refused" in driver.find_element(By.ID, "error").text
-        # The compare page: trained against its control, the compare command's rows and the plot.
-        driver.get(server + "/compare")
-        assert driver.find_elements(By.CSS_SELECTOR, "#compare tbody tr")
-        (plot,) = driver.find_elements(By.CSS_SELECTOR, "img.plot")
-        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", plot)
+        _search_the_list(driver, wait, server, served_db)
+        _read_a_feature(driver, wait, server, served_db)
+        _sql_and_compare(driver, wait, server)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "/sql?q=COPY" not in e["message"]]
         assert errors == []
     finally:
