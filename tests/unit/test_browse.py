@@ -118,3 +118,17 @@ def test_serve_without_a_database_is_one_line_exit_2(tmp_path):
 
     result = CliRunner().invoke(main, ["serve", "--db", str(tmp_path / "none.duckdb")])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "no database at" in result.output
+
+
+def test_label_kinds_name_where_a_label_came_from():
+    def lab(explainer: str, null_kind: str | None = None, prompt_hash: str = "p", null_of: str | None = None,
+            label_feature: int | None = None) -> browse.LabelRun:
+        return browse.LabelRun("e", explainer, "x", "ok", None, null_kind, null_of, label_feature, prompt_hash, None,
+                               None, None, None, None, None, None, None)
+
+    assert views.label_kind(lab("m-explain")) == "label"
+    assert views.label_kind(lab("baseline:token-lookup")) == "baseline"
+    assert views.label_kind(lab("neuronpedia", prompt_hash="import:0123")) == "imported label"
+    assert views.label_kind(lab("null:constant", "constant")) == "null: constant label"
+    assert views.label_kind(lab("null:shuffled:m-explain", "shuffled", null_of="m-explain", label_feature=7)) == (
+        "null: a label of m-explain written for feature 7")

@@ -10,6 +10,7 @@ from typing import Any
 
 from autointerp.analysis.compare import describe
 from autointerp.analysis.report import Span, spans
+from autointerp.label.import_stage import HASH_PREFIX as IMPORTED
 from autointerp.label.nulls import CONSTANT, SHUFFLED
 from autointerp.records import Context
 from autointerp.store import DictionaryRow
@@ -108,6 +109,8 @@ def label_kind(lab: LabelRun) -> str:
                 if lab.label_feature is not None else f"null: a shuffled label of {lab.null_of}")
     if lab.null_kind == "constant" or lab.explainer == CONSTANT:
         return "null: constant label"
+    if lab.prompt_hash.startswith(IMPORTED):
+        return "imported label"
     return "baseline" if lab.explainer.startswith("baseline:") else "label"
 
 
