@@ -22,7 +22,7 @@ from autointerp.errors import AutointerpError, LockTimeout, is_bad_input
 from autointerp.store import browse
 
 PAGE_SIZE = 50
-LOCK_WAIT_S = 30.0  # how long a request waits for a writer (a label run) to let go of the file
+REQUEST_LOCK_WAIT_S = 30.0  # how long a request waits for a writer (a label run) to let go of the file
 
 
 class FileMemo:
@@ -148,7 +148,7 @@ def create_app(db: str | Path) -> Starlette:
         started = time.perf_counter()
         memo.check()
         try:
-            with store.open_store(db, read_only=True, wait_s=LOCK_WAIT_S) as con:
+            with store.open_store(db, read_only=True, wait_s=REQUEST_LOCK_WAIT_S) as con:
                 context = build(con)
         except AutointerpError as exc:
             status = 503 if isinstance(exc, LockTimeout) else 400 if is_bad_input(exc) else 404
