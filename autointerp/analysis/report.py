@@ -123,7 +123,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _histograms(series: dict[str, dict[str, list[float | None]]]) -> Plot:
+def histograms(series: dict[str, dict[str, list[float | None]]]) -> Plot:
     methods = [m for m in SCORE_METHODS if any(per.get(m) for per in series.values())]
     if not methods:
         return Plot(note="No scores yet.")
@@ -154,7 +154,7 @@ def _scatter(x: list[float | None], y: list[float | None], xlabel: str, ylabel: 
     return _png(fig)
 
 
-def _spans(tokens: list[str], acts: list[float], scale: float) -> list[Span]:
+def spans(tokens: list[str], acts: list[float], scale: float) -> list[Span]:
     return [Span(t.replace("\n", "↵"), max(0.0, min(1.0, a / scale)) if scale > 0 else 0.0, a)
             for t, a in zip(tokens, acts, strict=True)]
 
@@ -170,7 +170,7 @@ def _examples(con: Any, did: int, llm: dict[int, LabelScores], n_best: int) -> l
         max_act = float(stats["max_act"]) if stats else 0.0
         tops = [c for c in store.feature_contexts(con, did, f) if c.split == "explain" and c.kind == "top"]
         out.append(Example(tag, f, llm[f].values["correlation_top_random"] or 0.0, llm[f].label or "",
-                           [_spans(c.tokens, c.acts, max_act) for c in sorted(tops, key=lambda c: c.rank)[:N_CONTEXTS]]))
+                           [spans(c.tokens, c.acts, max_act) for c in sorted(tops, key=lambda c: c.rank)[:N_CONTEXTS]]))
     return out
 
 
@@ -202,7 +202,7 @@ def _section(con: Any, d: DictionaryRow, controls: list[DictionaryRow], n_best: 
         did=d.dictionary_id, model=d.model, hook=d.hook, kind=d.kind, n_features=d.n_features, n_tokens=d.n_tokens,
         compared=[names[c.dictionary_id] for c in controls],
         summary=_summary(store.summary_table(con, [g.dictionary_id for g in group], SUMMARY_COLUMNS)),
-        histograms=_histograms(series),
+        histograms=histograms(series),
         behaviour_scatter=_scatter([llm[f].values["correlation_top_random"] for f in feats],
                                    [llm[f].values["behaviour"] for f in feats], "correlation_top_random", "behaviour"),
         baseline_scatter=_scatter([base[f].values["correlation_top_random"] if f in base else None for f in feats],
@@ -211,7 +211,7 @@ def _section(con: Any, d: DictionaryRow, controls: list[DictionaryRow], n_best: 
         examples=_examples(con, d.dictionary_id, llm, n_best))
 
 
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("autointerp", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
@@ -229,5 +229,5 @@ def build(con: Any, dictionary_ids: list[int] | None = None, n_best: int = 5) ->
         controls = [c for c in same_site if c.random_init]
         sections.append(_section(con, d, controls, n_best))
     usage = store.llm_usage(con)
-    return _environment().get_template("report.html.j2").render(
+    return environment().get_template("report.html.j2").render(
         sections=sections, usage=_view(usage.columns, usage.rows))
