@@ -46,5 +46,5 @@ def is_bad_input(exc: BaseException) -> bool:
 def cause(exc: BaseException) -> str:
     """The first line of an underlying error's message (DuckDB adds the SQL and a caret below it), so the
     error that carries it stays one line."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -130,17 +130,11 @@ class Patcher:
         sims = [list(v.detach().cpu().float().numpy()) for v in simulated]
         return self.batch_losses([PatchJob(feature, rows, ablate_value, sims)])[0]
 
-    @torch.no_grad()
-    def batch_losses(self, jobs: Sequence[PatchJob], pad_id: int = 0) -> list[list[ContextLosses]]:
-        """Per job, per simulation, the context losses: what `losses` gives for each job alone, computed with
-        all the jobs in one batch. One clean pass over the distinct contexts of all jobs (its residual stream
-        kept at the hook's block), then one patched pass per replacement index (the ablation, then each
-        job's first, second, ... simulation), each over the rows of every job that has it, restarting at
-        the hook's block. Contexts are right-padded with `pad_id`: a causal model's real positions never
-        see the padding, and the losses average over each context's own positions only."""
-        if not jobs:
-            return []
-        # The clean pass runs each distinct context once: features share their random contexts.
+    def _distinct_contexts(self, jobs: Sequence[PatchJob], pad_id: int
+                           ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The jobs' distinct contexts right-padded into one [U, width] batch on the device, each job's rows
+        in it, and each context's length: the clean pass runs each distinct context once (features share
+        their random contexts)."""
         where: dict[bytes, int] = {}
         uniq: list[np.ndarray] = []
         rows_of: list[torch.Tensor] = []
@@ -153,11 +147,23 @@ class Patcher:
                     uniq.append(t)
             rows_of.append(torch.tensor(idx, dtype=torch.long, device=self.device))
         lengths = torch.tensor([len(t) for t in uniq], device=self.device)
-        width = int(lengths.max())
-        tokens = torch.full((len(uniq), width), pad_id, dtype=torch.long)
+        tokens = torch.full((len(uniq), int(lengths.max())), pad_id, dtype=torch.long)
         for i, t in enumerate(uniq):
             tokens[i, :len(t)] = torch.from_numpy(t)
-        tokens = tokens.to(self.device)
+        return tokens.to(self.device), rows_of, lengths
+
+    @torch.no_grad()
+    def batch_losses(self, jobs: Sequence[PatchJob], pad_id: int = 0) -> list[list[ContextLosses]]:
+        """Per job, per simulation, the context losses: what `losses` gives for each job alone, computed with
+        all the jobs in one batch. One clean pass over the distinct contexts of all jobs (its residual stream
+        kept at the hook's block), then one patched pass per replacement index (the ablation, then each
+        job's first, second, ... simulation), each over the rows of every job that has it, restarting at
+        the hook's block. Contexts are right-padded with `pad_id`: a causal model's real positions never
+        see the padding, and the losses average over each context's own positions only."""
+        if not jobs:
+            return []
+        tokens, rows_of, lengths = self._distinct_contexts(jobs, pad_id)
+        width = tokens.shape[1]
         n_pred = lengths - 1  # predicted positions per context: every token after BOS
         real = torch.arange(width - 1, device=self.device)[None, :] < n_pred[:, None]  # [U, width-1]
         targets = tokens[:, 1:].unsqueeze(-1)
@@ -178,20 +184,7 @@ class Patcher:
             members = [f for f, job in enumerate(jobs) if j <= len(job.simulated)]
             rows = torch.cat([rows_of[f] for f in members])
             features = torch.cat([torch.full_like(rows_of[f], jobs[f].feature) for f in members])
-            values = torch.zeros(len(rows), width - 1)
-            start = 0
-            for f in members:
-                job = jobs[f]
-                for k, t in enumerate(job.tokens):
-                    if j == 0:
-                        values[start + k] = job.ablate_value
-                    else:
-                        v = np.asarray(job.simulated[j - 1][k], dtype=np.float32)
-                        if len(v) != len(t) - 1:
-                            raise ValueError(f"feature {job.feature}: simulation {j} of context {k} has {len(v)} "
-                                             f"values for {len(t) - 1} tokens after BOS")
-                        values[start + k, :len(v)] = torch.from_numpy(v)
-                start += len(job.tokens)
+            values = _pass_values([jobs[f] for f in members], j, len(rows), width - 1)
             logits = self._patched(tokens[rows], None if resid is None else resid[rows], features,
                                    values.to(self.device))
             lp = logits[:, :-1].float().log_softmax(-1)
@@ -262,3 +255,22 @@ def behaviour_scores(losses: ContextLosses, n_boot: int = 1000, seed: int = 0) -
     else:
         out.append(_share("behaviour_loss", losses.ablated - losses.simulated, damage, n_boot, seed))
     return out
+
+
+def _pass_values(members: Sequence[PatchJob], j: int, n_rows: int, width: int) -> torch.Tensor:
+    """The values the feature takes in patched pass j over the members' rows, in order: pass 0 the
+    ablation, pass j > 0 each member's j-th simulation (one value per token after BOS)."""
+    values = torch.zeros(n_rows, width)
+    start = 0
+    for job in members:
+        for k, t in enumerate(job.tokens):
+            if j == 0:
+                values[start + k] = job.ablate_value
+            else:
+                v = np.asarray(job.simulated[j - 1][k], dtype=np.float32)
+                if len(v) != len(t) - 1:
+                    raise ValueError(f"feature {job.feature}: simulation {j} of context {k} has {len(v)} "
+                                     f"values for {len(t) - 1} tokens after BOS")
+                values[start + k, :len(v)] = torch.from_numpy(v)
+        start += len(job.tokens)
+    return values

@@ -89,6 +89,28 @@ def feature_jobs(cfg: BehaviourConfig, feature: int, mean_act: float, inputs: Me
     return out
 
 
+def _bundle_job(bundle: store.Bundle, outcome: BehaviourOutcome, cfg: BehaviourConfig, dictionary_id: int,
+                feature: int, job: behaviour.PatchJob, members: Members,
+                losses_of: list[behaviour.ContextLosses]) -> None:
+    """One job's behaviour runs and scores, one run per simulation it carried, added to the feature's bundle
+    and counted in the outcome."""
+    kinds = [c.kind for c in members[0][1] if c.purpose == "scoring"]
+    for (ref, _), losses in zip(members, losses_of, strict=True):
+        run = ScoreRun(run_id=str(uuid.uuid4()), explanation_id=ref.explanation_id,
+                       dictionary_id=dictionary_id, feature=feature, stage="behaviour",
+                       simulator=ref.simulator, prompt_hash=ref.prompt_hash, settings_hash=cfg.settings_hash(),
+                       config=json.dumps({**cfg.settings(), "ablate_value": job.ablate_value,
+                                          "autointerp_version": __version__}),
+                       source_run_id=ref.run_id)
+        bundle.runs.append(run)
+        for r in _scores(losses, kinds, run, cfg.n_boot):
+            bundle.scores.append(r)
+            if r.method == "behaviour":
+                outcome.scored += r.note is None
+                outcome.no_effect += r.note is not None
+            outcome.resolved += r.method == "behaviour_resolved" and r.value == 1.0
+
+
 def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | None = None,
                     features: list[int] | None = None, model: Any = None, retry_failed: bool = False,
                     on_progress: ProgressFn | None = None) -> BehaviourOutcome:
@@ -138,21 +160,7 @@ def behaviour_stage(db: str | Path, dictionary_id: int, cfg: BehaviourConfig | N
         results = patcher.batch_losses([job for _, job, _ in work], pad_id=pad)
         bundles: dict[int, store.Bundle] = {f: store.Bundle() for f in batch}
         for (feature, job, members), losses_of in zip(work, results, strict=True):
-            kinds = [c.kind for c in members[0][1] if c.purpose == "scoring"]
-            for (ref, _), losses in zip(members, losses_of, strict=True):
-                run = ScoreRun(run_id=str(uuid.uuid4()), explanation_id=ref.explanation_id,
-                               dictionary_id=dictionary_id, feature=feature, stage="behaviour",
-                               simulator=ref.simulator, prompt_hash=ref.prompt_hash, settings_hash=key,
-                               config=json.dumps({**cfg.settings(), "ablate_value": job.ablate_value,
-                                                  "autointerp_version": __version__}),
-                               source_run_id=ref.run_id)
-                bundles[feature].runs.append(run)
-                for r in _scores(losses, kinds, run, cfg.n_boot):
-                    bundles[feature].scores.append(r)
-                    if r.method == "behaviour":
-                        outcome.scored += r.note is None
-                        outcome.no_effect += r.note is not None
-                    outcome.resolved += r.method == "behaviour_resolved" and r.value == 1.0
+            _bundle_job(bundles[feature], outcome, cfg, dictionary_id, feature, job, members, losses_of)
         with store.open_store(db, wait_s=600) as con:
             store.write_bundles(con, [bundles[f] for f in batch if bundles[f].runs])
         if on_progress is not None:

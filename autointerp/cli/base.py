@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 
 from autointerp import __version__, store
 from autointerp.analysis import render
-from autointerp.errors import AutointerpError, BadInput
+from autointerp.errors import AutointerpError, BadInput, cause
 from autointerp.records import ProgressEvent
 
 DEFAULT_DB = "autointerp.duckdb"
@@ -86,7 +86,7 @@ def friendly_errors(f: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             _fail("interrupted (Ctrl-C); nothing more was written", 130)
         except store.DBError as exc:
-            _fail(f"database error: {store.first_line(exc)}", 1)
+            _fail(f"database error: {cause(exc)}", 1)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:

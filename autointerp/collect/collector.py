@@ -258,6 +258,17 @@ def run_collection(
     return result
 
 
+def _resume(checkpoint: Path | None, cfg: CollectConfig, n_features: int, feature_offset: int,
+            dev: torch.device) -> Collector:
+    """The collector saved in `checkpoint`, or a new one when there is none or it cannot be ours."""
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            return Collector.load(checkpoint, cfg, n_features, feature_offset, dev)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            pass  # unreadable, foreign or not ours (a pickle is refused, never run): start over
+    return Collector(cfg, n_features, feature_offset, dev)
+
+
 def collect_contexts(
     cfg: CollectConfig,
     features: FeatureFn,
@@ -278,13 +289,7 @@ def collect_contexts(
     dev = torch.device(device)
     if dev.type == "mps":  # no float64 or int64 scatter there: the reduction stays on the host
         dev = torch.device("cpu")
-    collector = None
-    if checkpoint is not None and checkpoint.exists():
-        try:
-            collector = Collector.load(checkpoint, cfg, n_features, feature_offset, dev)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-            collector = None  # unreadable, foreign or not ours (a pickle is refused, never run): start over
-    collector = collector or Collector(cfg, n_features, feature_offset, dev)
+    collector = _resume(checkpoint, cfg, n_features, feature_offset, dev)
     collector.max_density = max_density
     skip = collector.n_contexts
     if progress is not None and skip:

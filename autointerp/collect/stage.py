@@ -15,6 +15,7 @@ from autointerp import store
 from autointerp.collect import corpus
 from autointerp.collect.collector import run_collection
 from autointerp.collect.memory import collect_memory
+from autointerp.collect.result import CollectResult
 from autointerp.config import CollectConfig
 from autointerp.errors import AutointerpError, BadInput, LockTimeout, is_bad_input
 from autointerp.records import ProgressEvent, ProgressFn
@@ -136,6 +137,23 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _write_result(db: str | Path, dictionary_id: int, result: CollectResult, checkpoint: Path, wait_s: float
+                  ) -> None:
+    """Write a finished collection and mark its dictionary complete, waiting up to `wait_s` for the lock."""
+    try:
+        with store.open_store(db, wait_s=wait_s) as con:
+            store.complete_dictionary(
+                con, dictionary_id, n_tokens=result.n_tokens, n_contexts=result.n_contexts,
+                sequences=result.sequences.append_column("dictionary_id", id_column(result.sequences, dictionary_id)),
+                features=result.features.append_column("dictionary_id", id_column(result.features, dictionary_id)),
+                examples=result.examples.append_column("dictionary_id", id_column(result.examples, dictionary_id)),
+            )
+    except LockTimeout as exc:
+        raise LockTimeout(f"the collection finished but could not be written: {exc}. Nothing is lost: run "
+                          f"the same command again to write it from the checkpoint {checkpoint.name} "
+                          "without running the model", exc.holder) from exc
+
+
 def collect_stage(
     db: str | Path,
     cfg: CollectConfig,
@@ -186,18 +204,7 @@ def collect_stage(
         # The collection is finished (and checkpointed): from here nothing deletes it. The write waits
         # a long time for a lock held elsewhere; if even that runs out, the dictionary stays incomplete
         # and the checkpoint stays, so the same command writes it without running the model again.
-        try:
-            with store.open_store(db, wait_s=final_write_wait_s) as con:
-                store.complete_dictionary(
-                    con, dictionary_id, n_tokens=result.n_tokens, n_contexts=result.n_contexts,
-                    sequences=result.sequences.append_column("dictionary_id", id_column(result.sequences, dictionary_id)),
-                    features=result.features.append_column("dictionary_id", id_column(result.features, dictionary_id)),
-                    examples=result.examples.append_column("dictionary_id", id_column(result.examples, dictionary_id)),
-                )
-        except LockTimeout as exc:
-            raise LockTimeout(f"the collection finished but could not be written: {exc}. Nothing is lost: run "
-                              f"the same command again to write it from the checkpoint {checkpoint.name} "
-                              "without running the model", exc.holder) from exc
+        _write_result(db, dictionary_id, result, checkpoint, final_write_wait_s)
     checkpoint.unlink(missing_ok=True)
     return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, reader.n_features, False,
                           result.resumed_contexts * cfg.ctx_len)

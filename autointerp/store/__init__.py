@@ -42,7 +42,6 @@ from autointerp.store.db import (
     applied_migrations,
     check_schema,
     check_where,
-    first_line,
     insert_rows,
     known_migrations,
     lock_holder,
@@ -111,5 +110,5 @@ __all__ = [
     "write_bundles", "GainPending", "add_scores", "gain_pending", "SchemaObject", "schema_objects",
     "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
     "planted_scores", "planted_truth",
-    "check_where", "first_line", "unique_columns",
+    "check_where", "unique_columns",
 ]

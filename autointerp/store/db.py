@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 
 from autointerp import __version__
-from autointerp.errors import BadInput, InternalError, LockTimeout
+from autointerp.errors import BadInput, InternalError, LockTimeout, cause
 from autointerp.redact import redact
 from autointerp.resources import data_dir
 
@@ -34,12 +34,6 @@ LOCK_WAIT_S = 60.0
 # Set when connecting, before any statement: a file DuckDB does not recognise (SQLite, say) would
 # otherwise make it download and load a scanner extension before the sandbox could refuse it.
 _NO_EXTENSION_AUTOLOAD = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-
-
-def first_line(exc: BaseException) -> str:
-    """An error's message as one line: DuckDB's parser adds `LINE 1: ...` and a caret line below it."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def lock_wait_s() -> float:
@@ -86,7 +80,7 @@ def _connect(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConne
         except duckdb.Error as exc:
             if not isinstance(exc, duckdb.IOException) or "lock" not in str(exc).lower():
                 raise BadInput(f"cannot open {path}: not a DuckDB database this version can read, or a damaged "
-                               f"one ({first_line(exc)})") from exc
+                               f"one ({cause(exc)})") from exc
             holder = lock_holder(str(exc))
             waited = time.monotonic() - start
             if waited > wait_s:
@@ -164,7 +158,7 @@ def open_store(
             if not read_only:
                 migrate(con, path)
         except (duckdb.IOException, duckdb.SerializationException) as exc:  # a truncated file opens, then fails
-            raise BadInput(f"cannot read {path}: a damaged DuckDB database ({first_line(exc)})") from exc
+            raise BadInput(f"cannot read {path}: a damaged DuckDB database ({cause(exc)})") from exc
         if pending:
             raise BadInput(
                 f"{path} uses an older schema ({len(pending)} migration(s) behind); any writing command, "
@@ -175,7 +169,7 @@ def open_store(
         except (duckdb.IOException, duckdb.SerializationException) as exc:
             if "read" not in str(exc).lower():
                 raise
-            raise BadInput(f"cannot read {path}: a damaged DuckDB database ({first_line(exc)})") from exc
+            raise BadInput(f"cannot read {path}: a damaged DuckDB database ({cause(exc)})") from exc
     finally:
         con.close()
 
@@ -235,7 +229,7 @@ def _one_select(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise BadInput(f"SQL error: {first_line(exc)}") from exc
+        raise BadInput(f"SQL error: {cause(exc)}") from exc
     if len(statements) != 1:
         raise BadInput(f"refused: {what} runs one statement per call; this has {len(statements)}")
     kind = _statement_kind(statements[0])
@@ -250,8 +244,8 @@ def _one_select(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
 def _sandbox_error(exc: duckdb.Error, what: str) -> BadInput:
     if isinstance(exc, duckdb.PermissionException):
         return BadInput(f"refused: {what} cannot read or write files, attach databases or load extensions "
-                        f"({first_line(exc)}); `autointerp sql --allow-files` lets a SELECT read files")
-    return BadInput(f"SQL error: {first_line(exc)}")
+                        f"({cause(exc)}); `autointerp sql --allow-files` lets a SELECT read files")
+    return BadInput(f"SQL error: {cause(exc)}")
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -259,7 +253,7 @@ def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tup
     try:
         cur = con.execute(sql)
     except duckdb.Error as exc:
-        raise BadInput(f"SQL error: {first_line(exc)}") from exc
+        raise BadInput(f"SQL error: {cause(exc)}") from exc
     if cur.description is None:
         return [], []
     return [d[0] for d in cur.description], cur.fetchall()
@@ -376,7 +370,7 @@ def select_features(con: duckdb.DuckDBPyConnection, dictionary_id: int, where: s
     except duckdb.Error as exc:
         if isinstance(exc, duckdb.PermissionException):
             raise _sandbox_error(exc, option) from exc
-        raise BadInput(f"bad {option} condition on features: {first_line(exc)}") from exc
+        raise BadInput(f"bad {option} condition on features: {cause(exc)}") from exc
 
 
 def check_where(where: str, option: str) -> None:
