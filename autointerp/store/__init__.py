@@ -6,9 +6,11 @@ these named functions with typed records; none builds SQL.
 - `work`: the label and behaviour queues and their typed writes
 - `batches`: Batch API runs and batch files (the `batches` table, atomic ingestion)
 - `planted`: planted dictionaries' truth and the scores `check-llm` reads
+- `agent`: the labelling agent's steps
 - `reads`: status, compare, export and report reads
 """
 
+from autointerp.store.agent import add_agent_step, agent_steps
 from autointerp.store.batches import (
     BatchRow,
     add_batches,
@@ -96,6 +98,7 @@ from autointerp.store.results import (
 )
 
 __all__ = [
+    "add_agent_step", "agent_steps",
     "BatchRow", "add_batches", "batch_failures", "finish_group", "get_batch", "group_batches", "list_batches",
     "open_batches", "record_cancel", "update_batch",
     "LOCK_WAIT_S", "Bundle", "Connection", "DBError", "DictionaryRow", "LabelScores", "Migration", "PendingScore",

@@ -1,0 +1,207 @@
+"""The labelling agent on a real planted dictionary through real HTTP (tests/llm_server.py): a scripted
+explainer that starts from a too-broad rule and narrows it only from what the probe results show; the
+agent recovers the true rule and one-shot does not, and not when the probe activations are withheld or
+wrong. Plus resume after a budget stop (nothing asked twice), no holdout text in any explainer prompt,
+and --batch-api refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from autointerp import store
+from autointerp.cli import main
+from autointerp.collect import planted
+from autointerp.collect.planted_stage import planted_stage
+from autointerp.config import CollectConfig, LabelConfig
+from autointerp.label import probes
+from autointerp.label.units import scoring_contexts
+from tests.helpers import copy_db, query, run_label
+from tests.llm_server import LoopbackLLM, Reply, echo_logprobs, placeholder_row
+from tests.unit.test_labelling import judge_reply
+from tests.unit.test_planted import _echo_target, _key, _unescape, prior
+
+BROAD = "the word 'the'"
+TRUE = "the word 'the' right after 'to'"
+RULES = [
+    {"name": "the", "description": BROAD, "kind": "token", "params": {"words": ["the"]}},
+    {"name": "the-after-to", "description": TRUE, "kind": "bigram", "params": {"words": ["the"], "after": ["to"]}},
+    {"name": "comma", "description": "commas", "kind": "token", "params": {"words": [","]}},
+]
+FEATURE = 1  # the-after-to
+PROBES = "+ We ran to the park.\n+ Rivers flow to the sea.\n- The cat sat on the mat.\n- Snow fell above the clouds."
+AGENT = dict(strategy="agent", k=2, agent_rounds=1, agent_probes=4, n_sim_fewshot=0, judge=False, baseline=False)
+
+
+@pytest.fixture(scope="module")
+def planted_db(tmp_path_factory, tiny_model_dir, corpus_file) -> Path:
+    tmp = tmp_path_factory.mktemp("agent")
+    rules = tmp / "rules.json"
+    rules.write_text(json.dumps(RULES))
+    db = tmp / "planted.duckdb"
+    planted_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), n_tokens=4000, ctx_len=32,
+                                    top_k=8, n_quantiles=2, per_quantile=2, n_random=8), rules, builtin=False)
+    return db
+
+
+def _marked_words(block: str) -> list[tuple[str, bool]]:
+    """The words of a probe as shown, each with whether it sits inside a <<marked>> run."""
+    words, marked = [], False
+    for part in re.split(r"(<<|>>)", block):
+        if part in ("<<", ">>"):
+            marked = part == "<<"
+            continue
+        words += [(w.lower(), marked) for w in re.findall(r"\w+", _unescape(part))]
+    return words
+
+
+def narrowed(revise_prompt: str) -> bool:
+    """What the scripted explainer learns from the probe results: 'the' fires only right after 'to', and
+    some 'the' elsewhere stays quiet (the broad label's false alarms)."""
+    fired, quiet = [], []
+    for block in re.findall(r"<probe \d+>(.*?)</probe>", revise_prompt):
+        words = _marked_words(block)
+        for i, (w, m) in enumerate(words):
+            if w == "the":
+                (fired if m else quiet).append(words[i - 1][0] if i else "")
+    return bool(fired) and all(p == "to" for p in fired) and any(p != "to" for p in quiet)
+
+
+def script(path: str, request: dict) -> Reply:
+    """Explainer: the broad rule, a fixed set of probes, and a revision read off the probe results.
+    Simulator: applies the rule the label names (an oracle), else a prior."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 2}
+    if path.endswith("/chat/completions"):
+        judged = judge_reply(request)
+        if judged is not None:
+            return judged
+        user = request["messages"][-1]["content"]
+        if "Test it on new text" in user:
+            return Reply(content=PROBES, **usage)
+        if "what the feature really did" in user:
+            return Reply(content=TRUE if narrowed(user) else BROAD, **usage)
+        return Reply(content=BROAD, **usage)
+    label, tokens = _echo_target(request["prompt"])
+    rule = {_key(r["description"]): r for r in RULES}.get(_key(label))
+    values = iter(planted.apply_to_strings(rule, tokens) if rule is not None else prior(tokens))
+
+    def top(i: int, tok: str, toks: list[str]) -> dict[str, float]:
+        if placeholder_row(i, tok, toks) is None:
+            return {"x": -1.0}
+        p = min(max(next(values), 0.0), 1.0)
+        return {"9": math.log(p), "0": math.log(1 - p)} if 0 < p < 1 else {"9" if p else "0": 0.0}
+
+    return Reply(content="", logprobs=echo_logprobs(request["prompt"], top), **usage)
+
+
+def _label(db: Path, strategy: str) -> str | None:
+    rows = query(db, "SELECT label, prompt_hash FROM explanations WHERE feature = ? AND explainer = 'm-explain' "
+                     "AND status = 'ok'", [FEATURE])
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+def _run(db: Path, url: str, score: bool = False, **cfg) -> object:
+    return run_label(db, url, [FEATURE], score=score, **{**AGENT, **cfg})
+
+
+def test_the_agent_recovers_the_rule_from_probe_results_and_one_shot_does_not(tmp_path, planted_db):
+    agent_db, one_db = copy_db(planted_db, tmp_path / "a.duckdb"), copy_db(planted_db, tmp_path / "o.duckdb")
+    with LoopbackLLM(script) as llm:
+        _run(agent_db, llm.base_url)
+        _run(one_db, llm.base_url, strategy="one-shot")
+    assert _key(_label(agent_db, "agent") or "") == _key(TRUE)
+    assert _key(_label(one_db, "one-shot") or "") == _key(BROAD)
+    with store.open_store(agent_db, read_only=True) as con:
+        steps = store.agent_steps(con, 1, FEATURE)
+    assert [s.kind for s in steps] == ["candidate", "candidate", "probe", "revision", "choice"]
+    cands, probe, revision, choice = steps[:2], steps[2], steps[3], steps[4]
+    # The probes' activations are the rule's real ones, and the true rule wins on the calibration contexts.
+    tokens = probe.activations[0]["tokens"]
+    assert probe.activations[0]["acts"] == planted.apply_to_strings(RULES[FEATURE], tokens)
+    assert any(a > 0 for a in probe.activations[0]["acts"]) and not any(probe.activations[2]["acts"])
+    assert revision.calibration_score > max(c.calibration_score for c in cands)
+    assert choice.text == revision.text and choice.explanation_id is not None
+    assert all(s.prompt_tokens > 0 for s in steps[:4])
+
+
+@pytest.mark.parametrize("sabotage", ["withheld", "wrong"])
+def test_without_the_real_probe_activations_the_agent_does_not_recover(tmp_path, planted_db, monkeypatch, sabotage):
+    real_run = probes.Subject.run
+
+    def broken(self, ps):
+        out = real_run(self, ps)
+        # withheld: nothing fires; wrong: every token fires as hard as the feature ever does.
+        return [{**r, "acts": [0.0 if sabotage == "withheld" else 1.0] * len(r["acts"])} for r in out]
+
+    monkeypatch.setattr(probes.Subject, "run", broken)
+    db = copy_db(planted_db, tmp_path / "s.duckdb")
+    with LoopbackLLM(script) as llm:
+        _run(db, llm.base_url)
+    assert _key(_label(db, "agent") or "") == _key(BROAD)
+
+
+def test_a_budget_stop_resumes_from_the_stored_steps_asking_nothing_twice(tmp_path, planted_db):
+    whole, cut = copy_db(planted_db, tmp_path / "w.duckdb"), copy_db(planted_db, tmp_path / "c.duckdb")
+    with LoopbackLLM(script) as llm:
+        _run(whole, llm.base_url)
+        n_whole = len(llm.requests)
+    with LoopbackLLM(script) as llm:
+        stopped = _run(cut, llm.base_url, llm={"max_tokens": 60})
+        n_first = len(llm.requests)
+        kinds_first = [r[0] for r in query(cut, "SELECT kind FROM agent_steps ORDER BY step")]
+        _run(cut, llm.base_url)
+        n_total = len(llm.requests)
+    assert stopped.stopped and 0 < n_first < n_whole and kinds_first and "choice" not in kinds_first
+    assert n_total == n_whole, (n_first, n_total, n_whole)
+    assert query(cut, "SELECT count(*) FROM llm_calls")[0][0] == query(whole, "SELECT count(*) FROM llm_calls")[0][0]
+    assert _key(_label(cut, "agent") or "") == _key(TRUE)
+
+
+def _mark_holdout(db: Path) -> None:
+    """Tag one token of each holdout context of the feature with its purpose (ZZCAL / ZZSCORE)."""
+    with store.open_store(db, read_only=True) as con:
+        fc = store.read_feature_contexts(con, 1, [FEATURE])[FEATURE]
+    purposes: dict[int, set[str]] = {}
+    for c, purpose in scoring_contexts(fc, LabelConfig(n_sim_top=6, n_sim_random=6)):  # type: ignore[call-arg]
+        purposes.setdefault(c.seq, set()).add(purpose)
+    con = duckdb.connect(str(db))
+    try:
+        for seq, ps in purposes.items():
+            tag = "ZZSCORE" if ps == {"scoring"} else "ZZCAL" if ps == {"calibration"} else None
+            if tag:
+                con.execute("UPDATE sequences SET tokens = list_concat([tokens[1] || ?], tokens[2:]) WHERE seq = ?",
+                            [tag, seq])
+    finally:
+        con.close()
+
+
+def test_no_holdout_text_reaches_the_explainer_and_scoring_contexts_stay_untouched(tmp_path, planted_db):
+    db = copy_db(planted_db, tmp_path / "l.duckdb")
+    _mark_holdout(db)
+    with LoopbackLLM(script) as llm:
+        _run(db, llm.base_url)
+        explain_requests = [json.dumps(r) for p, r in llm.requests if p.endswith("/chat/completions")]
+        sim_requests = [json.dumps(r) for p, r in llm.requests if not p.endswith("/chat/completions")]
+        _run(db, llm.base_url, score=True)  # then the chosen label is scored, on the scoring contexts
+        scored = [json.dumps(r) for p, r in llm.requests if not p.endswith("/chat/completions")]
+    stored = [r[0] for r in query(db, "SELECT prompt FROM agent_steps WHERE prompt IS NOT NULL")]
+    assert stored and explain_requests
+    for text in stored + explain_requests:
+        assert "ZZCAL" not in text and "ZZSCORE" not in text
+    assert any("ZZCAL" in t for t in sim_requests) and not any("ZZSCORE" in t for t in sim_requests)
+    assert any("ZZSCORE" in t for t in scored)  # the tags are visible where they belong
+
+
+def test_batch_api_with_the_agent_is_refused_in_one_line(tmp_path, planted_db):
+    db = copy_db(planted_db, tmp_path / "b.duckdb")
+    r = CliRunner().invoke(main, ["label", "--strategy", "agent", "--batch-api", "--base-url", "http://127.0.0.1:9/v1",
+                                  "--db", str(db)])
+    assert r.exit_code == 2 and "--strategy agent runs live only" in r.output, r.output
+    assert query(db, "SELECT count(*) FROM explanations")[0][0] == 0
