@@ -129,6 +129,12 @@ def test_the_agent_recovers_the_rule_from_probe_results_and_one_shot_does_not(tm
     assert revision.calibration_score > max(c.calibration_score for c in cands)
     assert choice.text == revision.text and choice.explanation_id is not None
     assert all(s.prompt_tokens > 0 for s in steps[:4])
+    shown = CliRunner().invoke(main, ["show", str(FEATURE), "--no-color", "--db", str(agent_db)])
+    assert shown.exit_code == 0, shown.output
+    out = shown.output[shown.output.index("agent steps"):]
+    assert [k for k in ("candidate", "probe", "revision", "choice") if k in out] == ["candidate", "probe", "revision",
+                                                                                     "choice"]
+    assert "hit" in out and TRUE.rstrip("'") in out, out
 
 
 @pytest.mark.parametrize("sabotage", ["withheld", "wrong"])
