@@ -26,3 +26,17 @@ CREATE TABLE agent_steps (
     created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (dictionary_id, feature, explainer, settings_hash, step)
 );
+
+-- Output-side evidence (models/output.py): the tokens each feature of a model's dictionary promotes and
+-- suppresses through the unembedding, computed once per dictionary when best-of-k or the agent first
+-- needs it, and shown to their explainer. Planted dictionaries have none (no model).
+CREATE TABLE output_tokens (
+    dictionary_id INTEGER NOT NULL,
+    feature       INTEGER NOT NULL,
+    direction     VARCHAR NOT NULL CHECK (direction IN ('promotes', 'suppresses')),
+    rank          INTEGER NOT NULL,   -- 0: the strongest
+    token_id      INTEGER NOT NULL,
+    token         VARCHAR NOT NULL,
+    value         DOUBLE NOT NULL,    -- the direct-logit value (the final layer norm left out)
+    PRIMARY KEY (dictionary_id, feature, direction, rank)
+);

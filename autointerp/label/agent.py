@@ -11,7 +11,7 @@ import json
 import math
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,26 @@ class Agent:
     explainer_model: str
     simulator_model: str
     subjects: probes.Subjects
+    _outputs_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _outputs_ready: set[int] = field(default_factory=set)
+
+    async def outputs(self, dictionary_id: int, feature: int) -> dict[str, list[tuple[str, float]]]:
+        """The feature's output-side evidence, computed and stored once per dictionary on first need."""
+        async with self._outputs_lock:
+            if dictionary_id not in self._outputs_ready:
+                with store.open_store(self.db, wait_s=600) as con:
+                    done = store.has_output_tokens(con, dictionary_id)
+                if not done:
+                    rows = await asyncio.to_thread(evidence.output_rows, await self.subjects.loaded(dictionary_id))
+                    if rows:
+                        await asyncio.to_thread(self._store_outputs, dictionary_id, rows)
+                self._outputs_ready.add(dictionary_id)
+        with store.open_store(self.db, wait_s=600) as con:
+            return store.output_tokens(con, dictionary_id, feature)
+
+    def _store_outputs(self, dictionary_id: int, rows: list[tuple[int, str, int, int, str, float]]) -> None:
+        with store.open_store(self.db, wait_s=600) as con:
+            store.add_output_tokens(con, dictionary_id, rows)
 
     @property
     def cfg(self) -> LabelConfig:
@@ -80,6 +100,7 @@ class FeatureRun:
         self.stored: list[AgentStep] = []
         self.n = 0
         self.best: AgentStep | None = None
+        self.outputs: dict[str, list[tuple[str, float]]] = {}
 
     def _step(self, kind: str, rnd: int, **values: Any) -> AgentStep:
         return AgentStep(dictionary_id=self.fc.dictionary_id, feature=self.fc.feature,
@@ -116,10 +137,11 @@ class FeatureRun:
             return self.agent.settings.with_config(explain.explanation(
                 self.fc, self.agent.explainer_model, phash, None, explain.NO_CONTEXTS, FailureCode.NO_CONTEXTS))
         self.stored = await asyncio.to_thread(self._read)
+        self.outputs = await self.agent.outputs(self.fc.dictionary_id, self.fc.feature)
         for i in range(self.cfg.k):
             self._consider(await self.step("candidate", 0, partial(self._candidate, i)))
         if self.cfg.strategy == "agent" and self.best is not None:
-            await self._rounds(evidence.explain_messages(self.fc, contexts), self.best.text or "")
+            await self._rounds(evidence.explain_messages(self.fc, contexts, self.outputs), self.best.text or "")
         choice = await self.step("choice", self.cfg.agent_rounds if self.cfg.strategy == "agent" else 0,
                                  self._choice)
         if choice.status != "ok":
@@ -170,7 +192,7 @@ class FeatureRun:
         return values, calls + sim_calls
 
     async def _candidate(self, i: int) -> tuple[dict[str, Any], list[CallRow]]:
-        messages = evidence.explain_messages(self.fc, evidence.candidate_contexts(self.fc, self.cfg, i))
+        messages = evidence.explain_messages(self.fc, evidence.candidate_contexts(self.fc, self.cfg, i), self.outputs)
         return await self._labelled(self._ask("explain", messages, _label_of, "explain.reask", explain.MAX_TOKENS),
                                     json.dumps(messages))
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 from autointerp.config import LabelConfig
 from autointerp.label import explain
 from autointerp.llm import prompts
 from autointerp.records import Context, FeatureContexts
 
-AGENT_TEMPLATES = ("agent.probe", "agent.probe_reask", "agent.revise")
+AGENT_TEMPLATES = ("agent.probe", "agent.probe_reask", "agent.revise", "agent.outputs")
+N_OUTPUT_TOKENS = 10  # promoted and suppressed tokens each, per feature
 
 
 def strategy_hash(cfg: LabelConfig) -> str:
@@ -33,10 +35,41 @@ def candidate_contexts(fc: FeatureContexts, cfg: LabelConfig, i: int) -> list[Co
     return [c for j, c in enumerate(contexts) if j in keep]
 
 
-def explain_messages(fc: FeatureContexts, contexts: list[Context]) -> list[dict[str, str]]:
+def outputs_block(outputs: dict[str, list[tuple[str, float]]] | None) -> str:
+    """The output-side evidence as the explainer sees it ('' when the dictionary has none)."""
+    if not outputs or not outputs.get("promotes"):
+        return ""
+
+    def listed(d: str) -> str:
+        return ", ".join(f'"{prompts.escape_data(t)}"' for t, _ in outputs.get(d, []))
+
+    return prompts.render("agent.outputs", promotes=listed("promotes"), suppresses=listed("suppresses"))
+
+
+def explain_messages(fc: FeatureContexts, contexts: list[Context],
+                     outputs: dict[str, list[tuple[str, float]]] | None = None) -> list[dict[str, str]]:
+    """The candidate request: the excerpts, and the output-side evidence where the dictionary has it."""
+    user = prompts.render("explain.user", excerpts=explain.format_excerpts(contexts, fc.max_act))
+    block = outputs_block(outputs)
     return [{"role": "system", "content": prompts.render("explain.system")},
-            {"role": "user", "content": prompts.render("explain.user",
-                                                       excerpts=explain.format_excerpts(contexts, fc.max_act))}]
+            {"role": "user", "content": f"{block}\n\n{user}" if block else user}]
+
+
+def output_rows(loaded: Any) -> list[tuple[int, str, int, int, str, float]]:
+    """Every feature's promoted and suppressed tokens (feature, direction, rank, token_id, token, value), for
+    the store; none for planted dictionaries or hooks with no linear path to the unembedding."""
+    from autointerp.models.output import output_tokens
+
+    d = loaded.dictionary
+    if d.kind == "planted":
+        return []
+    offset = int(d.config.get("feature_offset", 0))
+    found = output_tokens(loaded.model, d.hook, loaded.sae, list(range(offset, offset + d.n_features)),
+                          N_OUTPUT_TOKENS)
+    return [(f, direction, rank, t, loaded.tokenizer.decode([t]), v)
+            for f, (up, down) in found.items()
+            for direction, values in (("promotes", up), ("suppresses", down))
+            for rank, (t, v) in enumerate(values)]
 
 
 def probe_messages(base: list[dict[str, str]], label: str, n: int) -> list[dict[str, str]]:

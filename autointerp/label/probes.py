@@ -8,7 +8,7 @@ import asyncio
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,47 +65,74 @@ class Subject:
         return out
 
 
-def load_subject(db: str | Path, dictionary_id: int, feature: int) -> Subject:
-    """The subject of `feature`: its planted rule, or its model (and SAE) at the dictionary's hook."""
+@dataclass
+class Loaded:
+    """A dictionary's subject, loaded once: its tokenizer and either its rules (planted) or its model and SAE."""
+
+    dictionary: store.DictionaryRow
+    tokenizer: Any
+    rules: list[dict[str, Any]]
+    model: Any = None
+    sae: Any = None
+    strings: list[str] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time
+
+
+def load(db: str | Path, dictionary_id: int) -> Loaded:
+    """Load what the dictionary's features are read from (the model, on the CPU, as collected)."""
     from autointerp import models
 
-    with store.open_store(db, read_only=True) as con:
+    # Read-write like the label pass's own connections: DuckDB refuses two configurations of one file in one process.
+    with store.open_store(db, wait_s=600) as con:
         d = store.get_dictionary(con, dictionary_id)
         truth = store.planted_truth(con, dictionary_id) if d.kind == "planted" else []
     tokenizer = models.load_tokenizer(d.model)
     if d.kind == "planted":
-        from autointerp.collect.planted import PlantedProbe
         from autointerp.collect.stage import token_strings
 
-        strings = token_strings(tokenizer)
-        reader: Reader = PlantedProbe([t.spec for t in truth], feature, tokenizer, strings, d.ctx_len)
-        return Subject(reader, strings.__getitem__, threading.Lock())
+        return Loaded(d, tokenizer, [t.spec for t in truth], strings=token_strings(tokenizer))
     sae = models.load_sae(d.sae) if d.sae else None
     model = models.load_model(d.model, random_init=d.random_init, seed=d.seed,
                               init_scheme=d.config.get("init_scheme", "init"),
                               from_pretrained_kwargs=models.sae_model_kwargs(sae) if sae is not None else None)
+    return Loaded(d, tokenizer, [], model, sae)
+
+
+def subject(loaded: Loaded, feature: int) -> Subject:
+    """The subject of `feature`: its planted rule, or its model (and SAE) read at the dictionary's hook."""
+    d, tokenizer = loaded.dictionary, loaded.tokenizer
+    if d.kind == "planted":
+        from autointerp.collect.planted import PlantedProbe
+
+        assert loaded.strings is not None
+        rule: Reader = PlantedProbe(loaded.rules, feature, tokenizer, loaded.strings, d.ctx_len)
+        return Subject(rule, loaded.strings.__getitem__, loaded.lock)
+    from autointerp import models
     from autointerp.models.probe import ModelProbe
 
     bos = tokenizer.bos_token_id if d.config.get("prepend_bos", True) else None
-    probe = ModelProbe(models.FeatureReader(model, d.hook, sae=sae, start=feature, stop=feature + 1), tokenizer,
-                       d.ctx_len, bos)
-    return Subject(probe, lambda i: tokenizer.decode([i]), threading.Lock())
+    with loaded.lock:  # the reader runs the model once when made; hooks are the model's, shared by all threads
+        reader = models.FeatureReader(loaded.model, d.hook, sae=loaded.sae, start=feature, stop=feature + 1)
+    probe = ModelProbe(reader, tokenizer, d.ctx_len, bos)
+    return Subject(probe, lambda i: tokenizer.decode([i]), loaded.lock)
 
 
 class Subjects:
-    """Subjects loaded once per dictionary (a model is loaded once; a reader is per feature)."""
+    """Dictionaries loaded once per pass; a feature's subject is built on demand."""
 
     def __init__(self, db: str | Path):
         self.db = db
         self._lock = asyncio.Lock()
-        self._cache: dict[tuple[int, int], Subject] = {}
+        self._loaded: dict[int, Loaded] = {}
+
+    async def loaded(self, dictionary_id: int) -> Loaded:
+        async with self._lock:
+            if dictionary_id not in self._loaded:
+                self._loaded[dictionary_id] = await asyncio.to_thread(load, self.db, dictionary_id)
+            return self._loaded[dictionary_id]
 
     async def get(self, dictionary_id: int, feature: int) -> Subject:
-        async with self._lock:
-            key = (dictionary_id, feature)
-            if key not in self._cache:
-                self._cache[key] = await asyncio.to_thread(load_subject, self.db, dictionary_id, feature)
-            return self._cache[key]
+        return await asyncio.to_thread(subject, await self.loaded(dictionary_id), feature)
 
 
 def _marked(tokens: list[str], levels: list[int]) -> str:

@@ -10,7 +10,13 @@ these named functions with typed records; none builds SQL.
 - `reads`: status, compare, export and report reads
 """
 
-from autointerp.store.agent import add_agent_step, agent_steps
+from autointerp.store.agent import (
+    add_agent_step,
+    add_output_tokens,
+    agent_steps,
+    has_output_tokens,
+    output_tokens,
+)
 from autointerp.store.batches import (
     BatchRow,
     add_batches,
@@ -98,7 +104,7 @@ from autointerp.store.results import (
 )
 
 __all__ = [
-    "add_agent_step", "agent_steps",
+    "add_agent_step", "add_output_tokens", "agent_steps", "has_output_tokens", "output_tokens",
     "BatchRow", "add_batches", "batch_failures", "finish_group", "get_batch", "group_batches", "list_batches",
     "open_batches", "record_cancel", "update_batch",
     "LOCK_WAIT_S", "Bundle", "Connection", "DBError", "DictionaryRow", "LabelScores", "Migration", "PendingScore",

@@ -42,3 +42,29 @@ def agent_steps(con: Connection, dictionary_id: int, feature: int, explainer: st
         "ORDER BY explainer, settings_hash, step",
         [dictionary_id, feature, explainer, explainer, settings_hash, settings_hash]).fetchall()
     return [_step(r) for r in rows]
+
+
+def add_output_tokens(con: Connection, dictionary_id: int, rows: list[tuple[int, str, int, int, str, float]]) -> None:
+    """Store a dictionary's output tokens (feature, direction, rank, token_id, token, value) unless another
+    process already did."""
+    with transaction(con):
+        if has_output_tokens(con, dictionary_id):
+            return
+        insert_rows(con, "output_tokens", [
+            {"dictionary_id": dictionary_id, "feature": f, "direction": d, "rank": r, "token_id": t, "token": s,
+             "value": v} for f, d, r, t, s, v in rows])
+
+
+def has_output_tokens(con: Connection, dictionary_id: int) -> bool:
+    return con.execute("SELECT 1 FROM output_tokens WHERE dictionary_id = ? LIMIT 1", [dictionary_id]).fetchone() \
+        is not None
+
+
+def output_tokens(con: Connection, dictionary_id: int, feature: int) -> dict[str, list[tuple[str, float]]]:
+    """A feature's promoted and suppressed tokens, strongest first: {'promotes': [...], 'suppresses': [...]}."""
+    rows = con.execute("SELECT direction, token, value FROM output_tokens WHERE dictionary_id = ? AND feature = ? "
+                       "ORDER BY direction, rank", [dictionary_id, feature]).fetchall()
+    out: dict[str, list[tuple[str, float]]] = {"promotes": [], "suppresses": []}
+    for d, t, v in rows:
+        out[d].append((t, v))
+    return out
