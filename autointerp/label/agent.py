@@ -126,8 +126,12 @@ class FeatureRun:
             store.add_agent_step(con, s, calls)
 
     def _consider(self, s: AgentStep) -> None:
-        if s.status == "ok" and s.calibration_score is not None and (
-                self.best is None or s.calibration_score > (self.best.calibration_score or -math.inf)):
+        """Keep the label with the best calibration score; an undefined score (the calibration contexts never
+        fire, or the simulation is flat) ranks last, so the first usable candidate stands when none has one."""
+        def rank(x: AgentStep) -> float:
+            return -math.inf if x.calibration_score is None else x.calibration_score
+
+        if s.status == "ok" and (self.best is None or rank(s) > rank(self.best)):
             self.best = s
 
     async def run(self) -> Explanation:
@@ -218,7 +222,7 @@ class FeatureRun:
     async def _choice(self) -> tuple[dict[str, Any], list[CallRow]]:
         if self.best is None:
             return {"status": "failed", "code": FailureCode.UNUSABLE_REPLY,
-                    "error": "no candidate label could be made and scored on the calibration contexts"}, []
+                    "error": "no candidate label could be made"}, []
         return {"text": self.best.text, "calibration_score": self.best.calibration_score,
                 "explanation_id": str(uuid.uuid4())}, []
 

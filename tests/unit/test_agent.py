@@ -89,7 +89,13 @@ def script(path: str, request: dict) -> Reply:
         return Reply(content=BROAD, **usage)
     label, tokens = _echo_target(request["prompt"])
     rule = {_key(r["description"]): r for r in RULES}.get(_key(label))
-    values = iter(planted.apply_to_strings(rule, tokens) if rule is not None else prior(tokens))
+    return echo_reply(request["prompt"], planted.apply_to_strings(rule, tokens) if rule is not None else prior(tokens),
+                      **usage)
+
+
+def echo_reply(prompt: str, predicted: list[float], **usage: int) -> Reply:
+    """An echo simulation reply predicting `predicted` (0..1, as a share of 9) at the prompt's placeholders."""
+    values = iter(predicted)
 
     def top(i: int, tok: str, toks: list[str]) -> dict[str, float]:
         if placeholder_row(i, tok, toks) is None:
@@ -97,7 +103,7 @@ def script(path: str, request: dict) -> Reply:
         p = min(max(next(values), 0.0), 1.0)
         return {"9": math.log(p), "0": math.log(1 - p)} if 0 < p < 1 else {"9" if p else "0": 0.0}
 
-    return Reply(content="", logprobs=echo_logprobs(request["prompt"], top), **usage)
+    return Reply(content="", logprobs=echo_logprobs(prompt, top), **usage)
 
 
 def _label(db: Path, strategy: str) -> str | None:
@@ -211,3 +217,18 @@ def test_batch_api_with_the_agent_is_refused_in_one_line(tmp_path, planted_db):
                                   "--db", str(db)])
     assert r.exit_code == 2 and "--strategy agent runs live only" in r.output, r.output
     assert query(db, "SELECT count(*) FROM explanations")[0][0] == 0
+
+
+def test_an_explainer_without_usable_probes_is_a_failed_step_and_the_best_label_stays(tmp_path, planted_db):
+    def no_probes(path: str, request: dict) -> Reply:
+        if path.endswith("/chat/completions") and "Test it on new text" in request["messages"][-1]["content"]:
+            return Reply(content="I would rather not write any texts.")
+        return script(path, request)
+
+    db = copy_db(planted_db, tmp_path / "n.duckdb")
+    with LoopbackLLM(no_probes) as llm:
+        _run(db, llm.base_url, agent_rounds=2)
+    rows = query(db, "SELECT kind, status, code FROM agent_steps ORDER BY step")
+    assert rows == [("candidate", "ok", None), ("candidate", "ok", None), ("probe", "failed", "no_probes"),
+                    ("choice", "ok", None)]
+    assert _key(_label(db, "agent") or "") == _key(BROAD)
