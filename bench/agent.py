@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--endpoint", choices=["scripted", "embedded"], default="scripted")
     ap.add_argument("--tokens", type=int, default=30_000)
     ap.add_argument("--features", type=int, default=4, help="embedded: real neurons labelled")
+    ap.add_argument("--planted-features", type=int, default=8,
+                    help="planted features labelled: the last N that fire (the 'X right after Y' rules come last)")
     ap.add_argument("--out", default="bench/results/agent.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -219,6 +221,7 @@ def main() -> None:
                               "label_settings": base}
     t0 = time.time()
     pdb, pdid, firing = build_planted(tmp, args.tokens)
+    firing = firing[-args.planted_features:]
     with store.open_store(pdb, read_only=True) as con:
         truth = {t.feature: t.description for t in store.planted_truth(con, pdid)}
     if args.endpoint == "scripted":

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -232,3 +237,43 @@ def test_an_explainer_without_usable_probes_is_a_failed_step_and_the_best_label_
     assert rows == [("candidate", "ok", None), ("candidate", "ok", None), ("probe", "failed", "no_probes"),
                     ("choice", "ok", None)]
     assert _key(_label(db, "agent") or "") == _key(BROAD)
+
+
+def _label_cmd(db: Path, url: str) -> list[str]:
+    return [sys.executable, "-m", "autointerp", "label", "--db", str(db), "--base-url", url, "--explainer-model",
+            "m-explain", "--simulator-model", "m-sim", "--features", f"{FEATURE}:{FEATURE + 1}", "--strategy", "agent",
+            "--k", "2", "--agent-rounds", "1", "--agent-probes", "4", "--sim-fewshot", "0", "--no-judge",
+            "--no-baseline", "--sim-top", "6", "--sim-random", "6", "--null-samples", "0", "--no-reference",
+            "--n-boot", "200", "--timeout", "60"]
+
+
+def test_kill_9_between_steps_resumes_from_the_stored_steps(tmp_path, planted_db):
+    whole, killed = copy_db(planted_db, tmp_path / "w.duckdb"), copy_db(planted_db, tmp_path / "k.duckdb")
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with LoopbackLLM(script) as llm:
+        assert subprocess.run(_label_cmd(whole, llm.base_url), env=env, capture_output=True).returncode == 0
+        n_whole = len(llm.requests)
+    hang = {"on": True}
+
+    def hanging(path: str, request: dict) -> Reply:
+        if hang["on"] and path.endswith("/chat/completions") and "Test it on new text" in str(request["messages"]):
+            return Reply(content=PROBES, delay_s=20)  # the probe request is in flight when the process dies
+        return script(path, request)
+
+    with LoopbackLLM(hanging) as llm:
+        proc = subprocess.Popen(_label_cmd(killed, llm.base_url), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not any("Test it on new text" in str(r.get("messages")) for _, r in list(llm.requests)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        n_first = len(llm.requests)
+        assert [r[0] for r in query(killed, "SELECT kind FROM agent_steps ORDER BY step")] == ["candidate", "candidate"]
+        hang["on"] = False
+        done = subprocess.run(_label_cmd(killed, llm.base_url), env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        # Only the request that was in flight when the process died is asked again.
+        assert len(llm.requests) == n_whole + 1, (n_first, len(llm.requests), n_whole)
+    assert _key(_label(killed, "agent") or "") == _key(TRUE)
