@@ -214,9 +214,14 @@ def main() -> None:
     ap.add_argument("--planted-features", type=int, default=8,
                     help="planted features labelled: the last N that fire (the 'X right after Y' rules come last)")
     ap.add_argument("--out", default="bench/results/agent.json")
+    ap.add_argument("--light", action="store_true", help="k=2, one round of 2 probes, 4+4 simulated contexts, 2 null "
+                    "features: what fits in minutes on 2 CPU cores with the embedded model")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     base = {"n_sim_top": 6, "n_sim_random": 6, "n_boot": 200, "judge": False, "null_samples": 4, "baseline": False}
+    if args.light:
+        STRATEGIES.update({"best-of-k": {"k": 2}, "agent": {"k": 2, "agent_rounds": 1, "agent_probes": 2}})
+        base.update(n_sim_top=4, n_sim_random=4, null_samples=2)
     result: dict[str, Any] = {"endpoint": args.endpoint, "tokens": args.tokens, "strategy_settings": STRATEGIES,
                               "label_settings": base}
     t0 = time.time()
@@ -231,8 +236,10 @@ def main() -> None:
     else:
         cfg = LLMConfig(concurrency=2)  # type: ignore[call-arg]
         result["planted"] = compare(pdb, pdid, firing, cfg, base, tmp, truth)
-        ndb, ndid, neurons = build_neurons(tmp, args.tokens, args.features)
-        result["neurons"] = compare(ndb, ndid, neurons, cfg, base, tmp, None)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=str))  # kept if the neurons run is cut short
+        if args.features:
+            ndb, ndid, neurons = build_neurons(tmp, args.tokens, args.features)
+            result["neurons"] = compare(ndb, ndid, neurons, cfg, base, tmp, None)
     result["seconds"] = time.time() - t0
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     for name in ("planted", "neurons"):
