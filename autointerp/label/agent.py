@@ -24,10 +24,20 @@ from autointerp.errors import BadInput
 from autointerp.label import evidence, explain, probes, scoring
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.simulators import Ask
-from autointerp.label.units import Settings, scoring_contexts, send, send_all
+from autointerp.label.units import Settings, scoring_contexts, send
 from autointerp.llm import bodies
-from autointerp.llm.client import LLMClient, LLMFailure, LLMReply
+from autointerp.llm.client import BudgetExhausted, LLMClient, LLMFailure, LLMReply
 from autointerp.records import AgentStep, CallRow, Explanation, FailureCode, FeatureContexts
+
+BUDGET_STOPPED = "budget_stopped"  # the code of a step the budget stopped inside: finished on resume
+
+
+class StepStopped(Exception):
+    """The budget ran out inside a step: what the step got so far, to store before stopping."""
+
+    def __init__(self, values: dict[str, Any], calls: list[CallRow], cause: BudgetExhausted):
+        super().__init__(str(cause))
+        self.values, self.calls, self.cause = values, calls, cause
 
 
 def refuse_batch_api(cfg: LabelConfig, llm_cfg: LLMConfig) -> None:
@@ -109,21 +119,37 @@ class FeatureRun:
 
     async def step(self, kind: str, rnd: int, make: Callable[[], Awaitable[tuple[dict[str, Any], list[CallRow]]]]
                    ) -> AgentStep:
-        """The next step: the stored one, else made, stored with its calls, and returned."""
+        """The next step: the stored one, else made, stored with its calls, and returned. A step the budget
+        stopped inside is stored with what it got (its label) and finished on resume without asking it again."""
+        before: AgentStep | None = None
         if self.n < len(self.stored):
-            s = self.stored[self.n]
-            self.n += 1
-            return s
-        values, calls = await make()
-        s = self._step(kind, rnd, **values, **_tokens(calls))
+            before = self.stored[self.n]
+            if before.code != BUDGET_STOPPED:
+                self.n += 1
+                return before
+            make = partial(self._calibrated, before.text or "", before.prompt or "", [])
+        try:
+            values, calls = await make()
+        except StepStopped as stop:
+            await self._store(kind, rnd, stop.values, stop.calls, before)
+            raise stop.cause from None
+        s = await self._store(kind, rnd, values, calls, before)
         self.n += 1
-        calls = [c.model_copy(update={"dictionary_id": s.dictionary_id, "feature": s.feature}) for c in calls]
-        await asyncio.to_thread(self._write, s, calls)
         return s
 
-    def _write(self, s: AgentStep, calls: list[CallRow]) -> None:
+    async def _store(self, kind: str, rnd: int, values: dict[str, Any], calls: list[CallRow],
+                     before: AgentStep | None) -> AgentStep:
+        tokens = _tokens(calls)
+        if before is not None:  # the stopped step's own tokens count too
+            tokens = {k: v + getattr(before, k) for k, v in tokens.items()}
+        s = self._step(kind, rnd, **values, **tokens)
+        calls = [c.model_copy(update={"dictionary_id": s.dictionary_id, "feature": s.feature}) for c in calls]
+        await asyncio.to_thread(self._write, s, calls, before is not None)
+        return s
+
+    def _write(self, s: AgentStep, calls: list[CallRow], replace: bool) -> None:
         with store.open_store(self.agent.db, wait_s=600) as con:
-            store.add_agent_step(con, s, calls)
+            store.add_agent_step(con, s, calls, replace_stopped=replace)
 
     def _consider(self, s: AgentStep) -> None:
         """Keep the label with the best calibration score; an undefined score (the calibration contexts never
@@ -189,7 +215,15 @@ class FeatureRun:
             label, calls = await label_asked
         except LLMFailure as exc:
             return {"status": "failed", "prompt": prompt, "code": exc.code, "error": str(exc)[:1000]}, exc.calls
-        score, sim_calls, failure = await self._calibrate(label)
+        return await self._calibrated(label, prompt, calls)
+
+    async def _calibrated(self, label: str, prompt: str, calls: list[CallRow]) -> tuple[dict[str, Any], list[CallRow]]:
+        """The step's values once `label` is simulated on the calibration contexts (StepStopped: the budget ran
+        out on the way)."""
+        score, sim_calls, failure, stopped = await self._calibrate(label)
+        if stopped is not None:
+            raise StepStopped({"status": "failed", "text": label, "prompt": prompt, "code": BUDGET_STOPPED,
+                               "error": str(stopped)}, calls + sim_calls, stopped)
         values: dict[str, Any] = {"text": label, "prompt": prompt, "calibration_score": score}
         if failure is not None:
             values.update(status="failed", code=failure.code, error=str(failure)[:1000])
@@ -226,22 +260,41 @@ class FeatureRun:
         return {"text": self.best.text, "calibration_score": self.best.calibration_score,
                 "explanation_id": str(uuid.uuid4())}, []
 
-    async def _calibrate(self, label: str) -> tuple[float | None, list[CallRow], LLMFailure | None]:
-        """`label` simulated on the calibration contexts only: its pooled correlation (None when undefined)."""
+    async def _calibrate(self, label: str
+                         ) -> tuple[float | None, list[CallRow], LLMFailure | None, BudgetExhausted | None]:
+        """`label` simulated on the calibration contexts only: its pooled correlation (None when undefined),
+        the calls, and the failure or budget stop that left it unscored."""
         contexts = [c for c, purpose in scoring_contexts(self.fc, self.cfg) if purpose == "calibration"]
         fewshot = (await asyncio.to_thread(fewshot_for, self.agent.db, self.fc.dictionary_id, self.fc.feature,
                                            self.cfg.fewshot)) if self.cfg.fewshot else []
         plan = self.agent.settings.simulator.plan(self.agent.simulator_model, label, contexts, fewshot)
-        answers: dict[str, Any] = {}
-        calls: list[CallRow] = []
-        await send_all(self.agent.client, plan.asks, answers, calls)
+        answers, calls = await self._send(plan.asks)
+        stopped = next((a for a in answers.values() if isinstance(a, BudgetExhausted)), None)
         try:
             failure = next((a for a in answers.values() if isinstance(a, LLMFailure)), None)
-            if failure is not None:
-                raise failure
+            if failure is not None or stopped is not None:
+                raise failure or LLMFailure("stopped by the budget", [])
             predicted = plan.read(answers)
         except LLMFailure as exc:
-            return None, calls, exc
+            return None, calls, exc, stopped
         value = scoring.pooled_correlation([(np.asarray(c.acts), np.asarray(p))
                                             for c, p in zip(contexts, predicted, strict=True)])
-        return (None if value is None or not math.isfinite(value) else float(value)), calls, None
+        return (None if value is None or not math.isfinite(value) else float(value)), calls, None, None
+
+    async def _send(self, asks: list[Ask]) -> tuple[dict[str, Any], list[CallRow]]:
+        """Send `asks` live, four at a time; each answer is its value, its LLMFailure or the budget stop, so
+        the calls already made are kept when the budget runs out."""
+        gate = asyncio.Semaphore(4)
+
+        async def one(ask: Ask) -> tuple[Any, list[CallRow]]:
+            async with gate:
+                try:
+                    return await send(self.agent.client, ask)
+                except LLMFailure as exc:
+                    return exc, exc.calls
+                except BudgetExhausted as exc:
+                    return exc, []
+
+        results = await asyncio.gather(*(one(a) for a in asks))
+        return ({a.part: r for a, (r, _) in zip(asks, results, strict=True)},
+                [c for _, made in results for c in made])

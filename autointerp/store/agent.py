@@ -13,9 +13,15 @@ _COLUMNS = ("dictionary_id", "feature", "explainer", "strategy", "settings_hash"
             "error", "explanation_id")
 
 
-def add_agent_step(con: Connection, step: AgentStep, calls: list[CallRow]) -> None:
-    """Store one step and its calls together (a step stored again, by a second process, is dropped)."""
+def add_agent_step(con: Connection, step: AgentStep, calls: list[CallRow], replace_stopped: bool = False) -> None:
+    """Store one step and its calls together (a step stored again, by a second process, is dropped). With
+    `replace_stopped`, the step replaces the row of the same step that the budget stopped (code
+    'budget_stopped'): the finished step keeps what the stopped one got and counts its tokens."""
     with transaction(con):
+        if replace_stopped:
+            con.execute("DELETE FROM agent_steps WHERE dictionary_id = ? AND feature = ? AND explainer = ? "
+                        "AND settings_hash = ? AND step = ? AND code = 'budget_stopped'",
+                        [step.dictionary_id, step.feature, step.explainer, step.settings_hash, step.step])
         if con.execute("SELECT 1 FROM agent_steps WHERE dictionary_id = ? AND feature = ? AND explainer = ? "
                        "AND settings_hash = ? AND step = ?",
                        [step.dictionary_id, step.feature, step.explainer, step.settings_hash, step.step]).fetchone():

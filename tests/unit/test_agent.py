@@ -164,21 +164,46 @@ def test_without_the_real_probe_activations_the_agent_does_not_recover(tmp_path,
     assert _key(_label(db, "agent") or "") == _key(BROAD)
 
 
+def _chat(requests: list) -> int:
+    return sum(p.endswith("/chat/completions") for p, _ in requests)
+
+
 def test_a_budget_stop_resumes_from_the_stored_steps_asking_nothing_twice(tmp_path, planted_db):
     whole, cut = copy_db(planted_db, tmp_path / "w.duckdb"), copy_db(planted_db, tmp_path / "c.duckdb")
     with LoopbackLLM(script) as llm:
         _run(whole, llm.base_url)
         n_whole = len(llm.requests)
     with LoopbackLLM(script) as llm:
-        stopped = _run(cut, llm.base_url, llm={"max_tokens": 60})
+        # 84 tokens: the first candidate (an explain request and 6 simulations, 12 tokens each) ends on it.
+        stopped = _run(cut, llm.base_url, llm={"max_tokens": 84})
         n_first = len(llm.requests)
         kinds_first = [r[0] for r in query(cut, "SELECT kind FROM agent_steps ORDER BY step")]
         _run(cut, llm.base_url)
         n_total = len(llm.requests)
-    assert stopped.stopped and 0 < n_first < n_whole and kinds_first and "choice" not in kinds_first
+    assert stopped.stopped and 0 < n_first < n_whole and kinds_first == ["candidate"]
     assert n_total == n_whole, (n_first, n_total, n_whole)
     assert query(cut, "SELECT count(*) FROM llm_calls")[0][0] == query(whole, "SELECT count(*) FROM llm_calls")[0][0]
     assert _key(_label(cut, "agent") or "") == _key(TRUE)
+
+
+def test_a_budget_stop_inside_a_step_keeps_its_label_and_finishes_it_on_resume(tmp_path, planted_db):
+    whole, cut = copy_db(planted_db, tmp_path / "w.duckdb"), copy_db(planted_db, tmp_path / "c.duckdb")
+    with LoopbackLLM(script) as llm:
+        _run(whole, llm.base_url)
+        whole_chat = _chat(llm.requests)
+    with LoopbackLLM(script) as llm:
+        # 30 tokens: the first candidate's label and some of its 6 simulations, then the budget stops it.
+        stopped = _run(cut, llm.base_url, llm={"max_tokens": 30})
+        first = query(cut, "SELECT kind, status, code, text FROM agent_steps ORDER BY step")
+        n_first_calls, n_first = query(cut, "SELECT count(*) FROM llm_calls")[0][0], len(llm.requests)
+        _run(cut, llm.base_url)
+        chat = _chat(llm.requests)
+    assert stopped.stopped and [r[:3] for r in first] == [("candidate", "failed", "budget_stopped")]
+    assert _key(first[0][3]) == _key(BROAD)
+    assert 1 < n_first_calls == n_first  # the label and the simulations it got are stored with the stopped step
+    assert chat == whole_chat  # the explainer is not asked again for the stopped step's label
+    steps = query(cut, "SELECT kind, status, calibration_score IS NOT NULL FROM agent_steps ORDER BY step")
+    assert steps[0] == ("candidate", "ok", True) and _key(_label(cut, "agent") or "") == _key(TRUE)
 
 
 def _mark_holdout(db: Path) -> None:
