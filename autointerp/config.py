@@ -145,12 +145,25 @@ class LabelConfig(Frozen):
                                "(the failures stay as history)")
     explainers: tuple[str, ...] = Field((), description="score the labels of these explainers (repeat the option; "
                                         "e.g. the NAME of imported labels); default: the explainer model's")
+    strategy: Literal["one-shot", "best-of-k", "agent"] = Field(
+        "one-shot", description="how a label is made: one-shot (one request), best-of-k (k candidates from varied "
+        "evidence, each simulated on the calibration contexts only, the best kept) or agent (best-of-k, then "
+        "rounds of probe texts run on the subject and revisions); see docs/agent.md")
+    k: int = Field(4, ge=1, le=32, description="best-of-k and agent: candidate labels per feature")
+    agent_rounds: int = Field(2, ge=0, le=10, description="agent: probe-and-revise rounds per feature")
+    agent_probes: int = Field(4, ge=1, le=16, description="agent: probe texts per round (half should activate "
+                              "the feature, half should not)")
 
     @model_validator(mode="after")
     def _fewshot_needs_echo(self) -> LabelConfig:
         if self.n_sim_fewshot and self.simulator_mode != "echo":
             raise ValueError("--sim-fewshot needs --simulator-mode echo (the chat simulator shows no examples)")
         return self
+
+    def strategy_settings(self) -> dict[str, Any]:
+        """What decides a best-of-k or agent run's steps: other settings are another run."""
+        fields = {"k"} | ({"agent_rounds", "agent_probes"} if self.strategy == "agent" else set())
+        return {"strategy": self.strategy, **self.model_dump(include=fields | {"n_explain_top", "n_explain_quantile"})}
 
     @property
     def fewshot(self) -> int:

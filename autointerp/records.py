@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,10 +42,34 @@ class FailureCode(StrEnum):
     ONE_CLASS = "one_class"  # a judge cannot be shown both classes (dense features)
     BATCH_EXPIRED = "batch_expired"  # the batch's 24 h window ended before the request ran
     BATCH_CANCELLED = "batch_cancelled"  # the batch was cancelled before the request ran
+    NO_PROBES = "no_probes"  # the agent's explainer wrote no usable probe text
 
 
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+
+class AgentStep(Record):
+    """A row of `agent_steps`: one step of a feature's best-of-k or agent run (migration 007)."""
+
+    dictionary_id: int
+    feature: int
+    explainer: str
+    strategy: str
+    settings_hash: str
+    step: int
+    round: int
+    kind: str  # candidate / probe / revision / choice
+    status: str = "ok"
+    text: str | None = None
+    prompt: str | None = None
+    activations: list[dict[str, Any]] | None = None  # probes: text, expect, tokens, acts, cut
+    calibration_score: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    code: str | None = None
+    error: str | None = None
+    explanation_id: str | None = None
 
 
 class Context(Record):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -87,6 +88,33 @@ def show(db: str, feature: int, dictionary_id: int | None, split: str, kind: str
         shown[key] = shown.get(key, 0) + 1
         tag = f"q{r.quantile} " if r.quantile is not None else ""
         click.echo(f"{tag}max {r.max_act:7.3f} | {render.highlight(r.tokens, r.acts, scale, color)}")
+    with store.open_store(db, read_only=True) as con:
+        steps = store.agent_steps(con, did, feature)
+    _show_steps(steps, scale, color)
+
+
+def _show_steps(steps: list[Any], scale: float, color: bool) -> None:
+    """The feature's best-of-k / agent steps: each label with its calibration score, each probe with the
+    subject's real activations highlighted."""
+    from autointerp.label.probes import outcome
+
+    run = None
+    for s in steps:
+        if (s.explainer, s.settings_hash) != run:
+            run = (s.explainer, s.settings_hash)
+            click.echo(f"\n== {s.strategy} steps: {s.explainer} (settings {s.settings_hash}) ==")
+        cal = f"calibration {s.calibration_score:.3f}" if s.calibration_score is not None else ""
+        head = f"#{s.step} round {s.round} {s.kind:<9} {s.status:<6} {cal:<17} tokens {s.prompt_tokens}+{s.completion_tokens}"
+        if s.status != "ok":
+            click.echo(f"{head} | {s.code}: {(s.error or '')[:120]}")
+        elif s.kind != "probe":
+            click.echo(f"{head} | {s.text}")
+        else:
+            click.echo(head)
+            for r in s.activations or []:
+                cut = f" (cut {r['cut']} tokens)" if r["cut"] else ""
+                click.echo(f"    {'+' if r['expect'] else '-'} {outcome(r, scale):<11}| "
+                           f"{render.highlight(r['tokens'], r['acts'], scale, color)}{cut}")
 
 
 @main.command()

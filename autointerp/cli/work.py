@@ -167,6 +167,10 @@ def _label_command(db: str, explain_stage: bool, score_stage: bool, dictionary_i
         did = pick_dictionary(con, dictionary_id)
     features = select(db, did, Selection(feature_range, where))
     cfg, llm_cfg = build(LabelConfig, kwargs), build(LLMConfig, kwargs)
+    if explain_stage:
+        from autointerp.label.agent import refuse_batch_api
+
+        refuse_batch_api(cfg, llm_cfg)
     if llm_cfg.batch_api:
         from autointerp.label.batch import require_endpoint
 
@@ -288,9 +292,11 @@ def run(db: str, label_features: tuple[int, int] | None, label_where: str | None
       autointerp run --model gpt2 --base-url https://api.openai.com/v1 --simulator-mode chat \\
           --batch-api --max-cost 10
     """
+    from autointerp.label.agent import refuse_batch_api
     from autointerp.pipeline import Selection, run_stage
 
     behaviour_cfg = build(BehaviourConfig, kwargs) if with_behaviour else None
+    refuse_batch_api(build(LabelConfig, kwargs), build(LLMConfig, kwargs))
     with interruptible("run the same command again: every step resumes where it stopped.") as bars:
         out = run_stage(db, build(CollectConfig, kwargs), Selection(label_features, label_where, "--label-where"),
                         build(LabelConfig, kwargs), build(LLMConfig, kwargs), behaviour_cfg, on_progress=bars)

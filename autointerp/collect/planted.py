@@ -320,3 +320,27 @@ def apply_to_strings(spec: Spec, tokens: list[str]) -> list[float]:
     ids = torch.tensor([[vocab.index(s) for s in tokens]])
     t = _Tokens(ids, vocab, {})
     return [float(v) for v in fire(spec, t)[0]]
+
+
+@dataclass
+class PlantedProbe:
+    """One planted feature (rule `index` of `rules`, with its noise, as collected) on probe texts, tokenized
+    like the corpus and cut to `ctx_len`."""
+
+    rules: list[Spec]
+    index: int
+    tokenizer: Any
+    strings: list[str]
+    ctx_len: int
+
+    def __post_init__(self) -> None:
+        self._features = PlantedFeatures(self.rules, self.strings)
+
+    def __call__(self, text: str) -> tuple[list[int], list[float], int]:
+        from autointerp.models.probe import tokenize_probe
+
+        ids, cut = tokenize_probe(self.tokenizer, text, self.ctx_len)
+        if not ids:
+            return [], [], cut
+        acts = self._features(torch.tensor([ids], dtype=torch.long))[0, :, self.index]
+        return ids, [float(a) for a in acts], cut

@@ -300,8 +300,11 @@ def batch_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
                 on_progress: ProgressFn | None = None) -> Progress:
     """`label_stage` through the Batch API: finish the recorded batches, then explain, then score (then the
     null labels), each a round of batches. Baselines need no LLM and are done first, as live."""
+    from autointerp.label.agent import refuse_batch_api
     from autointerp.label.stage import label_stage
 
+    if explain_stage:
+        refuse_batch_api(cfg, llm_cfg)
     if cfg.baseline:
         label_stage(db, dictionary_id, features, cfg.model_copy(update={"null_samples": 0}), None,
                     explain_stage=explain_stage, score_stage=score_stage)

@@ -20,7 +20,8 @@ from pathlib import Path
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
 from autointerp.errors import InternalError, LockTimeout, cause
-from autointerp.label import explain
+from autointerp.label import explain, probes
+from autointerp.label.agent import Agent
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
 from autointerp.label.units import (
@@ -112,6 +113,8 @@ class LabelBatch:
         self._flush_lock = threading.Lock()
         self.settings = Settings(cfg)
         self.score_explainers = llm_explainers(cfg, session) if score_explainers is None else score_explainers
+        self.agent = (Agent(db, self.settings, session.client, session.explainer_model, session.simulator_model,
+                            probes.Subjects(db)) if cfg.strategy != "one-shot" and session is not None else None)
 
     # ------------------------------------------------------------ the queue
 
@@ -169,8 +172,9 @@ class LabelBatch:
             self._pending.append(bundle)
         if job.explain_llm:
             assert self.session is not None
-            e, calls = await explain_live(ExplainUnit(self.settings, fc, self.session.explainer_model),
-                                          self.session.client)
+            e, calls = await (self.agent.explain(fc) if self.agent is not None else
+                              explain_live(ExplainUnit(self.settings, fc, self.session.explainer_model),
+                                           self.session.client))
             bundle = store.Bundle(explanations=[e],
                                   calls=call_rows(calls, fc.dictionary_id, fc.feature, e.explanation_id))
             if e.status == "ok":

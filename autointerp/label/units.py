@@ -16,7 +16,7 @@ import numpy as np
 
 from autointerp import store
 from autointerp.config import LabelConfig, settings_hash
-from autointerp.label import detect, explain, scoring
+from autointerp.label import detect, evidence, explain, scoring
 from autointerp.label.simulate import FewShot
 from autointerp.label.simulators import SIMULATORS, Ask
 from autointerp.llm import bodies, prompts
@@ -56,7 +56,7 @@ class Settings:
     def __init__(self, cfg: LabelConfig):
         self.cfg = cfg
         self.simulator = SIMULATORS[cfg.simulator_mode]
-        self.explain_hash = explain.explain_hash()
+        self.explain_hash = explain.explain_hash() if cfg.strategy == "one-shot" else evidence.strategy_hash(cfg)
         templates = self.simulator.templates
         if cfg.judge:
             templates = (*templates, *detect.DETECT_TEMPLATES, *detect.FUZZ_TEMPLATES)

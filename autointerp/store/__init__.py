@@ -6,9 +6,17 @@ these named functions with typed records; none builds SQL.
 - `work`: the label and behaviour queues and their typed writes
 - `batches`: Batch API runs and batch files (the `batches` table, atomic ingestion)
 - `planted`: planted dictionaries' truth and the scores `check-llm` reads
+- `agent`: the labelling agent's steps
 - `reads`: status, compare, export and report reads
 """
 
+from autointerp.store.agent import (
+    add_agent_step,
+    add_output_tokens,
+    agent_steps,
+    has_output_tokens,
+    output_tokens,
+)
 from autointerp.store.batches import (
     BatchRow,
     add_batches,
@@ -98,6 +106,7 @@ from autointerp.store.results import (
 )
 
 __all__ = [
+    "add_agent_step", "add_output_tokens", "agent_steps", "has_output_tokens", "output_tokens",
     "BatchRow", "add_batches", "batch_failures", "finish_group", "get_batch", "group_batches", "list_batches",
     "open_batches", "record_cancel", "update_batch",
     "LOCK_WAIT_S", "Bundle", "Connection", "DBError", "DictionaryRow", "LabelScores", "Migration", "PendingScore",
