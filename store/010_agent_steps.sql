@@ -2,8 +2,6 @@
 -- probe the explainer wrote with the subject's real activations on it, every revision, and the choice.
 -- A feature's steps under one explainer and one set of strategy settings are one agent run; a killed
 -- run resumes from its stored steps, asking nothing twice.
--- (Numbered 007 with 007_cached_tokens: another change took that number at the same time; migrations
--- apply by file name, and neither depends on the other.)
 CREATE TABLE agent_steps (
     dictionary_id     INTEGER NOT NULL,
     feature           INTEGER NOT NULL,

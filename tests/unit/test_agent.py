@@ -146,6 +146,17 @@ def test_the_agent_recovers_the_rule_from_probe_results_and_one_shot_does_not(tm
     assert [k for k in ("candidate", "probe", "revision", "choice") if k in out] == ["candidate", "probe", "revision",
                                                                                      "choice"]
     assert "hit" in out and TRUE.rstrip("'") in out, out
+    # The browser's feature page shows the same steps, the probes' tokens shaded by their real activations.
+    from starlette.testclient import TestClient
+
+    from autointerp.analysis.serve.app import create_app
+
+    page = TestClient(create_app(agent_db)).get(f"/feature/1/{FEATURE}")
+    assert page.status_code == 200
+    section = page.text[page.text.index('id="agent-steps"'):]
+    assert [k for k in ("candidate", "probe", "revision", "choice") if k in section] == [
+        "candidate", "probe", "revision", "choice"]
+    assert "hit" in section and section.count('class="ctx probe"') == len(probe.activations)
 
 
 @pytest.mark.parametrize("sabotage", ["withheld", "wrong"])

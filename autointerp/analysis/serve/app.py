@@ -18,8 +18,13 @@ from starlette.routing import Route
 from autointerp import store
 from autointerp.analysis import report
 from autointerp.analysis.serve import views
-from autointerp.errors import AutointerpError, LockTimeout, is_bad_input
+from autointerp.errors import AutointerpError, BadInput, LockTimeout, is_bad_input
 from autointerp.store import browse
+
+
+class NotFound(AutointerpError):
+    """What a page asks for is not in the database (HTTP 404)."""
+
 
 PAGE_SIZE = 50
 REQUEST_LOCK_WAIT_S = 30.0  # how long a request waits for a writer (a label run) to let go of the file
@@ -63,7 +68,7 @@ def _int(request: Request, name: str, default: int | None = None) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise AutointerpError(f"'{name}' must be a whole number, not '{raw}'") from None
+        raise BadInput(f"'{name}' must be a whole number, not '{raw}'") from None
 
 
 def _float(request: Request, name: str) -> float | None:
@@ -73,13 +78,13 @@ def _float(request: Request, name: str) -> float | None:
     try:
         return float(raw)
     except ValueError:
-        raise AutointerpError(f"'{name}' must be a number, not '{raw}'") from None
+        raise BadInput(f"'{name}' must be a number, not '{raw}'") from None
 
 
 def _default_dictionary(dicts: list[store.DictionaryRow]) -> int:
     complete = [d for d in dicts if d.status == "complete"]
     if not complete:
-        raise AutointerpError("no complete dictionary in this database; run `autointerp collect` first")
+        raise NotFound("no complete dictionary in this database; run `autointerp collect` first")
     trained = [d for d in complete if not d.random_init]
     return (trained or complete)[-1].dictionary_id
 
@@ -115,7 +120,7 @@ def _feature_context(con: Any, did: int, feature: int, memo: FileMemo) -> dict[s
     d = store.get_dictionary(con, did)
     stats = store.feature_stats(con, did, feature)
     if stats is None:
-        raise AutointerpError(f"dictionary {did} has no feature {feature} ({d.n_features} features)")
+        raise NotFound(f"dictionary {did} has no feature {feature} ({d.n_features} features)")
     labels = browse.feature_labels(con, did, feature)
     runs = [lab.run_id for lab in labels if lab.run_id]
     scores = views.by_run(browse.run_scores(con, did, [feature], runs))
@@ -133,6 +138,7 @@ def _feature_context(con: Any, did: int, feature: int, memo: FileMemo) -> dict[s
     return {"d": d, "name": views.dictionary_name(d), "feature": feature, "stats": stats,
             "bars": views.histogram(stats["hist_bin_width"], list(stats["hist_counts"])),
             "groups": views.context_groups(store.feature_contexts(con, did, feature), max_act),
+            "steps": views.agent_step_views(store.agent_steps(con, did, feature), max_act),
             "labels": views.label_views(labels, scores, nulls), "controls": controls,
             "prev": feature - 1 if feature > bounds[0] else None, "next": feature + 1 if feature < bounds[1] else None}
 
@@ -151,7 +157,8 @@ def create_app(db: str | Path) -> Starlette:
             with store.open_store(db, read_only=True, wait_s=REQUEST_LOCK_WAIT_S) as con:
                 context = build(con)
         except AutointerpError as exc:
-            status = 503 if isinstance(exc, LockTimeout) else 400 if is_bad_input(exc) else 404
+            status = (503 if isinstance(exc, LockTimeout) else 400 if is_bad_input(exc)
+                      else 404 if isinstance(exc, NotFound) else 500)
             return HTMLResponse(env.get_template("serve/error.html.j2").render(message=str(exc), db=db), status)
         context.update(db=db, elapsed_ms=1000 * (time.perf_counter() - started))
         return HTMLResponse(env.get_template(template).render(**context))

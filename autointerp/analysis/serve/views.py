@@ -12,7 +12,8 @@ from autointerp.analysis.compare import describe
 from autointerp.analysis.report import Span, spans
 from autointerp.label.import_stage import HASH_PREFIX as IMPORTED
 from autointerp.label.nulls import CONSTANT, SHUFFLED
-from autointerp.records import Context
+from autointerp.label.probes import outcome
+from autointerp.records import AgentStep, Context
 from autointerp.store import DictionaryRow
 from autointerp.store.browse import LabelRun, RunScore
 
@@ -174,3 +175,30 @@ def query_string(params: dict[str, Any], **changes: Any) -> str:
 
     merged = {**params, **changes}
     return urlencode({k: v for k, v in merged.items() if v not in (None, "")})
+
+
+@dataclass(frozen=True)
+class ProbeView:
+    expect: bool
+    outcome: str  # hit, miss, false alarm or quiet
+    cut: int
+    spans: list[Span]
+
+
+@dataclass(frozen=True)
+class StepView:
+    run: str  # strategy, explainer and settings: a feature may have several runs
+    step: AgentStep
+    probes: list[ProbeView]
+
+
+def agent_step_views(steps: list[AgentStep], max_act: float) -> list[StepView]:
+    """A feature's best-of-k / agent steps in order, probes with the subject's real activations shaded
+    against the feature's max (what `show` prints)."""
+    views = []
+    for s in steps:
+        probes = [ProbeView(bool(r["expect"]), outcome(r, max_act), int(r.get("cut") or 0),
+                            spans(r["tokens"], r["acts"], max_act))
+                  for r in (s.activations or [])] if s.kind == "probe" else []
+        views.append(StepView(f"{s.strategy}: {s.explainer} (settings {s.settings_hash})", s, probes))
+    return views
