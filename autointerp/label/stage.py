@@ -153,11 +153,11 @@ class LabelBatch:
 
     # ------------------------------------------------------------ work
 
-    def score_unit(self, fc: FeatureContexts, eid: str, label: str) -> ScoreUnit:
+    def score_unit(self, fc: FeatureContexts, eid: str, label: str, list_prompts: bool = True) -> ScoreUnit:
         """The unit that scores `label` with this pass's simulator and judges."""
         assert self.session is not None
         fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, self.cfg.fewshot) if self.cfg.fewshot else []
-        return ScoreUnit(self.settings, fc, eid, label, self.session.simulator_model, fewshot)
+        return ScoreUnit(self.settings, fc, eid, label, self.session.simulator_model, fewshot, list_prompts)
 
     async def _score_llm(self, fc: FeatureContexts, eid: str, label: str) -> store.Bundle:
         assert self.session is not None

@@ -194,15 +194,18 @@ async def explain_live(unit: ExplainUnit, client: LLMClient) -> tuple[Explanatio
 
 class ScoreUnit:
     """Score one label: its simulation asks, then its judge asks, and `finish`, which turns their answers
-    (parsed values, or LLMFailure) and calls into the run's bundle."""
+    (parsed values, or LLMFailure) and calls into the run's bundle. `list_prompts`: the simulator may put
+    all contexts in one request (the live client falls back to one per context where refused); Batch API
+    files keep one request per context."""
 
     def __init__(self, settings: Settings, fc: FeatureContexts, explanation_id: str, label: str, model: str,
-                 fewshot: list[FewShot]):
+                 fewshot: list[FewShot], list_prompts: bool = True):
         cfg = settings.cfg
         self.cfg, self.fc, self.label = cfg, fc, label
         self.run = settings.new_run(explanation_id, fc, model)
         self.contexts = scoring_contexts(fc, cfg)
-        self.plan = settings.simulator.plan(model, label, [c for c, _ in self.contexts], fewshot)
+        self.plan = settings.simulator.plan(model, label, [c for c, _ in self.contexts], fewshot,
+                                            list_prompts=list_prompts)
         self.judges: dict[str, tuple[list[bool], Ask]] = {}
         self.unjudged: dict[str, LLMFailure] = {}
         for name in JUDGES if cfg.judge else ():
