@@ -24,6 +24,7 @@ from autointerp.errors import BadInput, InternalError, LockTimeout, cause
 from autointerp.label import explain
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
+from autointerp.label.roles import RoleGate
 from autointerp.label.units import (
     ExplainUnit,
     Progress,
@@ -105,8 +106,10 @@ class LabelBatch:
 
     def __init__(self, db: str | Path, dictionary_id: int, cfg: LabelConfig, session: LLMSession | None,
                  features: list[int], *, explain_stage: bool, score_stage: bool, concurrency: int = 8,
-                 score_explainers: list[str] | None = None, on_progress: ProgressFn | None = None):
+                 score_explainers: list[str] | None = None, on_progress: ProgressFn | None = None,
+                 gate: RoleGate | None = None):
         self.db = db
+        self.gate = gate or RoleGate()  # shared with the nulls pass: a role stopped stays stopped
         self.dictionary_id = dictionary_id
         self.cfg = cfg
         self.session = session
@@ -161,7 +164,7 @@ class LabelBatch:
 
     async def _score_llm(self, fc: FeatureContexts, eid: str, label: str) -> store.Bundle:
         assert self.session is not None
-        return await score_live(self.score_unit(fc, eid, label), self.session.client, self.progress)
+        return await score_live(self.score_unit(fc, eid, label), self.session.client, self.progress, self.gate)
 
     def _score_baseline(self, fc: FeatureContexts, eid: str) -> store.Bundle:
         run = self.settings.new_run(eid, fc, explain.BASELINE, baseline=True)
@@ -312,8 +315,9 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
                 concurrency: int = 8, on_progress: ProgressFn | None = None) -> Progress:
     """Explain and/or score `features`; then, when scoring with an LLM, make and score the null labels
     (`cfg.null_samples` features). Resumable: re-running does only what is missing."""
+    gate = RoleGate()
     batch = LabelBatch(db, dictionary_id, cfg, session, features, explain_stage=explain_stage,
-                       score_stage=score_stage, concurrency=concurrency, on_progress=on_progress)
+                       score_stage=score_stage, concurrency=concurrency, on_progress=on_progress, gate=gate)
 
     async def both() -> Progress:
         # One event loop for the labels and their nulls: the client's pooled connections belong to it.
@@ -325,12 +329,14 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
                 nulls = LabelBatch(db, dictionary_id, cfg.model_copy(update={"baseline": False}), session, extra,
                                    explain_stage=False, score_stage=True, concurrency=concurrency,
                                    score_explainers=[*(SHUFFLED + e for e in explainers), CONSTANT],
-                                   on_progress=on_progress)
+                                   on_progress=on_progress, gate=gate)
                 progress.nulls = await nulls.run()
                 progress.stopped = progress.nulls.stopped
         return progress
 
     progress = asyncio.run(both())
+    notes = getattr(session.client, "endpoint_notes", None) if session is not None else None
+    progress.notes += gate.lines() + (notes() if notes is not None else [])
     if score_stage and session is not None:
         reference_gains(db, dictionary_id, cfg.n_boot)
     return progress

@@ -187,6 +187,7 @@ class OpenAICompatibleClient:
         self._turn = itertools.count()
         # Per endpoint: does it take a list of prompts in one completions request? None: not tried yet.
         self.list_prompts: dict[str, bool | None] = {url: None for url, _ in self._clients}
+        self._probe: tuple[Any, asyncio.Lock] | None = None  # (its event loop, the lock)
         self.max_attempts = max_attempts
         self.max_wait_s = max_wait_s
         self.prices = {**DEFAULT_PRICES, **(prices or {})}
@@ -278,6 +279,21 @@ class OpenAICompatibleClient:
                              logprobs: int | None) -> LLMReply:
         """A list of prompts in one request where the endpoint takes lists; where it refuses them (found on
         the first list sent to it, recorded as that attempt's error), one request per prompt."""
+        if None in self.list_prompts.values():
+            # Until each endpoint has answered one list, lists go one at a time: a refusing endpoint is
+            # then found by one request, not by every request in flight.
+            async with self._probe_lock():
+                return await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
+        return await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
+
+    def _probe_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._probe is None or self._probe[0] is not loop:
+            self._probe = (loop, asyncio.Lock())
+        return self._probe[1]
+
+    async def _send_list(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
+                         logprobs: int | None) -> LLMReply:
         if all(v is False for v in self.list_prompts.values()):
             return await self._one_by_one(role, model, prompts, max_tokens, echo, logprobs)
         kwargs = completion_body(model, prompts, max_tokens, echo, logprobs)
@@ -293,7 +309,7 @@ class OpenAICompatibleClient:
             if exc.code != FailureCode.LIST_REFUSED:
                 raise
             refused = exc.calls
-        reply = await self._complete_list(role, model, prompts, max_tokens, echo, logprobs)
+        reply = await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
         return LLMReply(reply.text, reply.logprobs, refused + reply.calls)
 
     async def _one_by_one(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,

@@ -241,6 +241,9 @@ class EmbeddedClient:
         lps = [lp for lp, _ in done]
         return LLMReply("", lps if isinstance(prompt, list) else lps[0], [call])
 
+    def endpoint_notes(self) -> list[str]:
+        return self.http.endpoint_notes()  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         self.inproc.close()
         with contextlib.suppress(Exception):
