@@ -182,6 +182,8 @@ def collect_stage(
                               f"the same command again to write it from the checkpoint {checkpoint.name} "
                               "without running the model", exc.holder) from exc
     checkpoint.unlink(missing_ok=True)
+    if on_progress is not None:  # the stage's end, also when the corpus ran out before n_tokens
+        on_progress(ProgressEvent("collect", result.n_tokens, result.n_tokens, "tok"))
     return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, reader.n_features, False,
                           result.resumed_contexts * cfg.ctx_len)
 

@@ -10,6 +10,7 @@ loader or a writer error) stops the batch with that error, after what finished h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import threading
@@ -310,6 +311,13 @@ class LabelBatch:
 # ---------------------------------------------------------------- the entry point
 
 
+def _as_stage(stage: str, on_progress: ProgressFn | None) -> ProgressFn | None:
+    """`on_progress` with the events renamed to `stage` (the null labels' pass has its own bar)."""
+    if on_progress is None:
+        return None
+    return lambda e: on_progress(dataclasses.replace(e, stage=stage))
+
+
 def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: LabelConfig,
                 session: LLMSession | None, *, explain_stage: bool = True, score_stage: bool = True,
                 concurrency: int = 8, on_progress: ProgressFn | None = None) -> Progress:
@@ -329,7 +337,7 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
                 nulls = LabelBatch(db, dictionary_id, cfg.model_copy(update={"baseline": False}), session, extra,
                                    explain_stage=False, score_stage=True, concurrency=concurrency,
                                    score_explainers=[*(SHUFFLED + e for e in explainers), CONSTANT],
-                                   on_progress=on_progress, gate=gate)
+                                   on_progress=_as_stage("nulls", on_progress), gate=gate)
                 progress.nulls = await nulls.run()
                 progress.stopped = progress.nulls.stopped
         return progress
