@@ -53,6 +53,9 @@ class LLMSession:
     client: LLMClient
     explainer_model: str
     simulator_model: str
+    # The embedded model answers one request at a time: features are worked one at a time, so each
+    # finishes (and shows) as soon as it can instead of all at the end.
+    one_at_a_time: bool = False
 
 
 @contextmanager
@@ -81,7 +84,8 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
             max_wait_s=cfg.max_wait_s, prices=prices, budget=budget)
         if embedded is not None:
             client = embedded.client(client)
-        yield LLMSession(client, cfg.explainer_model or default_model, cfg.simulator_model or default_model)
+        yield LLMSession(client, cfg.explainer_model or default_model, cfg.simulator_model or default_model,
+                         one_at_a_time=embedded is not None)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -324,6 +328,8 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
     """Explain and/or score `features`; then, when scoring with an LLM, make and score the null labels
     (`cfg.null_samples` features). Resumable: re-running does only what is missing."""
     gate = RoleGate()
+    if session is not None and session.one_at_a_time:
+        concurrency = 1
     batch = LabelBatch(db, dictionary_id, cfg, session, features, explain_stage=explain_stage,
                        score_stage=score_stage, concurrency=concurrency, on_progress=on_progress, gate=gate)
 
