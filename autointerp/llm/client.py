@@ -274,7 +274,6 @@ class OpenAICompatibleClient:
                                    lambda c: c.completions.with_raw_response.create(**kwargs),
                                    lambda raw: parse_completion_json(_json_body(raw)))
 
-
     async def _complete_list(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
                              logprobs: int | None) -> LLMReply:
         """A list of prompts in one request where the endpoint takes lists; where it refuses them (found on
