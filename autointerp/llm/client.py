@@ -188,6 +188,7 @@ class OpenAICompatibleClient:
         # Per endpoint: does it take a list of prompts in one completions request? None: not tried yet.
         self.list_prompts: dict[str, bool | None] = {url: None for url, _ in self._clients}
         self._probe: tuple[Any, asyncio.Lock] | None = None  # (its event loop, the lock)
+        self._probed = False
         self.max_attempts = max_attempts
         self.max_wait_s = max_wait_s
         self.prices = {**DEFAULT_PRICES, **(prices or {})}
@@ -278,11 +279,15 @@ class OpenAICompatibleClient:
                              logprobs: int | None) -> LLMReply:
         """A list of prompts in one request where the endpoint takes lists; where it refuses them (found on
         the first list sent to it, recorded as that attempt's error), one request per prompt."""
-        if None in self.list_prompts.values():
-            # Until each endpoint has answered one list, lists go one at a time: a refusing endpoint is
-            # then found by one request, not by every request in flight.
+        if not self._probed:
+            # The first list goes alone: a refusing endpoint is then found by one request, not by every
+            # request in flight. Only the first: an endpoint that does not answer must not serialize the rest.
             async with self._probe_lock():
-                return await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
+                if not self._probed:
+                    try:
+                        return await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
+                    finally:
+                        self._probed = True
         return await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
 
     def _probe_lock(self) -> asyncio.Lock:
