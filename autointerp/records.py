@@ -43,6 +43,8 @@ class FailureCode(StrEnum):
     BATCH_EXPIRED = "batch_expired"  # the batch's 24 h window ended before the request ran
     BATCH_CANCELLED = "batch_cancelled"  # the batch was cancelled before the request ran
     NO_PROBES = "no_probes"  # the agent's explainer wrote no usable probe text
+    LIST_REFUSED = "list_refused"  # the endpoint takes one prompt per completions request (then sent so)
+    ROLE_STOPPED = "role_stopped"  # not asked: the role's first replies in this run were all unusable
 
 
 class Record(BaseModel):

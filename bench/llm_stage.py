@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,15 +51,26 @@ def server_process(latency: float):
         proc.wait()
 
 
-def run_batch(db: Path, url: str, features: list[int], concurrency: int) -> tuple[float, float, float]:
-    """(features/s, our process's CPU seconds per feature, requests per feature)."""
+def run_batch(db: Path, url: str, features: list[int], concurrency: int,
+              profile: Path | None = None) -> tuple[float, float, float]:
+    """(features/s, our process's CPU seconds per feature, requests per feature), at the default label
+    settings (baseline, null labels and the reference included)."""
+    import cProfile
+
     llm_cfg = LLMConfig(base_urls=(url,), explainer_model="e", simulator_model="s", concurrency=concurrency,
                         timeout_s=30)
-    cfg = LabelConfig(baseline=False, null_samples=0)
+    cfg = LabelConfig()
+    prof = cProfile.Profile() if profile else None
     start, cpu = time.perf_counter(), time.process_time()
     with open_llm(llm_cfg) as session:
+        if prof is not None:
+            prof.enable()
         progress = label_stage(db, 1, features, cfg, session, concurrency=concurrency)
+        if prof is not None:
+            prof.disable()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if prof is not None and profile is not None:
+        prof.dump_stats(str(profile))
     assert progress.scored == len(features), progress
     with open_store(db, read_only=True) as con:
         n_calls = con.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
@@ -362,6 +374,10 @@ def main() -> None:
     ap.add_argument("--delphi-src", type=Path, default=None, help="a checkout of EleutherAI/delphi")
     ap.add_argument("--peer-commits", default=None, help="recorded in the results: which peer commits were used")
     ap.add_argument("--skip-throughput", action="store_true", help="only the token figures")
+    ap.add_argument("--skip-tokens", action="store_true", help="only the throughput figures")
+    ap.add_argument("--only", default=None, help="one throughput setting (zero_latency_c32, latency100ms_c32, "
+                    "latency100ms_c128, batch_api)")
+    ap.add_argument("--profile", type=Path, default=None, help="cProfile stats of the live runs, to this prefix")
     ap.add_argument("--out", default="bench/results/llm_stage.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -371,13 +387,17 @@ def main() -> None:
                                       dataset=str(write_corpus(tmp / "c.txt", 400)), n_tokens=20_000, ctx_len=64),
                   model=load_model(str(model_dir)))
     features = list(range(args.features))
-    results: dict[str, object] = {"features": args.features}
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    results: dict[str, object] = {"features": args.features, "cpus": os.cpu_count()}
     for name, latency, conc in () if args.skip_throughput else (
             ("zero_latency_c32", 0.0, 32), ("latency100ms_c32", 0.1, 32), ("latency100ms_c128", 0.1, 128)):
+        if args.only not in (None, name):
+            continue
         db = tmp / f"{name}.duckdb"
         db.write_bytes(base.read_bytes())
+        profile = Path(f"{args.profile}.{name}") if args.profile else None
         with server_process(latency) as url:
-            rate, cpu, per_feature = run_batch(db, url, features, conc)
+            rate, cpu, per_feature = run_batch(db, url, features, conc, profile)
         limit = conc / (per_feature * latency) if latency else float("inf")
         results[name] = {"features_per_s": rate, "limit_features_per_s": limit, "requests_per_feature": per_feature,
                          "share_of_limit": rate / limit if latency else None, "client_cpu_s_per_feature": cpu}
@@ -386,7 +406,7 @@ def main() -> None:
               + f"   our CPU {1000 * cpu:5.1f} ms/feature (alone: {1 / cpu:5.0f} features/s per core)"
               + f"   {per_feature:.2f} requests/feature")
 
-    if not args.skip_throughput:
+    if not args.skip_throughput and args.only in (None, "batch_api"):
         db = tmp / "batch_api.duckdb"
         db.write_bytes(base.read_bytes())
         with server_process(0.0) as url:
@@ -395,6 +415,13 @@ def main() -> None:
         print(f"{'batch_api':20s} {len(features) / wall:8.1f} features/s (server answers at once, polls every 0.2 s)"
               f"   our CPU {1000 * cpu:5.1f} ms/feature   {n_batches} batches")
 
+    results["load_before_after"] = [load, Path("/proc/loadavg").read_text().split()[:3]]
+    print(f"load average (1, 5, 15 min) before {' '.join(load)}, after {' '.join(results['load_before_after'][1])}"
+          " (the machine may be shared: the figures are for this load)")
+    if args.skip_tokens:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        return
     tokens = token_figures(base, features[: args.token_features], args.openai_src, args.delphi_src)
     results["tokens"] = tokens
     results["peer_commits"] = args.peer_commits

@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, offline: collect SmolLM2-135M's layer-6 MLP neurons over the
 # Python docs, label a few of them with SmolLM2-135M-Instruct (a local llama.cpp server) and score
-# the labels by simulation, then show what is in the database.
+# the labels by simulation beside their nulls, then show what is in the database.
+#   scripts/demo.sh          30k tokens, 2 features: the first labelled feature is printed as soon as it is done
+#   scripts/demo.sh --long   100k tokens, 4 features (the longer demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB=${AUTOINTERP_DB:-autointerp.duckdb}
-TOKENS=${TOKENS:-100000}
-LABEL=${LABEL:-0:4}
-A=.venv/bin/autointerp
+if [ "${1:-}" = "--long" ]; then
+  TOKENS=${TOKENS:-100000}; LAST=${LAST:-4}
+else
+  TOKENS=${TOKENS:-30000}; LAST=${LAST:-2}
+fi
+A=${AUTOINTERP:-.venv/bin/autointerp}
+# Small prompts for the 135M model on 2 cores.
+OPTS=(--explain-top 6 --explain-quantile 4 --sim-top 6 --sim-random 6 --judge-quiet 0.1 --db "$DB")
+LABELS="SELECT feature, explainer, label, round(correlation_top_random, 3) AS corr, round(explained_variance, 3) AS ev, error FROM labels"
 
-# Small prompts for the 135M model on 2 cores (~1 minute per labelled feature).
-$A run --tokens "$TOKENS" --label-features "$LABEL" --explain-top 6 --explain-quantile 4 --sim-top 6 --sim-random 6 --judge-quiet 0.1 \
-  --db "$DB"
+# The first feature alone: collected, labelled, scored beside its baseline and null labels, and shown.
+$A run --tokens "$TOKENS" --label-features 0:1 "${OPTS[@]}"
+Q="$LABELS WHERE feature = 0 ORDER BY explainer"
+echo; echo "\$ autointerp sql \"$Q\""
+$A sql "$Q" --db "$DB"
+
+if [ "$LAST" -gt 1 ]; then
+  echo; echo "\$ autointerp label --features 1:$LAST"
+  $A label --features "1:$LAST" "${OPTS[@]}"
+fi
 echo; echo "\$ autointerp status"
 $A status --db "$DB"
-Q="SELECT feature, explainer, label, round(correlation_top_random, 3) AS corr, round(explained_variance, 3) AS ev, error FROM labels ORDER BY feature, explainer"
+Q="$LABELS ORDER BY feature, explainer"
 echo; echo "\$ autointerp sql \"$Q\""
 $A sql "$Q" --db "$DB"
 Q="SELECT role, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens, round(sum(cost_usd), 4) AS usd FROM llm_calls GROUP BY role"

@@ -15,6 +15,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,8 +123,9 @@ class LoopbackLLM:
     requests alike)."""
 
     def __init__(self, script: Script, api_key: str | None = None, batch: BatchScript | None = None,
-                 prefix_cache: int | None = None):
+                 prefix_cache: int | None = None, list_prompts: bool = True):
         self.script = script
+        self.list_prompts = list_prompts
         self.prefix_cache = prefix_cache
         self._blocks: set[int] = set()
         self._cache_lock = threading.Lock()  # its own: batch requests are answered under _lock
@@ -172,6 +174,11 @@ class LoopbackLLM:
                 if outer.api_key is not None and self.headers.get("Authorization") != f"Bearer {outer.api_key}":
                     self._send(401, b'{"error": {"message": "Incorrect API key provided", "type": '
                                b'"invalid_request_error", "code": "invalid_api_key"}}', {})
+                    return
+                if isinstance(request.get("prompt"), list):
+                    status, body, delay = outer._answer_list(self.path, request)
+                    time.sleep(delay)
+                    self._send(status, body, {})
                     return
                 reply = outer._cached(self.path, request, outer.script(self.path, request))
                 if reply.delay_s:
@@ -224,6 +231,30 @@ class LoopbackLLM:
                     hit = False
                     self._blocks.add(h)
         return dataclasses.replace(reply, cached_tokens=cached)
+
+    def _answer_list(self, path: str, request: dict[str, Any]) -> tuple[int, bytes, float]:
+        """(status, body, delay) for a completions request with a list of prompts: each prompt answered by
+        the script alone, the choices indexed in prompt order and the usage summed; the first fault among
+        the answers is the whole request's answer."""
+        if not self.list_prompts:
+            return 400, b'{"error": {"message": "prompt must be a string", "type": "invalid_request_error"}}', 0.0
+        choices, usage, delay = [], Counter[str](), 0.0
+        for i, prompt in enumerate(request["prompt"]):
+            one = {**request, "prompt": prompt}
+            reply = self._cached(path, one, self.script(path, one))
+            delay = max(delay, reply.delay_s)
+            if reply.status != 200 or reply.raw_body is not None or reply.drop:
+                return reply.status, reply.raw_body or b"{}", delay
+            body = _body(path, one, reply)
+            choices.append({**body["choices"][0], "index": i})
+            usage.update({k: v for k, v in body["usage"].items() if isinstance(v, int)})
+            usage["cached"] += (body["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        total: dict[str, Any] = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        if self.prefix_cache is not None:
+            total["prompt_tokens_details"] = {"cached_tokens": usage["cached"]}
+        return 200, json.dumps({"id": "cmpl-loopback", "object": "text_completion", "created": 0,
+                                "model": request.get("model", "loopback"), "choices": choices,
+                                "usage": total}).encode(), delay
 
     def release(self, phase: str) -> None:
         self._release[phase].set()

@@ -221,16 +221,21 @@ def build(model: type[M], kwargs: dict[str, Any], **overrides: Any) -> M:
 
 
 class Bars:
-    """The one progress display: a bar per stage, fed ProgressEvents."""
+    """The one progress display: a bar per stage, fed ProgressEvents. A bar closes when its stage reports
+    done == total, so its time and rate are that stage's own, not the whole command's."""
 
     def __init__(self) -> None:
         self.bars: dict[str, Any] = {}
+        self.finished: set[str] = set()
 
     def __call__(self, e: ProgressEvent) -> None:
         from tqdm import tqdm
 
+        done = e.total > 0 and e.done >= e.total
         bar = self.bars.get(e.stage)
         if bar is None:
+            if done and e.stage in self.finished:
+                return  # a finished stage saying so again
             bar = self.bars[e.stage] = tqdm(total=e.total, unit=e.unit, unit_scale=e.unit == "tok",
                                             dynamic_ncols=True, desc=e.stage, file=sys.stderr)
         bar.total = e.total
@@ -238,6 +243,10 @@ class Bars:
         if e.detail:
             bar.set_postfix_str(e.detail, refresh=False)
         bar.refresh()
+        if done:
+            bar.close()
+            del self.bars[e.stage]
+            self.finished.add(e.stage)
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -203,6 +203,8 @@ def _summary(p: Any, dictionary_id: int) -> None:
         n = p.nulls
         click.echo(f"  null labels (shuffled and constant): {n.scored:,} scored on {n.features_done:,} features; "
                    f"total spend now {n.tokens:,} tokens, ${n.cost_usd:.4f}")
+    for note in p.notes:
+        click.echo(note)
     if p.stopped:
         click.echo(f"stopped early: {p.stopped}. Run the same command to continue.")
     if p.features_total == 0:

@@ -206,6 +206,8 @@ def collect_stage(
         # and the checkpoint stays, so the same command writes it without running the model again.
         _write_result(db, dictionary_id, result, checkpoint, final_write_wait_s)
     checkpoint.unlink(missing_ok=True)
+    if on_progress is not None:  # the stage's end, also when the corpus ran out before n_tokens
+        on_progress(ProgressEvent("collect", result.n_tokens, result.n_tokens, "tok"))
     return CollectOutcome(dictionary_id, result.n_tokens, result.n_contexts, reader.n_features, False,
                           result.resumed_contexts * cfg.ctx_len)
 

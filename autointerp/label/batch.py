@@ -103,7 +103,7 @@ class BatchRun(BatchResults):
         if stage == "explain":
             eid, asks = None, ExplainUnit(lb.settings, fc, lb.session.explainer_model).asks()
         else:
-            score = lb.score_unit(fc, unit["e"], unit["l"])
+            score = lb.score_unit(fc, unit["e"], unit["l"], list_prompts=False)
             eid, asks = unit["e"], [*score.simulation_asks(), *score.judge_asks()]
         return [Request(custom_id(group, did, f, eid, ask.part, a), ask.url, ask.role, ask.body) for ask in asks]
 

@@ -191,7 +191,7 @@ class BatchResults:
         eid = u["e"]
         self.progress.features_done += 1
         calls = {p: call(req, res) for p, (req, res) in parts.items()}
-        unit = lb.score_unit(fc, eid, u["l"])
+        unit = lb.score_unit(fc, eid, u["l"], list_prompts=False)
         bad = [p for p, c in calls.items() if c.status == "error"]
         if bad:
             return await self._score_failed(lb, u, fc, unit, parts, calls, bad)

@@ -104,23 +104,24 @@ def reference_gains(db: str | Path, dictionary_id: int, n_boot: int = 1000) -> i
     with store.open_store(db, wait_s=600) as con:
         rows: list[ScoreRow] = []
         pending = store.gain_pending(con, dictionary_id, GAINS[0][0])
-        refs: dict[str, list[SimulatedContext]] = {}  # a feature's reference run serves each of its labels: read it once
-        for p in pending:
-            ours = store.simulated_contexts(con, p.run_id)
-            ref = refs.get(p.reference_run_id) or refs.setdefault(
-                p.reference_run_id, store.simulated_contexts(con, p.reference_run_id))
-            same = [(c.seq, c.kind, c.purpose) for c in ours] == [(c.seq, c.kind, c.purpose) for c in ref]
-            for method, kinds in GAINS:
-                if not same:
-                    score = scoring.Score(method, float("nan"), 0, float("nan"), float("nan"))
-                    note: str | None = f"contexts differ from reference run {p.reference_run_id}"
-                else:
-                    pick = [i for i, c in enumerate(ours) if c.purpose == "scoring" and c.kind in kinds]
-                    score = scoring.correlation_gain_score(
-                        method, [(np.asarray(ours[i].acts), np.asarray(ours[i].predicted)) for i in pick],
-                        [(np.asarray(ref[i].acts), np.asarray(ref[i].predicted)) for i in pick], n_boot)
-                    note = f"reference run {p.reference_run_id}"
-                rows.append(score.row(p.run_id, p.explanation_id, dictionary_id, p.feature, p.simulator, note))
+        for k in range(0, len(pending), 256):  # one query per chunk of runs, not two per run
+            chunk = pending[k : k + 256]
+            sims: dict[str, list[SimulatedContext]] = store.simulated_contexts_of(
+                con, sorted({x for p in chunk for x in (p.run_id, p.reference_run_id)}))
+            for p in chunk:
+                ours, ref = sims.get(p.run_id, []), sims.get(p.reference_run_id, [])
+                same = [(c.seq, c.kind, c.purpose) for c in ours] == [(c.seq, c.kind, c.purpose) for c in ref]
+                for method, kinds in GAINS:
+                    if not same:
+                        score = scoring.Score(method, float("nan"), 0, float("nan"), float("nan"))
+                        note: str | None = f"contexts differ from reference run {p.reference_run_id}"
+                    else:
+                        pick = [i for i, c in enumerate(ours) if c.purpose == "scoring" and c.kind in kinds]
+                        score = scoring.correlation_gain_score(
+                            method, [(np.asarray(ours[i].acts), np.asarray(ours[i].predicted)) for i in pick],
+                            [(np.asarray(ref[i].acts), np.asarray(ref[i].predicted)) for i in pick], n_boot)
+                        note = f"reference run {p.reference_run_id}"
+                    rows.append(score.row(p.run_id, p.explanation_id, dictionary_id, p.feature, p.simulator, note))
         if rows:
             store.add_scores(con, rows)
     return len(pending)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ class FewShot:
 FEWSHOT_NO_LABEL = "another feature (its explanation is not shown)"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # token texts repeat across contexts and labels: escaped once each
 def show(text: str) -> str:
     """Text as it appears in a simulation prompt: escaped like every prompt's data, other control
     characters as \\xNN, and unpaired surrogates (not encodable as UTF-8) as '?'."""
@@ -103,19 +105,21 @@ def _digit_sums(top: dict[str, float] | None, fragment: str = "") -> tuple[float
     """(total probability of the digit entries, probability-weighted sum of their values)."""
     total = weighted = 0.0
     for tok, lp in (top or {}).items():
-        if not isinstance(tok, str) or lp is None or not math.isfinite(lp):
+        if not isinstance(tok, str):
             continue
-        rest: str | None = tok
         if fragment:
             if tok.startswith(fragment):
-                rest = tok[len(fragment):]
+                tok = tok[len(fragment):]
             elif fragment.strip():
-                rest = None
-        d = DIGITS.get(rest.strip()) if rest is not None else None
-        if d is not None:
-            p = math.exp(lp)
-            total += p
-            weighted += p * d
+                continue
+        d = DIGITS.get(tok)  # the common case first: this runs for every placeholder of every reply
+        if d is None and (d := DIGITS.get(tok.strip())) is None:
+            continue
+        if lp is None or not math.isfinite(lp):
+            continue
+        p = math.exp(lp)
+        total += p
+        weighted += p * d
     return total, weighted
 
 
@@ -130,30 +134,26 @@ def expected_digit(top: dict[str, float] | None, fragment: str = "") -> float:
     return weighted / total if total > 0 else math.nan
 
 
-def _top_dicts(logprobs: dict[str, Any]) -> list[dict[str, float] | None]:
-    tops = logprobs.get("top_logprobs") or []
-    out: list[dict[str, float] | None] = []
-    for t in tops:
-        if isinstance(t, dict):
-            out.append(t)
-        elif isinstance(t, list):  # some servers: [{"token": ..., "logprob": ...}, ...]
-            out.append({e["token"]: e["logprob"] for e in t if isinstance(e, dict) and "token" in e})
-        else:
-            out.append(None)
-    return out
+def _top_dict(t: Any) -> dict[str, float] | None:
+    if isinstance(t, dict):
+        return t
+    if isinstance(t, list):  # some servers: [{"token": ..., "logprob": ...}, ...]
+        return {e["token"]: e["logprob"] for e in t if isinstance(e, dict) and "token" in e}
+    return None
 
 
-def _read(prompt: str, starts: list[int], tops: list[dict[str, float] | None],
-          offsets: list[int]) -> tuple[list[float], float]:
+def _read(prompt: str, starts: list[int], tops: list[Any], offsets: list[int], at: list[int],
+          shift: int) -> tuple[list[float], float]:
     """Expected values at the placeholders (nan where no digit is listed), and the digit probability
-    found over all of them."""
+    found over all of them. `at[k]`: the first token starting at or after placeholder k; `shift` 1 reads
+    token i's distribution from top_logprobs[i - 1] (a server that gives each token the next one's)."""
     values, mass = [], 0.0
-    for off in offsets:
-        i = bisect.bisect_left(starts, off)  # the first token starting at or after the placeholder
+    for off, i in zip(offsets, at, strict=True):
         if i < len(starts) and starts[i] == off:
-            total, weighted = _digit_sums(tops[i])
+            total, weighted = _digit_sums(_top_dict(tops[i - shift]) if i >= shift else None)
         elif i > 0:  # the placeholder's first character is inside token i - 1
-            total, weighted = _digit_sums(tops[i - 1], prompt[starts[i - 1]:off])
+            j = i - 1 - shift
+            total, weighted = _digit_sums(_top_dict(tops[j]) if j >= 0 else None, prompt[starts[i - 1]:off])
         else:
             total = weighted = 0.0
         values.append(weighted / total if total > 0 else math.nan)
@@ -174,16 +174,17 @@ def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) 
     Raises ValueError only for a reply that is not an echo with logprobs, never for its content."""
     if not logprobs or not logprobs.get("tokens") or logprobs.get("text_offset") is None:
         raise ValueError("the endpoint returned no prompt logprobs (echo unsupported?)")
-    tokens, starts, tops = logprobs["tokens"], logprobs["text_offset"], _top_dicts(logprobs)
+    tokens, starts, tops = logprobs["tokens"], logprobs["text_offset"], logprobs.get("top_logprobs") or []
     if not (len(tokens) == len(starts) == len(tops)):
         raise ValueError("logprobs arrays differ in length")
     if not all(isinstance(s, int) for s in starts) or any(b < a for a, b in zip(starts, starts[1:], strict=False)):
         raise ValueError("text_offset is not a non-decreasing list of character offsets")
-    if all(t is None for t in tops):
+    if not any(isinstance(t, dict | list) for t in tops):
         raise ValueError("the endpoint returned no top_logprobs (echo unsupported?)")
-    values, mass = _read(prompt, starts, tops, offsets)
+    at = [bisect.bisect_left(starts, off) for off in offsets]
+    values, mass = _read(prompt, starts, tops, offsets, at, 0)
     if not logprobs.get("aligned"):
-        shifted, shifted_mass = _read(prompt, starts, [None, *tops[:-1]], offsets)
+        shifted, shifted_mass = _read(prompt, starts, tops, offsets, at, 1)
         if shifted_mass > mass:
             values = shifted
     missing = sum(math.isnan(v) for v in values)

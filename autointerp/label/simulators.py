@@ -14,8 +14,8 @@ from typing import Any
 from autointerp.label import simulate
 from autointerp.label.simulate import FewShot
 from autointerp.llm import bodies
-from autointerp.llm.client import LLMReply
-from autointerp.records import Context
+from autointerp.llm.client import LLMFailure, LLMReply
+from autointerp.records import Context, FailureCode
 
 
 @dataclass(frozen=True)
@@ -49,22 +49,41 @@ class Simulator(ABC):
 
     @abstractmethod
     def plan(self, model: str, label: str, contexts: list[Context],
-             fewshot: Sequence[FewShot] | None = None) -> SimPlan: ...
+             fewshot: Sequence[FewShot] | None = None, list_prompts: bool = False) -> SimPlan:
+        """`list_prompts`: the contexts may go in one request as a list of prompts (the live client
+        sends them one by one where the endpoint refuses lists); a simulator that cannot ignores it."""
 
 
 def _logprobs(reply: LLMReply) -> Any:
     return reply.logprobs
 
 
+def _as_list(logprobs: Any, n: int) -> list[Any]:
+    """A list-of-prompts reply's logprobs, one per prompt (LLMFailure, an unusable simulation, otherwise)."""
+    if not isinstance(logprobs, list) or len(logprobs) != n:
+        raise LLMFailure(f"unusable simulation: {n} prompts answered without one logprobs object each", [],
+                         FailureCode.UNUSABLE_SIMULATION)
+    return logprobs
+
+
 class EchoSimulator(Simulator):
-    """One completions request per context with placeholders, echo on; predictions are the expected
-    digit at each placeholder, read from the echoed prompt's top logprobs."""
+    """Completions requests with placeholders, echo on, one prompt per context (all of them in one request
+    with `list_prompts`); predictions are the expected digit at each placeholder, read from the echoed
+    prompt's top logprobs."""
 
     templates = simulate.SIM_TEMPLATES
 
     def plan(self, model: str, label: str, contexts: list[Context],
-             fewshot: Sequence[FewShot] | None = None) -> SimPlan:
+             fewshot: Sequence[FewShot] | None = None, list_prompts: bool = False) -> SimPlan:
         built = [simulate.echo_prompt(label, c.tokens, fewshot) for c in contexts]
+        if list_prompts:
+            prompts = [prompt for prompt, offsets in built if offsets]
+            if not prompts:
+                return SimPlan([], lambda answers: simulate.echo_values(built, [], []))
+            ask = Ask("s", bodies.COMPLETIONS_URL, "simulator",
+                      bodies.completion_body(model, prompts, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS),
+                      _logprobs)
+            return SimPlan([ask], lambda answers: simulate.echo_values(built, _as_list(answers["s"], len(prompts)), []))
         asks = [Ask(f"s{i}", bodies.COMPLETIONS_URL, "simulator",
                     bodies.completion_body(model, prompt, 1, echo=True, logprobs=simulate.ECHO_TOP_LOGPROBS), _logprobs)
                 for i, (prompt, offsets) in enumerate(built) if offsets]
@@ -82,7 +101,7 @@ class ChatSimulator(Simulator):
     templates = simulate.CHAT_TEMPLATES
 
     def plan(self, model: str, label: str, contexts: list[Context],
-             fewshot: Sequence[FewShot] | None = None) -> SimPlan:
+             fewshot: Sequence[FewShot] | None = None, list_prompts: bool = False) -> SimPlan:
         asks = [Ask(f"s{i}", bodies.CHAT_URL, "simulator",
                     bodies.chat_body(model, simulate.chat_messages(label, c), simulate.chat_max_tokens(len(c.tokens)),
                                   top_logprobs=simulate.CHAT_TOP_LOGPROBS),

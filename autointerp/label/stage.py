@@ -10,6 +10,7 @@ loader or a writer error) stops the batch with that error, after what finished h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from autointerp.label import explain, probes
 from autointerp.label.agent import Agent
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
+from autointerp.label.roles import RoleGate
 from autointerp.label.units import (
     ExplainUnit,
     Progress,
@@ -51,6 +53,9 @@ class LLMSession:
     client: LLMClient
     explainer_model: str
     simulator_model: str
+    # The embedded model answers one request at a time: features are worked one at a time, so each
+    # finishes (and shows) as soon as it can instead of all at the end.
+    one_at_a_time: bool = False
 
 
 @contextmanager
@@ -70,7 +75,8 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
             max_wait_s=cfg.max_wait_s, prices=prices, budget=budget)
         if embedded is not None:
             client = embedded.client(client)
-        yield LLMSession(client, cfg.explainer_model or default_model, cfg.simulator_model or default_model)
+        yield LLMSession(client, cfg.explainer_model or default_model, cfg.simulator_model or default_model,
+                         one_at_a_time=embedded is not None)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -96,8 +102,10 @@ class LabelBatch:
 
     def __init__(self, db: str | Path, dictionary_id: int, cfg: LabelConfig, session: LLMSession | None,
                  features: list[int], *, explain_stage: bool, score_stage: bool, concurrency: int = 8,
-                 score_explainers: list[str] | None = None, on_progress: ProgressFn | None = None):
+                 score_explainers: list[str] | None = None, on_progress: ProgressFn | None = None,
+                 gate: RoleGate | None = None):
         self.db = db
+        self.gate = gate or RoleGate()  # shared with the nulls pass: a role stopped stays stopped
         self.dictionary_id = dictionary_id
         self.cfg = cfg
         self.session = session
@@ -146,15 +154,15 @@ class LabelBatch:
 
     # ------------------------------------------------------------ work
 
-    def score_unit(self, fc: FeatureContexts, eid: str, label: str) -> ScoreUnit:
+    def score_unit(self, fc: FeatureContexts, eid: str, label: str, list_prompts: bool = True) -> ScoreUnit:
         """The unit that scores `label` with this pass's simulator and judges."""
         assert self.session is not None
         fewshot = fewshot_for(self.db, fc.dictionary_id, fc.feature, self.cfg.fewshot) if self.cfg.fewshot else []
-        return ScoreUnit(self.settings, fc, eid, label, self.session.simulator_model, fewshot)
+        return ScoreUnit(self.settings, fc, eid, label, self.session.simulator_model, fewshot, list_prompts)
 
     async def _score_llm(self, fc: FeatureContexts, eid: str, label: str) -> store.Bundle:
         assert self.session is not None
-        return await score_live(self.score_unit(fc, eid, label), self.session.client, self.progress)
+        return await score_live(self.score_unit(fc, eid, label), self.session.client, self.progress, self.gate)
 
     def _score_baseline(self, fc: FeatureContexts, eid: str) -> store.Bundle:
         run = self.settings.new_run(eid, fc, explain.BASELINE, baseline=True)
@@ -301,13 +309,23 @@ class LabelBatch:
 # ---------------------------------------------------------------- the entry point
 
 
+def _as_stage(stage: str, on_progress: ProgressFn | None) -> ProgressFn | None:
+    """`on_progress` with the events renamed to `stage` (the null labels' pass has its own bar)."""
+    if on_progress is None:
+        return None
+    return lambda e: on_progress(dataclasses.replace(e, stage=stage))
+
+
 def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: LabelConfig,
                 session: LLMSession | None, *, explain_stage: bool = True, score_stage: bool = True,
                 concurrency: int = 8, on_progress: ProgressFn | None = None) -> Progress:
     """Explain and/or score `features`; then, when scoring with an LLM, make and score the null labels
     (`cfg.null_samples` features). Resumable: re-running does only what is missing."""
+    gate = RoleGate()
+    if session is not None and session.one_at_a_time:
+        concurrency = 1
     batch = LabelBatch(db, dictionary_id, cfg, session, features, explain_stage=explain_stage,
-                       score_stage=score_stage, concurrency=concurrency, on_progress=on_progress)
+                       score_stage=score_stage, concurrency=concurrency, on_progress=on_progress, gate=gate)
 
     async def both() -> Progress:
         # One event loop for the labels and their nulls: the client's pooled connections belong to it.
@@ -319,12 +337,14 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
                 nulls = LabelBatch(db, dictionary_id, cfg.model_copy(update={"baseline": False}), session, extra,
                                    explain_stage=False, score_stage=True, concurrency=concurrency,
                                    score_explainers=[*(SHUFFLED + e for e in explainers), CONSTANT],
-                                   on_progress=on_progress)
+                                   on_progress=_as_stage("nulls", on_progress), gate=gate)
                 progress.nulls = await nulls.run()
                 progress.stopped = progress.nulls.stopped
         return progress
 
     progress = asyncio.run(both())
+    notes = getattr(session.client, "endpoint_notes", None) if session is not None else None
+    progress.notes += gate.lines() + (notes() if notes is not None else [])
     if score_stage and session is not None:
         reference_gains(db, dictionary_id, cfg.n_boot)
     return progress

@@ -17,6 +17,7 @@ import numpy as np
 from autointerp import store
 from autointerp.config import LabelConfig, settings_hash
 from autointerp.label import detect, evidence, explain, scoring
+from autointerp.label.roles import RoleGate
 from autointerp.label.simulate import FewShot
 from autointerp.label.simulators import SIMULATORS, Ask
 from autointerp.llm import bodies, prompts
@@ -46,6 +47,7 @@ class Progress:
     tokens: int = 0
     cost_usd: float = 0.0
     stopped: str | None = None
+    notes: list[str] = field(default_factory=list)  # said once in the summary: stopped roles, endpoints
     score_values: dict[str, list[float]] = field(default_factory=dict)
     nulls: Progress | None = None  # the pass that scored the null labels
 
@@ -194,15 +196,18 @@ async def explain_live(unit: ExplainUnit, client: LLMClient) -> tuple[Explanatio
 
 class ScoreUnit:
     """Score one label: its simulation asks, then its judge asks, and `finish`, which turns their answers
-    (parsed values, or LLMFailure) and calls into the run's bundle."""
+    (parsed values, or LLMFailure) and calls into the run's bundle. `list_prompts`: the simulator may put
+    all contexts in one request (the live client falls back to one per context where refused); Batch API
+    files keep one request per context."""
 
     def __init__(self, settings: Settings, fc: FeatureContexts, explanation_id: str, label: str, model: str,
-                 fewshot: list[FewShot]):
+                 fewshot: list[FewShot], list_prompts: bool = True):
         cfg = settings.cfg
         self.cfg, self.fc, self.label = cfg, fc, label
         self.run = settings.new_run(explanation_id, fc, model)
         self.contexts = scoring_contexts(fc, cfg)
-        self.plan = settings.simulator.plan(model, label, [c for c, _ in self.contexts], fewshot)
+        self.plan = settings.simulator.plan(model, label, [c for c, _ in self.contexts], fewshot,
+                                            list_prompts=list_prompts)
         self.judges: dict[str, tuple[list[bool], Ask]] = {}
         self.unjudged: dict[str, LLMFailure] = {}
         for name in JUDGES if cfg.judge else ():
@@ -221,6 +226,12 @@ class ScoreUnit:
     def judge_asks(self) -> list[Ask]:
         return [ask for _, ask in self.judges.values()]
 
+    def skip_judges(self, reason: str) -> None:
+        """The judges not asked in this run (their role was stopped): named in the run's error."""
+        for name in list(self.judges):
+            self.unjudged[name] = LLMFailure(f"skipped ({FailureCode.ROLE_STOPPED}): {reason}", [], FailureCode.ROLE_STOPPED)
+        self.judges.clear()
+
     def finish(self, progress: Progress, answers: dict[str, Any], calls: list[CallRow]) -> store.Bundle:
         """The run's bundle from its answers by part (a failed simulation fails the run; a failed judge is
         named in the run's error and its score left out)."""
@@ -237,7 +248,8 @@ class ScoreUnit:
             answer = self.unjudged.get(name) or answers.get(name)
             if isinstance(answer, LLMFailure):
                 errors.append(f"{name}: {answer}")
-                progress.failed[f"{name}: {answer.code}"] += 1
+                if answer.code != FailureCode.ROLE_STOPPED:  # said once in the summary, not per feature
+                    progress.failed[f"{name}: {answer.code}"] += 1
             elif answer is not None:
                 judged, probs = answer
                 scores += judge_rows(name, self.judges[name][0], judged, probs, self.run, self.cfg.n_boot)
@@ -277,10 +289,28 @@ async def send_all(client: LLMClient, asks: list[Ask], answers: dict[str, Any], 
     return not any(isinstance(a, LLMFailure) for a, _ in results)
 
 
-async def score_live(unit: ScoreUnit, client: LLMClient, progress: Progress) -> store.Bundle:
-    """A score unit run live: the simulation first, the judges only once it succeeded."""
+def _record(gate: RoleGate, asks: list[Ask], answers: dict[str, Any], model: str) -> None:
+    for ask in asks:
+        answer = answers.get(ask.part)
+        gate.record(ask.role, model, answer.code if isinstance(answer, LLMFailure) else None)
+
+
+async def score_live(unit: ScoreUnit, client: LLMClient, progress: Progress,
+                     gate: RoleGate | None = None) -> store.Bundle:
+    """A score unit run live: the simulation first, the judges only once it succeeded. With a `gate`,
+    a role stopped for this run is not asked: its part is recorded as skipped with the gate's line."""
+    gate = gate or RoleGate()
     answers: dict[str, Any] = {}
     calls: list[CallRow] = []
-    if await send_all(client, unit.simulation_asks(), answers, calls):
-        await send_all(client, unit.judge_asks(), answers, calls, parallel=1)
+    asks = unit.simulation_asks()
+    if (line := gate.stopped("simulator")) is not None and asks:
+        return failed_run_bundle(progress, unit.run, LLMFailure(line, [], FailureCode.ROLE_STOPPED), [])
+    ok = await send_all(client, asks, answers, calls)
+    _record(gate, asks, answers, unit.run.simulator)
+    if ok:
+        if (line := gate.stopped("judge")) is not None:
+            unit.skip_judges(line)
+        judges = unit.judge_asks()
+        await send_all(client, judges, answers, calls, parallel=1)
+        _record(gate, judges, answers, unit.run.simulator)
     return unit.finish(progress, answers, calls)

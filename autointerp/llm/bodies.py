@@ -6,11 +6,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from autointerp.llm import prompts
 
 
 class MalformedResponse(Exception):
     """The server answered 200 with a body that is not a usable completion."""
+
+
+class ListRefused(Exception):
+    """The endpoint does not take a list of prompts in one completions request."""
 
 
 CHAT_URL = "/v1/chat/completions"
@@ -26,7 +32,7 @@ def chat_body(model: str, messages: list[dict[str, str]], max_tokens: int, tempe
     return body
 
 
-def completion_body(model: str, prompt: str, max_tokens: int, echo: bool = False,
+def completion_body(model: str, prompt: str | list[str], max_tokens: int, echo: bool = False,
                     logprobs: int | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
                             "echo": echo}
@@ -36,8 +42,19 @@ def completion_body(model: str, prompt: str, max_tokens: int, echo: bool = False
 
 
 def _json_body(raw: Any) -> Any:
+    return loads(raw.http_response.content)
+
+
+def loads(content: bytes | str) -> Any:
+    """A response body's JSON. orjson first: echo bodies carry top logprobs for every prompt token, and
+    the stdlib parser was the client's largest cost; the stdlib's for what orjson refuses (NaN and
+    Infinity, which some servers write for a -inf logprob)."""
     try:
-        return json.loads(raw.http_response.content)
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(content)
     except ValueError as exc:
         raise MalformedResponse(f"invalid JSON body ({exc})") from None
 
@@ -79,6 +96,19 @@ def parse_completion_json(body: Any) -> tuple[str, Any, Usage]:
     if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("text"), str):
         raise MalformedResponse("no choices[0].text in the response")
     return choices[0]["text"], choices[0].get("logprobs"), _usage_of(body)
+
+
+def parse_completions_json(body: Any, n: int) -> tuple[list[str], list[Any], Usage]:
+    """(texts, logprobs, tokens) of a completions body answering a list of `n` prompts, in prompt order
+    (by each choice's `index`); raises ListRefused when the choices do not answer the n prompts one each
+    (a server that read only the first), MalformedResponse for a body that is no completion at all."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices):
+        raise MalformedResponse("no choices[].text in the response")
+    order = sorted(choices, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else -1)
+    if [c.get("index") for c in order] != list(range(n)):
+        raise ListRefused(f"{len(choices)} choice(s) for a list of {n} prompts")
+    return [c["text"] for c in order], [c.get("logprobs") for c in order], _usage_of(body)
 
 
 def parse_body(url: str, body: Any) -> tuple[str, Any, Usage]:

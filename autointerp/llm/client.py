@@ -7,6 +7,7 @@ pipeline writes them to `llm_calls`. The API key is never put in a record or an 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -29,12 +30,14 @@ from tenacity import (
 
 from autointerp.errors import BadInput
 from autointerp.llm.bodies import (
+    ListRefused,
     MalformedResponse,
     _json_body,
     chat_body,
     completion_body,
     parse_chat_json,
     parse_completion_json,
+    parse_completions_json,
     reask_messages,
 )
 from autointerp.llm.costs import DEFAULT_PRICES, Budget, BudgetExhausted, cost
@@ -57,7 +60,8 @@ def new_call(role: str, model: str, endpoint: str, phash: str | None, prompt_tok
 @dataclass
 class LLMReply:
     text: str
-    logprobs: Any  # completions: {tokens, text_offset, top_logprobs}; chat: choice.logprobs as dict
+    logprobs: Any  # completions: {tokens, text_offset, top_logprobs} (a list of them, one per prompt, for a
+    # list of prompts); chat: choice.logprobs as dict
     calls: list[CallRow]
 
 
@@ -77,8 +81,10 @@ class LLMClient(Protocol):
     async def chat(self, *, role: str, model: str, messages: list[dict[str, str]], max_tokens: int,
                    temperature: float = 0.0, top_logprobs: int | None = None) -> LLMReply: ...
 
-    async def complete(self, *, role: str, model: str, prompt: str, max_tokens: int, echo: bool = False,
-                       logprobs: int | None = None) -> LLMReply: ...
+    async def complete(self, *, role: str, model: str, prompt: str | list[str], max_tokens: int,
+                       echo: bool = False, logprobs: int | None = None) -> LLMReply:
+        """A list of prompts is answered in one reply whose logprobs are a list, one per prompt."""
+        ...
 
 
 def prompt_hash(payload: Any) -> str:
@@ -179,6 +185,10 @@ class OpenAICompatibleClient:
             for url in base_urls
         ]
         self._turn = itertools.count()
+        # Per endpoint: does it take a list of prompts in one completions request? None: not tried yet.
+        self.list_prompts: dict[str, bool | None] = {url: None for url, _ in self._clients}
+        self._probe: tuple[Any, asyncio.Lock] | None = None  # (its event loop, the lock)
+        self._probed = False
         self.max_attempts = max_attempts
         self.max_wait_s = max_wait_s
         self.prices = {**DEFAULT_PRICES, **(prices or {})}
@@ -192,13 +202,22 @@ class OpenAICompatibleClient:
         for _, c in self._clients:
             await c.close()
 
-    async def _request(self, role: str, model: str, payload: dict[str, Any], send: Any, parse: Any) -> LLMReply:
+    def _pick(self, lists: bool) -> tuple[str, Any]:
+        """The next endpoint in turn (for a list of prompts: one not known to refuse lists)."""
+        for _ in range(len(self._clients)):
+            url, client = self._clients[next(self._turn) % len(self._clients)]
+            if not lists or self.list_prompts[url] is not False:
+                return url, client
+        raise ListRefused("no endpoint takes a list of prompts")
+
+    async def _request(self, role: str, model: str, payload: dict[str, Any], send: Any, parse: Any,
+                       lists: bool = False) -> LLMReply:
         calls: list[CallRow] = []
         phash = prompt_hash(payload)
 
         async def attempt() -> LLMReply:
             self.budget.check()
-            url, client = self._clients[next(self._turn) % len(self._clients)]
+            url, client = self._pick(lists)
             start = time.monotonic()
             try:
                 try:
@@ -207,9 +226,16 @@ class OpenAICompatibleClient:
                     raise MalformedResponse(f"invalid JSON body ({exc})") from None
                 text, logprobs, usage = parse(response)
             except Exception as exc:
+                if lists and _refuses_list(exc):
+                    self.list_prompts[url] = False
+                    exc = ListRefused(f"{url} takes one prompt per request ({_reason(exc, self._secret)})")
                 calls.append(new_call(role, model, url, phash, 0, 0, time.monotonic() - start, 0.0,
                                       _reason(exc, self._secret)))
+                if isinstance(exc, ListRefused):
+                    raise exc from None
                 raise
+            if lists:
+                self.list_prompts[url] = True
             p_tok, c_tok, cached = usage
             call = new_call(role, model, url, phash, p_tok, c_tok, time.monotonic() - start,
                             self.cost(model, p_tok, c_tok, cached_tokens=cached), cached_tokens=cached)
@@ -224,6 +250,8 @@ class OpenAICompatibleClient:
                     return await attempt()
         except BudgetExhausted:
             raise
+        except ListRefused as exc:
+            raise LLMFailure(str(exc), calls, FailureCode.LIST_REFUSED) from None
         except Exception as exc:
             raise LLMFailure(f"{role} request failed after {len(calls)} attempt(s): {_reason(exc, self._secret)}",
                              calls, _code(exc)) from None
@@ -236,14 +264,88 @@ class OpenAICompatibleClient:
                                    lambda c: c.chat.completions.with_raw_response.create(**kwargs),
                                    lambda raw: parse_chat_json(_json_body(raw)))
 
-    async def complete(self, *, role: str, model: str, prompt: str, max_tokens: int, echo: bool = False,
-                       logprobs: int | None = None) -> LLMReply:
+    async def complete(self, *, role: str, model: str, prompt: str | list[str], max_tokens: int,
+                       echo: bool = False, logprobs: int | None = None) -> LLMReply:
+        if isinstance(prompt, list):
+            return await self._complete_list(role, model, prompt, max_tokens, echo, logprobs)
         kwargs = completion_body(model, prompt, max_tokens, echo, logprobs)
         # Parsed by hand (as chat): the openai models' construction of a long prompt's logprobs costs ~50 ms
         # per thousand tokens, the pipeline's largest overhead.
         return await self._request(role, model, kwargs,
                                    lambda c: c.completions.with_raw_response.create(**kwargs),
                                    lambda raw: parse_completion_json(_json_body(raw)))
+
+    async def _complete_list(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
+                             logprobs: int | None) -> LLMReply:
+        """A list of prompts in one request where the endpoint takes lists; where it refuses them (found on
+        the first list sent to it, recorded as that attempt's error), one request per prompt."""
+        if not self._probed:
+            # The first list goes alone: a refusing endpoint is then found by one request, not by every
+            # request in flight. Only the first: an endpoint that does not answer must not serialize the rest.
+            async with self._probe_lock():
+                if not self._probed:
+                    try:
+                        return await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
+                    finally:
+                        self._probed = True
+        return await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
+
+    def _probe_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._probe is None or self._probe[0] is not loop:
+            self._probe = (loop, asyncio.Lock())
+        return self._probe[1]
+
+    async def _send_list(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
+                         logprobs: int | None) -> LLMReply:
+        if all(v is False for v in self.list_prompts.values()):
+            return await self._one_by_one(role, model, prompts, max_tokens, echo, logprobs)
+        kwargs = completion_body(model, prompts, max_tokens, echo, logprobs)
+
+        def parse(raw: Any) -> tuple[str, list[Any], Any]:
+            texts, lps, usage = parse_completions_json(_json_body(raw), len(prompts))
+            return "".join(texts), lps, usage
+
+        try:
+            return await self._request(role, model, kwargs,
+                                       lambda c: c.completions.with_raw_response.create(**kwargs), parse, lists=True)
+        except LLMFailure as exc:
+            if exc.code != FailureCode.LIST_REFUSED:
+                raise
+            refused = exc.calls
+        reply = await self._send_list(role, model, prompts, max_tokens, echo, logprobs)
+        return LLMReply(reply.text, reply.logprobs, refused + reply.calls)
+
+    async def _one_by_one(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
+                          logprobs: int | None, parallel: int = 4) -> LLMReply:
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(p: str) -> LLMReply | LLMFailure:
+            async with gate:
+                try:
+                    return await self.complete(role=role, model=model, prompt=p, max_tokens=max_tokens, echo=echo,
+                                               logprobs=logprobs)
+                except LLMFailure as exc:
+                    return exc
+
+        replies = await asyncio.gather(*(one(p) for p in prompts))
+        calls = [c for r in replies for c in r.calls]
+        failure = next((r for r in replies if isinstance(r, LLMFailure)), None)
+        if failure is not None:
+            raise LLMFailure(str(failure), calls, failure.code)
+        return LLMReply("".join(r.text for r in replies if isinstance(r, LLMReply)),
+                        [r.logprobs for r in replies if isinstance(r, LLMReply)], calls)
+
+    def endpoint_notes(self) -> list[str]:
+        """What the summary says about the endpoints: those found to take one prompt per request."""
+        return [f"{url} takes one prompt per completions request: simulation sent one request per context"
+                for url, ok in self.list_prompts.items() if ok is False]
+
+
+def _refuses_list(exc: BaseException) -> bool:
+    """A list of prompts refused: the server's 400/404/422 to it, or choices that do not answer each prompt."""
+    return isinstance(exc, ListRefused) or (isinstance(exc, openai.APIStatusError)
+                                            and exc.status_code in (400, 404, 422))
 
 
 async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role: str, model: str,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from autointerp.errors import BadInput, LLMError
-from autointerp.llm.client import LLMReply, new_call, prompt_hash
+from autointerp.llm.client import LLMFailure, LLMReply, new_call, prompt_hash
 from autointerp.models import smollm2_gguf_path
 
 MODEL_NAME = "smollm2-135m-instruct"
@@ -181,19 +181,31 @@ class InProcessLogprobs:
 
     def echo(self, prompt: str) -> tuple[dict[str, Any], int]:
         """A completions-style logprobs object for the prompt (see `echo_logprobs`), and its token count."""
-        data = prompt.encode("utf-8", "replace")
+        return self.echo_many([prompt])[0]
+
+    def echo_many(self, prompts: list[str]) -> list[tuple[dict[str, Any], int]]:
+        """`echo` of each prompt, run back to back under one hold of the model: the beginning they share
+        (the instructions and the label) is evaluated once, not interleaved with another caller's prompts."""
+        out = []
         with self.lock:
-            ids = self.llm.tokenize(data, add_bos=False, special=False)
-            if not ids:
-                raise ValueError("empty prompt")
-            if len(ids) > self.llm.n_ctx():
-                raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.llm.n_ctx()}")
-            logits = self._eval(ids)
-            token_bytes = [self._piece(t) for t in ids]
-        top = logits.max(axis=1, keepdims=True)
-        log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-        digit_lp = logits[:, self.digit_ids].astype(np.float64) - log_z[:, None]
-        return echo_logprobs(prompt, token_bytes, digit_lp), len(ids)
+            for prompt in prompts:
+                data = prompt.encode("utf-8", "replace")
+                ids = self.llm.tokenize(data, add_bos=False, special=False)
+                if not ids:
+                    raise ValueError("empty prompt")
+                if len(ids) > self.llm.n_ctx():
+                    raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.llm.n_ctx()}")
+                # read now: the logits are a view of the model's buffer, which the next prompt overwrites
+                logits = self._eval(ids)
+                out.append((_digit_echo(prompt, [self._piece(t) for t in ids], logits, self.digit_ids), len(ids)))
+        return out
+
+
+def _digit_echo(prompt: str, token_bytes: list[bytes], logits: np.ndarray, digit_ids: list[int]) -> dict[str, Any]:
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    digit_lp = logits[:, digit_ids].astype(np.float64) - log_z[:, None]
+    return echo_logprobs(prompt, token_bytes, digit_lp)
 
 
 class EmbeddedClient:
@@ -207,24 +219,30 @@ class EmbeddedClient:
     async def chat(self, **kwargs: Any) -> LLMReply:
         return await self.http.chat(**kwargs)  # type: ignore[no-any-return]
 
-    async def complete(self, *, role: str, model: str, prompt: str, max_tokens: int, echo: bool = False,
-                       logprobs: int | None = None) -> LLMReply:
+    async def complete(self, *, role: str, model: str, prompt: str | list[str], max_tokens: int,
+                       echo: bool = False, logprobs: int | None = None) -> LLMReply:
         if not echo:
             return await self.http.complete(role=role, model=model, prompt=prompt, max_tokens=max_tokens,
                                             echo=echo, logprobs=logprobs)  # type: ignore[no-any-return]
         self.budget.check()
         start = time.monotonic()
+        prompts = prompt if isinstance(prompt, list) else [prompt]
         try:
-            lp, n = await asyncio.to_thread(self.inproc.echo, prompt)
+            # One thread call for the whole list: its prompts run back to back, so the part they share
+            # (instructions and label) is evaluated once, not interleaved with other labels' prompts.
+            done = await asyncio.to_thread(self.inproc.echo_many, prompts)
         except Exception as exc:
             call = new_call(role, model, IN_PROCESS, prompt_hash(prompt), 0, 0, time.monotonic() - start, 0.0,
                             f"{type(exc).__name__}: {exc}"[:500])
-            from autointerp.llm.client import LLMFailure
-
             raise LLMFailure(f"{role} in-process simulation failed: {exc}", [call]) from None
-        call = new_call(role, model, IN_PROCESS, prompt_hash(prompt), n, 0, time.monotonic() - start, 0.0)
+        call = new_call(role, model, IN_PROCESS, prompt_hash(prompt), sum(n for _, n in done), 0,
+                        time.monotonic() - start, 0.0)
         self.budget.add(call)
-        return LLMReply("", lp, [call])
+        lps = [lp for lp, _ in done]
+        return LLMReply("", lps if isinstance(prompt, list) else lps[0], [call])
+
+    def endpoint_notes(self) -> list[str]:
+        return self.http.endpoint_notes()  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         self.inproc.close()

@@ -101,6 +101,7 @@ from autointerp.store.results import (
     null_explanations,
     ok_labels,
     simulated_contexts,
+    simulated_contexts_of,
     unscored_explanations,
     write_bundles,
 )
@@ -115,7 +116,7 @@ __all__ = [
     "feature_contexts", "feature_mean", "feature_stats", "feature_summaries", "find_dictionary", "get_dictionary", "insert_rows",
     "known_migrations", "label_scores", "labels_arrow_schema", "labels_columns", "labels_table", "list_dictionaries", "llm_usage", "lock_holder", "migrate",
     "null_explanations", "ok_labels", "open_store", "query", "read_feature_contexts", "sandbox", "score_values",
-    "select_features", "simulated_contexts", "summary_table", "transaction", "unscored_explanations", "user_query",
+    "select_features", "simulated_contexts", "simulated_contexts_of", "summary_table", "transaction", "unscored_explanations", "user_query",
     "write_bundles", "GainPending", "add_scores", "gain_pending", "SchemaObject", "schema_objects",
     "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
     "planted_scores", "planted_truth",

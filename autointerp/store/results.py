@@ -199,13 +199,20 @@ def feature_mean(con: Connection, dictionary_id: int, feature: int) -> float:
 def simulated_contexts(con: Connection, run_id: str) -> list[SimulatedContext]:
     """One simulation run's contexts, each with its tokens, true and predicted activations: all from
     that run, so tokens and predictions always belong together."""
+    return simulated_contexts_of(con, [run_id]).get(run_id, [])
+
+
+def simulated_contexts_of(con: Connection, run_ids: list[str]) -> dict[str, list[SimulatedContext]]:
+    """`simulated_contexts` of many runs in one query (by run id; a run without simulations is absent)."""
     rows = con.execute("""
-        SELECT s.seq, s.kind, s.purpose, q.token_ids, e.acts, s.predicted FROM simulations s
+        SELECT s.run_id, s.seq, s.kind, s.purpose, q.token_ids, e.acts, s.predicted FROM simulations s
         JOIN examples e ON e.dictionary_id = s.dictionary_id AND e.feature = s.feature AND e.seq = s.seq
              AND e.split = s.split AND e.kind = s.kind AND e.rank = s.rank
         JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq
-        WHERE s.run_id = ? ORDER BY s.purpose, s.kind DESC, s.rank""", [run_id]).fetchall()
-    return [SimulatedContext(seq=r[0], kind=r[1], purpose=r[2], token_ids=r[3], acts=r[4], predicted=r[5])
-            for r in rows]
-
-
+        WHERE s.run_id IN (SELECT unnest(?::VARCHAR[]))
+        ORDER BY s.run_id, s.purpose, s.kind DESC, s.rank""", [list(run_ids)]).fetchall()
+    out: dict[str, list[SimulatedContext]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(SimulatedContext(seq=r[1], kind=r[2], purpose=r[3], token_ids=r[4],
+                                                         acts=r[5], predicted=r[6]))
+    return out

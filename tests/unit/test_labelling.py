@@ -76,9 +76,10 @@ def test_explain_and_score_end_to_end(tmp_path, collected_db):
     # A judge without both classes of examples sends no request and says why.
     reasons = [r[0] for r in q(db, "SELECT error FROM score_runs WHERE simulator = 'm-sim' AND error IS NOT NULL")]
     skipped = sum(part.count("not scored: too few") for part in reasons)
-    # the echo simulator sends one request per simulated context
-    (n_simulated,) = q(db, "SELECT count(*) FROM simulations WHERE simulator = 'm-sim'")[0]
-    assert [c[:2] for c in calls] == [("explainer", 8), ("judge", 16 - skipped), ("simulator", n_simulated)]
+    # the echo simulator sends one request per label: all its contexts as a list of prompts
+    (n_runs,) = q(db, "SELECT count(DISTINCT run_id) FROM simulations WHERE simulator = 'm-sim'")[0]
+    assert n_runs == 8
+    assert [c[:2] for c in calls] == [("explainer", 8), ("judge", 16 - skipped), ("simulator", n_runs)]
     assert len(judged) == 16 - skipped
     explainer = calls[0]
     assert explainer[4] == pytest.approx((explainer[2] * 1.0 + explainer[3] * 2.0) / 1e6)
