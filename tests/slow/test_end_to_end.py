@@ -50,11 +50,13 @@ def test_run_on_the_embedded_default(tmp_path):
     assert any(r[0] == "explainer" and r[1].startswith("http://127.0.0.1:") for r in calls)
     ok_labels = sum(r[2] == "ok" for r in llm_rows)
     assert ok_labels >= 1, llm_rows
-    # The LLM's simulations ran in-process, one request per simulated context, and every one succeeded.
+    # The LLM's simulations ran in-process, one request per simulation run (all of a label's contexts as one
+    # list of prompts), and every one succeeded.
     sims = [r for r in calls if r[0] == "simulator"]
     assert sims and all(r[1] == "in-process:llama.cpp" and r[2] == "ok" and r[3] > 50 for r in sims)
-    n_simulated = con.execute("SELECT count(*) FROM simulations WHERE simulator = 'smollm2-135m-instruct'").fetchone()[0]
-    assert n_simulated == len(sims)
+    n_runs, n_simulated = con.execute("SELECT count(DISTINCT run_id), count(*) FROM simulations "
+                                      "WHERE simulator = 'smollm2-135m-instruct'").fetchone()
+    assert n_runs == len(sims) and n_simulated > n_runs
     llm_runs = con.execute("SELECT r.status, count(*) FROM score_runs r JOIN explanations e USING (explanation_id) "
                            "WHERE r.stage = 'simulation' AND e.explainer = 'smollm2-135m-instruct' GROUP BY 1").fetchall()
     assert llm_runs == [("ok", ok_labels)], llm_runs
