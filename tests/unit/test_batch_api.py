@@ -78,10 +78,18 @@ def test_batch_api_run_gives_the_live_rows_at_batch_prices(tmp_path, collected_d
     # Every batch result is an llm_calls row marked with its batch, priced at half the live price.
     calls = q(batch, "SELECT role, count(*), count(batch_id), sum(cost_usd), sum(prompt_tokens), "
                      "sum(completion_tokens) FROM llm_calls GROUP BY role ORDER BY role")
-    live_calls = {r[0]: r for r in q(live, "SELECT role, count(*), count(*), sum(cost_usd) FROM llm_calls GROUP BY role")}
-    for role, n, n_batch, usd, _, _ in calls:
-        assert n == n_batch == live_calls[role][1]
-        assert usd == pytest.approx(live_calls[role][3] / 2)
+    live_calls = {r[0]: r for r in q(live, "SELECT role, count(*), count(*), sum(cost_usd), sum(prompt_tokens) "
+                                           "FROM llm_calls GROUP BY role")}
+    for role, n, n_batch, usd, prompt_tokens, _ in calls:
+        assert n == n_batch
+        assert usd == pytest.approx(live_calls[role][3] / 2) and prompt_tokens == live_calls[role][4]
+        if role != "simulator":
+            assert n == live_calls[role][1]
+    # Live echo simulation sends a label's contexts as one list (one request per simulation run); a batch
+    # file holds one request per context.
+    n_runs, n_contexts = q(live, "SELECT count(DISTINCT run_id), count(*) FROM simulations "
+                                 "WHERE simulator NOT LIKE 'baseline:%'")[0]
+    assert live_calls["simulator"][1] == n_runs and [r[1] for r in calls if r[0] == "simulator"] == [n_contexts]
     explain_cost = [r for r in calls if r[0] == "explainer"][0]
     assert explain_cost[3] == pytest.approx((explain_cost[4] * 1.0 + explain_cost[5] * 2.0) / 2e6)
     rows = q(batch, "SELECT stage, url, status, n_requests, n_completed, n_failed, cost_usd, ingested_at IS NOT NULL "
@@ -285,8 +293,12 @@ def test_export_then_a_runner_then_import_gives_the_live_rows(tmp_path, collecte
         assert "already imported" in again.stdout
     assert labels(offline) == labels(live)
     assert scores(offline) == scores(live)
-    assert q(offline, "SELECT count(*), count(batch_id) FROM llm_calls") == \
-        [(q(live, "SELECT count(*) FROM llm_calls")[0][0],) * 2]
+    # Every result is a call marked with its batch; the same calls as live but for simulation, which a batch
+    # file sends one context per request and the live path one label's contexts per request (a list).
+    by_role = "SELECT role, count(*), count(batch_id) FROM llm_calls GROUP BY role ORDER BY role"
+    n_contexts = q(live, "SELECT count(*) FROM simulations WHERE simulator NOT LIKE 'baseline:%'")[0][0]
+    assert q(offline, by_role) == [(role, n_contexts if role == "simulator" else n, n_contexts if role == "simulator"
+                                    else n) for role, n, _ in q(live, by_role)]
     listing = cli(offline, "batches", "--format", "csv").stdout
     assert listing.count("imported") == 2 and "mixed" in listing
     # Nothing is left to export.

@@ -136,10 +136,10 @@ def test_a_budget_hit_between_explanation_and_score_keeps_the_paid_explanation(t
         second = label(db, server.base_url, "--where", where(feats), "--no-judge", "--no-baseline",
                        "--no-reference", "--concurrency", "1", "--max-cost", "10")
         assert second.returncode == 0, second.stderr
-        # Scored (one echo request per simulated context), not explained again.
+        # Scored (one echo request per simulation run: the label's contexts as one list), not explained again.
         again = [is_explainer(p, r) for p, r in server.requests[1:]]
     assert again and not any(again)
-    assert query(db, "SELECT count(*) FROM simulations") == [(len(again),)]
+    assert query(db, "SELECT count(DISTINCT run_id) FROM simulations") == [(len(again),)]
     assert query(db, "SELECT explanation_id, status FROM explanations") == rows
     assert query(db, "SELECT explanation_id, status FROM score_runs") == [(rows[0][0], "ok")]
 
