@@ -38,11 +38,20 @@ def test_examples_come_from_other_features_with_their_real_values(collected_db):
     assert fewshot.fewshot_for(collected_db, 1, 0, 0) == []
 
 
+def completion_prompts(requests: list) -> list[str]:
+    """Every prompt sent to /completions: live echo simulation sends a label's prompts as one list."""
+    out: list[str] = []
+    for path, r in requests:
+        if path.endswith("/completions") and "prompt" in r:
+            out += r["prompt"] if isinstance(r["prompt"], list) else [r["prompt"]]
+    return out
+
+
 def test_the_label_stage_shows_the_examples_and_keys_runs_by_them(tmp_path, collected_db):
     db = copy_db(collected_db, tmp_path / "f.duckdb")
     with LoopbackLLM(batch_script) as llm:
         run_label(db, llm.base_url, [0, 1, 2], judge=False, n_sim_fewshot=1)
-        echo = [r["prompt"] for p, r in llm.requests if p.endswith("/completions") and "prompt" in r]
+        echo = completion_prompts(llm.requests)
         runs_before = q(db, "SELECT count(*) FROM score_runs WHERE simulator = 'm-sim'")[0][0]
         run_label(db, llm.base_url, [0, 1, 2], judge=False, explain=False, n_sim_fewshot=0)  # other settings
     labels = {ex.label for f in range(3) for ex in fewshot.fewshot_for(collected_db, 1, f, 1)}
@@ -57,7 +66,7 @@ def test_batch_api_shows_the_same_examples_as_live(tmp_path, collected_db):
     live, batch = copy_db(collected_db, tmp_path / "live.duckdb"), copy_db(collected_db, tmp_path / "batch.duckdb")
     with LoopbackLLM(batch_script) as server:
         run_label(live, server.base_url, [0, 1, 2], judge=False, n_sim_fewshot=2)
-        live_prompts = sorted(r["prompt"] for p, r in server.requests if p.endswith("/completions") and "prompt" in r)
+        live_prompts = sorted(completion_prompts(server.requests))
     from tests.unit.test_batch_api import BatchScript, uploaded
     with LoopbackLLM(batch_script, batch=BatchScript(polls=1)) as server:
         run_batch_api(batch, server.base_url, [0, 1, 2], judge=False, n_sim_fewshot=2)
