@@ -1,7 +1,8 @@
-"""The store: the only package with SQL, and (in `db`) the only importer of duckdb. Other modules call
+"""The store: the only package with SQL, and (in `db` and `sandbox`) the only importers of duckdb. Other modules call
 these named functions with typed records; none builds SQL.
 
-- `db`: connections, migrations, transactions, the sandbox for user SQL, Arrow inserts
+- `db`: connections, migrations, transactions, Arrow inserts
+- `sandbox`: user SQL (the sandbox, one-SELECT checks, timeouts) and `--where` conditions
 - `collection`: dictionaries, features and contexts (what collect writes)
 - `work`: the label and behaviour queues and their typed writes
 - `batches`: Batch API runs and batch files (the `batches` table, atomic ingestion)
@@ -49,18 +50,12 @@ from autointerp.store.db import (
     Migration,
     applied_migrations,
     check_schema,
-    check_where,
     insert_rows,
     known_migrations,
     lock_holder,
     migrate,
     open_store,
-    query,
-    sandbox,
-    select_features,
     transaction,
-    unique_columns,
-    user_query,
 )
 from autointerp.store.planted import (
     LabelScore,
@@ -104,6 +99,14 @@ from autointerp.store.results import (
     simulated_contexts_of,
     unscored_explanations,
     write_bundles,
+)
+from autointerp.store.sandbox import (
+    check_where,
+    query,
+    sandbox,
+    select_features,
+    unique_columns,
+    user_query,
 )
 
 __all__ = [
