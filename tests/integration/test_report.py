@@ -13,37 +13,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from autointerp.behaviour.stage import behaviour_stage
-from autointerp.collect.stage import collect_stage
-from autointerp.config import BehaviourConfig, CollectConfig
-from tests.helpers import TINY_COLLECT, copy_db, run_label
-from tests.llm_server import LoopbackLLM, Reply
-from tests.unit.test_labelling import LABEL, good_script
+from tests.helpers import copy_db
+from tests.integration.conftest import HOSTILE_LABEL
 
 pytestmark = pytest.mark.integration
 SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "bench" / "results"
-# An explainer's label is text, never markup: the report must show it escaped, not run it.
-HOSTILE_LABEL = 'digits <script>alert("x")</script> and numbers'
-
-
-def hostile_script(path: str, request: dict) -> Reply:
-    reply = good_script(path, request)
-    return Reply(content=HOSTILE_LABEL) if reply.content == LABEL else reply
 
 
 @pytest.fixture(scope="module")
-def labelled_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file, collected_db) -> Path:
-    from autointerp.models import random_init_copy
-
-    db = copy_db(collected_db, tmp_path_factory.mktemp("report") / "r.duckdb")
-    collect_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), random_init=True,
-                                    **TINY_COLLECT), model=random_init_copy(tiny_model, 0))
-    with LoopbackLLM(hostile_script) as llm:
-        for did in (1, 2):
-            run_label(db, llm.base_url, list(range(12)), dictionary_id=did, n_boot=100, null_samples=6)
-    behaviour_stage(db, 1, BehaviourConfig(n_boot=100), model=tiny_model)
-    behaviour_stage(db, 2, BehaviourConfig(n_boot=100), model=random_init_copy(tiny_model, 0))
-    return db
+def labelled_db(tmp_path_factory, hostile_db) -> Path:
+    return copy_db(hostile_db, tmp_path_factory.mktemp("report") / "r.duckdb")
 
 
 def cli(db: Path, *args: str) -> str:

@@ -17,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from autointerp.behaviour.stage import behaviour_stage
-from autointerp.collect.stage import collect_stage
-from autointerp.config import BehaviourConfig, CollectConfig
-from tests.helpers import TINY_COLLECT, copy_db, query, run_label
-from tests.integration.test_report import HOSTILE_LABEL, hostile_script
+from tests.helpers import copy_db, query, run_label
+from tests.integration.conftest import HOSTILE_LABEL, hostile_script
 from tests.llm_server import LoopbackLLM
 
 pytestmark = pytest.mark.integration
@@ -31,19 +28,10 @@ needs_chromium = pytest.mark.skipif(not (shutil.which("chromium") and shutil.whi
 
 
 @pytest.fixture(scope="module")
-def served_db(tmp_path_factory, tiny_model, tiny_model_dir, corpus_file, collected_db) -> Path:
+def served_db(tmp_path_factory, hostile_db) -> Path:
     """Dictionary 1 (trained) and 2 (its random-init control), features 0-11 labelled (the LLM label has a
-    <script> in it) with nulls, and behaviour scores on dictionary 1."""
-    from autointerp.models import random_init_copy
-
-    db = copy_db(collected_db, tmp_path_factory.mktemp("serve") / "s.duckdb")
-    collect_stage(db, CollectConfig(model=str(tiny_model_dir), dataset=str(corpus_file), random_init=True,
-                                    **TINY_COLLECT), model=random_init_copy(tiny_model, 0))
-    with LoopbackLLM(hostile_script) as llm:
-        for did in (1, 2):
-            run_label(db, llm.base_url, list(range(12)), dictionary_id=did, n_boot=100, null_samples=6)
-    behaviour_stage(db, 1, BehaviourConfig(n_boot=100), model=tiny_model)
-    return db
+    <script> in it) with nulls and behaviour scores; a copy, since a test here writes to it."""
+    return copy_db(hostile_db, tmp_path_factory.mktemp("serve") / "s.duckdb")
 
 
 def _free_port() -> int:
