@@ -213,13 +213,18 @@ def simulated_contexts(con: Connection, run_id: str) -> list[SimulatedContext]:
     return simulated_contexts_of(con, [run_id]).get(run_id, [])
 
 
-def simulated_contexts_of(con: Connection, run_ids: list[str]) -> dict[str, list[SimulatedContext]]:
-    """`simulated_contexts` of many runs in one query (by run id; a run without simulations is absent)."""
-    rows = con.execute("""
-        SELECT s.run_id, s.seq, s.kind, s.purpose, q.token_ids, e.acts, s.predicted FROM simulations s
+def simulated_contexts_of(con: Connection, run_ids: list[str], tokens: bool = True
+                          ) -> dict[str, list[SimulatedContext]]:
+    """`simulated_contexts` of many runs in one query (by run id; a run without simulations is absent).
+    `tokens=False` leaves token_ids empty (the reference gains need only the values: reading every
+    context's tokens was most of their cost)."""
+    token_ids, sequences = (("q.token_ids", "JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq")
+                            if tokens else ("[]::INTEGER[]", ""))
+    rows = con.execute(f"""
+        SELECT s.run_id, s.seq, s.kind, s.purpose, {token_ids}, e.acts, s.predicted FROM simulations s
         JOIN examples e ON e.dictionary_id = s.dictionary_id AND e.feature = s.feature AND e.seq = s.seq
              AND e.split = s.split AND e.kind = s.kind AND e.rank = s.rank
-        JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq
+        {sequences}
         WHERE s.run_id IN (SELECT unnest(?::VARCHAR[]))
         ORDER BY s.run_id, s.purpose, s.kind DESC, s.rank""", [list(run_ids)]).fetchall()
     out: dict[str, list[SimulatedContext]] = {}
