@@ -86,8 +86,9 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         held = self._sessions.get(loop)
         if held is None or held[0].closed:
-            session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout,
-                                            connector=aiohttp.TCPConnector(limit=0), json_serialize=json.dumps)
+            # trust_env: HTTP(S)_PROXY and NO_PROXY honoured, as the SDK's httpx client did.
+            session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, trust_env=True,
+                                            connector=aiohttp.TCPConnector(limit=0))
             closer = _closing(session)
             await closer.__anext__()
             held = self._sessions[loop] = (session, closer)
