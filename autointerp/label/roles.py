@@ -54,7 +54,7 @@ class RoleGate:
     def stopped(self, role: str) -> str | None:
         """The line that says `role` is stopped and why (counting the replies in flight when it was), or None."""
         if (earlier := self.earlier.get(role)) is not None:
-            when = f"{earlier.created_at:%Y-%m-%d %H:%M} UTC, " if earlier.created_at else ""
+            when = f"{earlier.created_at:%Y-%m-%d %H:%M}, " if earlier.created_at else ""
             return (f"{earlier.reason} (stopped by an earlier run on this database, {when}"
                     "--retry-stopped-roles asks it again)")
         return self._line(role) if role in self.models else None
