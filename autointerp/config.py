@@ -196,6 +196,9 @@ class LLMConfig(Frozen):
                                        "batches are submitted only while their estimated cost fits",
                                        json_schema_extra={"flag": "max-cost"})
     max_tokens: int | None = Field(None, gt=0, description="stop the batch cleanly after this many tokens")
+    retry_stopped_roles: bool = Field(False, description="ask again the roles (judge, chat simulator) that an "
+                                      "earlier label run on this database stopped because none of their first "
+                                      "replies was usable (same endpoint and model)")
     prices: str | None = Field(None, description='JSON price table {"model": [usd_per_M_input, usd_per_M_output, '
                                'batch_input, batch_output, cached_input, batch_cached_input]} (2, 4 or 6 numbers: '
                                'batch prices default to half the live ones, cached to the input price)')

@@ -70,12 +70,15 @@ def fuzzing_examples(fc: FeatureContexts, n: int, seed: int) -> list[tuple[Conte
     out: list[tuple[Context, set[int], bool]] = []
     n_pos = n_neg = 0
     for k, c in enumerate(spread_over_bins(pool, len(pool))):  # alternate, so both classes span the bins
+        if n_pos >= n and n_neg >= n:
+            break
         marks = true_marks(c, fc.threshold)
         if k % 2 == 0 and n_pos < n:
             out.append((c, marks, True))
             n_pos += 1
         elif k % 2 == 1 and n_neg < n:
-            quiet = [j for j, a in enumerate(c.acts) if a < MARK_FRACTION * c.max_act]
+            cut = MARK_FRACTION * c.max_act
+            quiet = [j for j, a in enumerate(c.acts) if a < cut]
             if len(quiet) < len(marks):
                 continue  # as many wrong marks as true ones would have to mark active tokens: not a negative
             out.append((c, set(rng.sample(quiet, len(marks))), False))

@@ -107,7 +107,7 @@ def reference_gains(db: str | Path, dictionary_id: int, n_boot: int = 1000) -> i
         for k in range(0, len(pending), 256):  # one query per chunk of runs, not two per run
             chunk = pending[k : k + 256]
             sims: dict[str, list[SimulatedContext]] = store.simulated_contexts_of(
-                con, sorted({x for p in chunk for x in (p.run_id, p.reference_run_id)}))
+                con, sorted({x for p in chunk for x in (p.run_id, p.reference_run_id)}), tokens=False)
             for p in chunk:
                 ours, ref = sims.get(p.run_id, []), sims.get(p.reference_run_id, [])
                 same = [(c.seq, c.kind, c.purpose) for c in ours] == [(c.seq, c.kind, c.purpose) for c in ref]

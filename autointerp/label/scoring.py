@@ -3,6 +3,7 @@ output comes in as arrays. Every score has a bootstrap 95% CI over examples (con
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -117,12 +118,16 @@ def bootstrap(
     return float(low), float(high)
 
 
+@functools.lru_cache(maxsize=64)
 def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot, n]: how often each example is drawn in each bootstrap resample (same draws as `bootstrap`)."""
+    """[n_boot, n]: how often each example is drawn in each bootstrap resample (same draws as `bootstrap`).
+    The draws depend on (n, n_boot, seed) only, and every score of a run asks for the same few: made once
+    each and shared, so the array is read-only."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, (n_boot, n))
-    counts = np.zeros((n_boot, n))
-    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    cells = (np.arange(n_boot)[:, None] * n + idx).ravel()
+    counts = np.bincount(cells, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+    counts.flags.writeable = False
     return counts
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -85,37 +86,70 @@ def echo_prompt(label: str, tokens: list[str],
                 fewshot: Sequence[FewShot | tuple[list[str], list[int]]] | None = None) -> tuple[str, list[int]]:
     """The prompt for one context, and for each token the character offset of its placeholder (the
     first character after its tab)."""
+    return echo_prompts(label, [tokens], fewshot)[0]
+
+
+def echo_prompts(label: str, contexts: Sequence[list[str]],
+                 fewshot: Sequence[FewShot | tuple[list[str], list[int]]] | None = None
+                 ) -> list[tuple[str, list[int]]]:
+    """`echo_prompt` of each context's tokens: the text they share (instructions, examples, label) is
+    rendered once."""
     head_t, _, tail_t = prompts.template("simulate").partition("$block")
     head = Template(head_t).substitute(examples=_few_shot_text(fewshot))
     block_head, block_tail = _block(label)
-    parts = [head, block_head]
-    pos = len(head) + len(block_head)
-    offsets = []
-    for i, t in enumerate(tokens):
-        row = ("\n" if i else "") + show(t) + "\t"
-        offsets.append(pos + len(row))
-        row += PLACEHOLDER
-        parts.append(row)
-        pos += len(row)
-    parts.append(block_tail + tail_t.rstrip("\n"))
-    return "".join(parts), offsets
+    start, end = head + block_head, block_tail + tail_t.rstrip("\n")
+    out = []
+    for tokens in contexts:
+        parts = [start]
+        pos = len(start)
+        offsets = []
+        for i, t in enumerate(tokens):
+            row = ("\n" if i else "") + show(t) + "\t"
+            offsets.append(pos + len(row))
+            row += PLACEHOLDER
+            parts.append(row)
+            pos += len(row)
+        parts.append(end)
+        out.append(("".join(parts), offsets))
+    return out
+
+
+def _digit_of(tok: Any, fragment: str) -> int:
+    """The digit an entry stands for after `fragment` (see `expected_digit`), or -1."""
+    if not isinstance(tok, str):
+        return -1
+    if fragment:
+        if tok.startswith(fragment):
+            tok = tok[len(fragment):]
+        elif fragment.strip():
+            return -1
+    d = DIGITS.get(tok)
+    if d is None:
+        d = DIGITS.get(tok.strip(), -1)
+    return d
+
+
+# fragment -> entry -> its digit (-1: none). Entries repeat across every placeholder of every reply, so
+# each is worked out once; cleared when it grows past a vocabulary's worth.
+_DIGIT_MEMO: dict[str, dict[Any, int]] = {}
+_MEMO_MAX = 1 << 17
 
 
 def _digit_sums(top: dict[str, float] | None, fragment: str = "") -> tuple[float, float]:
     """(total probability of the digit entries, probability-weighted sum of their values)."""
     total = weighted = 0.0
-    for tok, lp in (top or {}).items():
-        if not isinstance(tok, str):
-            continue
-        if fragment:
-            if tok.startswith(fragment):
-                tok = tok[len(fragment):]
-            elif fragment.strip():
-                continue
-        d = DIGITS.get(tok)  # the common case first: this runs for every placeholder of every reply
-        if d is None and (d := DIGITS.get(tok.strip())) is None:
-            continue
-        if lp is None or not math.isfinite(lp):
+    if not top:
+        return total, weighted
+    memo = _DIGIT_MEMO.get(fragment)
+    if memo is None or len(memo) > _MEMO_MAX:
+        if len(_DIGIT_MEMO) > 1024:
+            _DIGIT_MEMO.clear()
+        memo = _DIGIT_MEMO[fragment] = {}
+    for tok, lp in top.items():  # this runs for every placeholder of every reply: one lookup per entry
+        d = memo.get(tok)
+        if d is None:
+            d = memo[tok] = _digit_of(tok, fragment)
+        if d < 0 or lp is None or not math.isfinite(lp):
             continue
         p = math.exp(lp)
         total += p
@@ -147,13 +181,15 @@ def _read(prompt: str, starts: list[int], tops: list[Any], offsets: list[int], a
     """Expected values at the placeholders (nan where no digit is listed), and the digit probability
     found over all of them. `at[k]`: the first token starting at or after placeholder k; `shift` 1 reads
     token i's distribution from top_logprobs[i - 1] (a server that gives each token the next one's)."""
-    values, mass = [], 0.0
+    values, mass, n = [], 0.0, len(starts)
     for off, i in zip(offsets, at, strict=True):
-        if i < len(starts) and starts[i] == off:
-            total, weighted = _digit_sums(_top_dict(tops[i - shift]) if i >= shift else None)
+        if i < n and starts[i] == off:
+            t = tops[i - shift] if i >= shift else None
+            total, weighted = _digit_sums(t if type(t) is dict else _top_dict(t))
         elif i > 0:  # the placeholder's first character is inside token i - 1
             j = i - 1 - shift
-            total, weighted = _digit_sums(_top_dict(tops[j]) if j >= 0 else None, prompt[starts[i - 1]:off])
+            t = tops[j] if j >= 0 else None
+            total, weighted = _digit_sums(t if type(t) is dict else _top_dict(t), prompt[starts[i - 1]:off])
         else:
             total = weighted = 0.0
         values.append(weighted / total if total > 0 else math.nan)
@@ -177,7 +213,7 @@ def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) 
     tokens, starts, tops = logprobs["tokens"], logprobs["text_offset"], logprobs.get("top_logprobs") or []
     if not (len(tokens) == len(starts) == len(tops)):
         raise ValueError("logprobs arrays differ in length")
-    if not all(isinstance(s, int) for s in starts) or any(b < a for a, b in zip(starts, starts[1:], strict=False)):
+    if not all(map(isinstance, starts, itertools.repeat(int))) or list(starts) != sorted(starts):
         raise ValueError("text_offset is not a non-decreasing list of character offsets")
     if not any(isinstance(t, dict | list) for t in tops):
         raise ValueError("the endpoint returned no top_logprobs (echo unsupported?)")
@@ -204,7 +240,7 @@ async def simulate_echo(client: LLMClient, model: str, label: str, contexts: lis
     Fails only when the endpoint does not answer or returns no usable logprobs, or when not one
     placeholder of the feature had a digit among its top logprobs (an endpoint that cannot echo)."""
     gate = asyncio.Semaphore(max(1, parallel))
-    built = [echo_prompt(label, c.tokens, fewshot) for c in contexts]
+    built = echo_prompts(label, [c.tokens for c in contexts], fewshot)
 
     async def one(prompt: str) -> LLMReply | LLMFailure:
         async with gate:

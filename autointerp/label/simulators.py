@@ -75,7 +75,7 @@ class EchoSimulator(Simulator):
 
     def plan(self, model: str, label: str, contexts: list[Context],
              fewshot: Sequence[FewShot] | None = None, list_prompts: bool = False) -> SimPlan:
-        built = [simulate.echo_prompt(label, c.tokens, fewshot) for c in contexts]
+        built = simulate.echo_prompts(label, [c.tokens for c in contexts], fewshot)
         if list_prompts:
             prompts = [prompt for prompt, offsets in built if offsets]
             if not prompts:

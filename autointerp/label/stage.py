@@ -56,6 +56,8 @@ class LLMSession:
     # The embedded model answers one request at a time: features are worked one at a time, so each
     # finishes (and shows) as soon as it can instead of all at the end.
     one_at_a_time: bool = False
+    endpoint: str = ""  # what stopped roles are remembered by (with the model): the endpoints, or the embedded one
+    retry_stopped_roles: bool = False
 
 
 @contextmanager
@@ -75,8 +77,10 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
             max_wait_s=cfg.max_wait_s, prices=prices, budget=budget)
         if embedded is not None:
             client = embedded.client(client)
+        endpoint = local.EMBEDDED_ENDPOINT if embedded else ",".join(sorted(llm.public_url(u) for u in urls))
         yield LLMSession(client, cfg.explainer_model or default_model, cfg.simulator_model or default_model,
-                         one_at_a_time=embedded is not None)
+                         one_at_a_time=embedded is not None, endpoint=endpoint,
+                         retry_stopped_roles=cfg.retry_stopped_roles)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -210,11 +214,14 @@ class LabelBatch:
         # Bundles leave the pending list only once written: a failed write loses nothing.
         with self._flush_lock:
             n = len(self._pending)
-            if n == 0:
+            stops = self.gate.unsaved()
+            if n == 0 and not stops:
                 return
-            with store.open_store(self.db, wait_s=600) as con:
-                store.write_bundles(con, self._pending[:n])
+            with store.open_store(self.db, wait_s=600) as con, store.transaction(con):
+                store.insert_bundles(con, self._pending[:n])
+                store.add_role_stops(con, stops)
             del self._pending[:n]
+            self.gate.mark_saved(stops)
 
     async def run(self) -> Progress:
         jobs = await asyncio.to_thread(self.jobs)
@@ -316,12 +323,21 @@ def _as_stage(stage: str, on_progress: ProgressFn | None) -> ProgressFn | None:
     return lambda e: on_progress(dataclasses.replace(e, stage=stage))
 
 
+def remembered_gate(db: str | Path, session: LLMSession | None) -> RoleGate:
+    """The gate of a label run: with the roles an earlier run on `db` stopped for this endpoint and model."""
+    if session is None:
+        return RoleGate()
+    with store.open_store(db, wait_s=600) as con:
+        stops = store.role_stops(con, session.endpoint, session.simulator_model)
+    return RoleGate.remembering(session.endpoint, stops, session.retry_stopped_roles)
+
+
 def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: LabelConfig,
                 session: LLMSession | None, *, explain_stage: bool = True, score_stage: bool = True,
                 concurrency: int = 8, on_progress: ProgressFn | None = None) -> Progress:
     """Explain and/or score `features`; then, when scoring with an LLM, make and score the null labels
     (`cfg.null_samples` features). Resumable: re-running does only what is missing."""
-    gate = RoleGate()
+    gate = remembered_gate(db, session)
     if session is not None and session.one_at_a_time:
         concurrency = 1
     batch = LabelBatch(db, dictionary_id, cfg, session, features, explain_stage=explain_stage,

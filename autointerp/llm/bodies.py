@@ -41,10 +41,6 @@ def completion_body(model: str, prompt: str | list[str], max_tokens: int, echo: 
     return body
 
 
-def _json_body(raw: Any) -> Any:
-    return loads(raw.http_response.content)
-
-
 def loads(content: bytes | str) -> Any:
     """A response body's JSON. orjson first: echo bodies carry top logprobs for every prompt token, and
     the stdlib parser was the client's largest cost; the stdlib's for what orjson refuses (NaN and

@@ -1,5 +1,5 @@
-"""LLM access: the `LLMClient` protocol, the OpenAI-compatible client (async `openai`, tenacity retries,
-usage and cost; prices and the budget are in llm.costs) and re-asking until a reply parses.
+"""LLM access: the `LLMClient` protocol, the OpenAI-compatible client (JSON over llm.transport, tenacity
+retries, usage and cost; prices and the budget are in llm.costs) and re-asking until a reply parses.
 
 Every attempt leaves a `CallRow` record (ok or error, with its reason); callers collect them and the
 pipeline writes them to `llm_calls`. The API key is never put in a record or an error message.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import openai
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,15 +30,16 @@ from autointerp.errors import BadInput
 from autointerp.llm.bodies import (
     ListRefused,
     MalformedResponse,
-    _json_body,
     chat_body,
     completion_body,
+    loads,
     parse_chat_json,
     parse_completion_json,
     parse_completions_json,
     reask_messages,
 )
 from autointerp.llm.costs import DEFAULT_PRICES, Budget, BudgetExhausted, cost
+from autointerp.llm.transport import ConnectionFailed, Endpoint, HTTPStatusError, Timeout
 from autointerp.records import CallRow, FailureCode
 from autointerp.redact import redact, refuse_url_credentials
 
@@ -94,10 +93,9 @@ def prompt_hash(payload: Any) -> str:
 def _retryable(exc: BaseException) -> bool:
     """Only what may pass on its own: 429, 408, 5xx, timeouts, dropped connections, malformed bodies.
     A 400/401/403/404 fails the same way every time, and an exception of ours is a bug: not retried."""
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, HTTPStatusError):
         return exc.status_code in (408, 429) or exc.status_code >= 500
-    return isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.APIResponseValidationError
-                      | MalformedResponse)
+    return isinstance(exc, Timeout | ConnectionFailed | MalformedResponse)
 
 
 def public_url(url: str) -> str:
@@ -123,8 +121,8 @@ def _url_secrets(url: str) -> list[str]:
 
 
 def _retry_after(exc: BaseException | None) -> float | None:
-    if isinstance(exc, openai.APIStatusError):
-        value = exc.response.headers.get("retry-after")
+    if isinstance(exc, HTTPStatusError):
+        value = exc.headers.get("retry-after")
         try:
             return max(0.0, float(value)) if value is not None else None
         except ValueError:
@@ -146,22 +144,22 @@ class _Wait:
 
 
 def _code(exc: BaseException) -> FailureCode:
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, HTTPStatusError):
         return FailureCode.RATE_LIMITED if exc.status_code == 429 else FailureCode.HTTP_ERROR
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, Timeout):
         return FailureCode.TIMEOUT
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, ConnectionFailed):
         return FailureCode.CONNECTION
     return FailureCode.MALFORMED_RESPONSE
 
 
 def _reason(exc: BaseException, secret: str | list[str] | None) -> str:
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, HTTPStatusError):
         text = f"HTTP {exc.status_code}: {exc.message}"
-    elif isinstance(exc, openai.APITimeoutError):
+    elif isinstance(exc, Timeout):
         text = "timeout"
-    elif isinstance(exc, openai.APIConnectionError):
-        text = f"connection error: {exc.__cause__ or exc}"
+    elif isinstance(exc, ConnectionFailed):
+        text = f"connection error: {exc}"
     else:
         text = f"{type(exc).__name__}: {exc}"
     return (redact(text, [secret] if isinstance(secret, str) else (secret or [])) or "")[:500]
@@ -179,11 +177,7 @@ class OpenAICompatibleClient:
             refuse_url_credentials(url, "the endpoint URL (--base-url or $OPENAI_BASE_URL)")
         # Never recorded or shown: the key, and whatever credentials the endpoint URLs carry.
         self._secret = [x for x in [api_key or ""] + [x for u in base_urls for x in _url_secrets(u)] if x]
-        self._clients = [
-            (public_url(url),
-             openai.AsyncOpenAI(base_url=url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0))
-            for url in base_urls
-        ]
+        self._clients = [(public_url(url), Endpoint(url, api_key or "not-needed", timeout_s)) for url in base_urls]
         self._turn = itertools.count()
         # Per endpoint: does it take a list of prompts in one completions request? None: not tried yet.
         self.list_prompts: dict[str, bool | None] = {url: None for url, _ in self._clients}
@@ -202,7 +196,7 @@ class OpenAICompatibleClient:
         for _, c in self._clients:
             await c.close()
 
-    def _pick(self, lists: bool) -> tuple[str, Any]:
+    def _pick(self, lists: bool) -> tuple[str, Endpoint]:
         """The next endpoint in turn (for a list of prompts: one not known to refuse lists)."""
         for _ in range(len(self._clients)):
             url, client = self._clients[next(self._turn) % len(self._clients)]
@@ -210,21 +204,18 @@ class OpenAICompatibleClient:
                 return url, client
         raise ListRefused("no endpoint takes a list of prompts")
 
-    async def _request(self, role: str, model: str, payload: dict[str, Any], send: Any, parse: Any,
+    async def _request(self, role: str, model: str, path: str, payload: dict[str, Any], parse: Any,
                        lists: bool = False) -> LLMReply:
+        """`payload` POSTed to `path` of an endpoint in turn, retried; `parse(body)` -> (text, logprobs, usage)."""
         calls: list[CallRow] = []
         phash = prompt_hash(payload)
 
         async def attempt() -> LLMReply:
             self.budget.check()
-            url, client = self._pick(lists)
+            url, endpoint = self._pick(lists)
             start = time.monotonic()
             try:
-                try:
-                    response = await send(client)
-                except json.JSONDecodeError as exc:  # the SDK decoding a body that is not JSON
-                    raise MalformedResponse(f"invalid JSON body ({exc})") from None
-                text, logprobs, usage = parse(response)
+                text, logprobs, usage = parse(loads(await endpoint.post(path, payload)))
             except Exception as exc:
                 if lists and _refuses_list(exc):
                     self.list_prompts[url] = False
@@ -260,20 +251,14 @@ class OpenAICompatibleClient:
     async def chat(self, *, role: str, model: str, messages: list[dict[str, str]], max_tokens: int,
                    temperature: float = 0.0, top_logprobs: int | None = None) -> LLMReply:
         kwargs = chat_body(model, messages, max_tokens, temperature, top_logprobs)
-        return await self._request(role, model, kwargs,
-                                   lambda c: c.chat.completions.with_raw_response.create(**kwargs),
-                                   lambda raw: parse_chat_json(_json_body(raw)))
+        return await self._request(role, model, "/chat/completions", kwargs, parse_chat_json)
 
     async def complete(self, *, role: str, model: str, prompt: str | list[str], max_tokens: int,
                        echo: bool = False, logprobs: int | None = None) -> LLMReply:
         if isinstance(prompt, list):
             return await self._complete_list(role, model, prompt, max_tokens, echo, logprobs)
         kwargs = completion_body(model, prompt, max_tokens, echo, logprobs)
-        # Parsed by hand (as chat): the openai models' construction of a long prompt's logprobs costs ~50 ms
-        # per thousand tokens, the pipeline's largest overhead.
-        return await self._request(role, model, kwargs,
-                                   lambda c: c.completions.with_raw_response.create(**kwargs),
-                                   lambda raw: parse_completion_json(_json_body(raw)))
+        return await self._request(role, model, "/completions", kwargs, parse_completion_json)
 
     async def _complete_list(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
                              logprobs: int | None) -> LLMReply:
@@ -302,13 +287,12 @@ class OpenAICompatibleClient:
             return await self._one_by_one(role, model, prompts, max_tokens, echo, logprobs)
         kwargs = completion_body(model, prompts, max_tokens, echo, logprobs)
 
-        def parse(raw: Any) -> tuple[str, list[Any], Any]:
-            texts, lps, usage = parse_completions_json(_json_body(raw), len(prompts))
+        def parse(body: Any) -> tuple[str, list[Any], Any]:
+            texts, lps, usage = parse_completions_json(body, len(prompts))
             return "".join(texts), lps, usage
 
         try:
-            return await self._request(role, model, kwargs,
-                                       lambda c: c.completions.with_raw_response.create(**kwargs), parse, lists=True)
+            return await self._request(role, model, "/completions", kwargs, parse, lists=True)
         except LLMFailure as exc:
             if exc.code != FailureCode.LIST_REFUSED:
                 raise
@@ -344,7 +328,7 @@ class OpenAICompatibleClient:
 
 def _refuses_list(exc: BaseException) -> bool:
     """A list of prompts refused: the server's 400/404/422 to it, or choices that do not answer each prompt."""
-    return isinstance(exc, ListRefused) or (isinstance(exc, openai.APIStatusError)
+    return isinstance(exc, ListRefused) or (isinstance(exc, HTTPStatusError)
                                             and exc.status_code in (400, 404, 422))
 
 

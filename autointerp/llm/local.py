@@ -32,6 +32,7 @@ from autointerp.models import smollm2_gguf_path
 
 MODEL_NAME = "smollm2-135m-instruct"
 IN_PROCESS = "in-process:llama.cpp"
+EMBEDDED_ENDPOINT = "embedded:llama.cpp"  # the default's identity across runs (its port changes every run)
 
 
 def _free_port() -> int:

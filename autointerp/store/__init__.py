@@ -8,6 +8,7 @@ these named functions with typed records; none builds SQL.
 - `batches`: Batch API runs and batch files (the `batches` table, atomic ingestion)
 - `planted`: planted dictionaries' truth and the scores `check-llm` reads
 - `agent`: the labelling agent's steps
+- `roles`: roles stopped for unusable replies, remembered across runs
 - `reads`: status, compare, export and report reads
 """
 
@@ -93,6 +94,7 @@ from autointerp.store.results import (
     explained_features,
     feature_mean,
     gain_pending,
+    insert_bundles,
     null_explanations,
     ok_labels,
     simulated_contexts,
@@ -100,6 +102,7 @@ from autointerp.store.results import (
     unscored_explanations,
     write_bundles,
 )
+from autointerp.store.roles import RoleStop, add_role_stops, role_stops
 from autointerp.store.sandbox import (
     check_where,
     query,
@@ -123,5 +126,5 @@ __all__ = [
     "write_bundles", "GainPending", "add_scores", "gain_pending", "SchemaObject", "schema_objects",
     "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
     "planted_scores", "planted_truth",
-    "check_where", "unique_columns",
+    "check_where", "unique_columns", "insert_bundles", "RoleStop", "add_role_stops", "role_stops",
 ]

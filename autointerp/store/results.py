@@ -79,16 +79,25 @@ class Bundle:
             getattr(self, name).extend(getattr(other, name))
 
 
-def _already_done(con: Connection, b: Bundle) -> bool:
-    for e in b.explanations:
-        if e.status == "ok" and con.execute(
-                "SELECT 1 FROM explanations WHERE dictionary_id = ? AND feature = ? AND explainer = ? "
-                "AND prompt_hash = ? AND status = 'ok'",
-                [e.dictionary_id, e.feature, e.explainer, e.prompt_hash]).fetchone():
-            return True
-    return any(r.status == "ok" and con.execute(
-        "SELECT 1 FROM score_runs WHERE explanation_id = ? AND simulator = ? AND stage = ? AND settings_hash = ? "
-        "AND status = 'ok'", [r.explanation_id, r.simulator, r.stage, r.settings_hash]).fetchone() for r in b.runs)
+def _done_work(con: Connection, bundles: list[Bundle]) -> tuple[set[tuple], set[tuple]]:
+    """The ok explanations and ok score runs already stored among the bundles' work, by their keys: two
+    queries per flush, not two per bundle."""
+    features = sorted({e.feature for b in bundles for e in b.explanations if e.status == "ok"})
+    explained = set(con.execute(
+        "SELECT dictionary_id, feature, explainer, prompt_hash FROM explanations WHERE status = 'ok' "
+        "AND feature IN (SELECT unnest(?::INTEGER[]))", [features]).fetchall()) if features else set()
+    eids = sorted({r.explanation_id for b in bundles for r in b.runs if r.status == "ok"})
+    scored = set(con.execute(
+        "SELECT explanation_id, simulator, stage, settings_hash FROM score_runs WHERE status = 'ok' "
+        "AND explanation_id IN (SELECT unnest(?::VARCHAR[]))", [eids]).fetchall()) if eids else set()
+    return explained, scored
+
+
+def _already_done(b: Bundle, explained: set[tuple], scored: set[tuple]) -> bool:
+    return (any(e.status == "ok" and (e.dictionary_id, e.feature, e.explainer, e.prompt_hash) in explained
+                for e in b.explanations)
+            or any(r.status == "ok" and (r.explanation_id, r.simulator, r.stage, r.settings_hash) in scored
+                   for r in b.runs))
 
 
 def write_bundles(con: Connection, bundles: list[Bundle]) -> int:
@@ -102,8 +111,9 @@ def insert_bundles(con: Connection, bundles: list[Bundle]) -> int:
     """`write_bundles` inside the caller's transaction."""
     merged = Bundle()
     written = 0
+    explained, scored = _done_work(con, bundles)
     for b in bundles:
-        if _already_done(con, b):
+        if _already_done(b, explained, scored):
             continue
         merged.extend(b)
         written += 1
@@ -150,8 +160,9 @@ def add_scores(con: Connection, rows: list[ScoreRow]) -> int:
     """Scores computed later for runs already written, in one transaction; a (run, method) that already
     has a score is skipped, so two passes never write one twice. Returns the rows written."""
     with transaction(con):
-        new = [r for r in rows if not con.execute("SELECT 1 FROM scores WHERE run_id = ? AND method = ?",
-                                                  [r.run_id, r.method]).fetchone()]
+        have = set(con.execute("SELECT run_id, method FROM scores WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+                               [sorted({r.run_id for r in rows})]).fetchall())
+        new = [r for r in rows if (r.run_id, r.method) not in have]
         insert_rows(con, "scores", [r.model_dump() for r in new])
     return len(new)
 
@@ -202,13 +213,18 @@ def simulated_contexts(con: Connection, run_id: str) -> list[SimulatedContext]:
     return simulated_contexts_of(con, [run_id]).get(run_id, [])
 
 
-def simulated_contexts_of(con: Connection, run_ids: list[str]) -> dict[str, list[SimulatedContext]]:
-    """`simulated_contexts` of many runs in one query (by run id; a run without simulations is absent)."""
-    rows = con.execute("""
-        SELECT s.run_id, s.seq, s.kind, s.purpose, q.token_ids, e.acts, s.predicted FROM simulations s
+def simulated_contexts_of(con: Connection, run_ids: list[str], tokens: bool = True
+                          ) -> dict[str, list[SimulatedContext]]:
+    """`simulated_contexts` of many runs in one query (by run id; a run without simulations is absent).
+    `tokens=False` leaves token_ids empty (the reference gains need only the values: reading every
+    context's tokens was most of their cost)."""
+    token_ids, sequences = (("q.token_ids", "JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq")
+                            if tokens else ("[]::INTEGER[]", ""))
+    rows = con.execute(f"""
+        SELECT s.run_id, s.seq, s.kind, s.purpose, {token_ids}, e.acts, s.predicted FROM simulations s
         JOIN examples e ON e.dictionary_id = s.dictionary_id AND e.feature = s.feature AND e.seq = s.seq
              AND e.split = s.split AND e.kind = s.kind AND e.rank = s.rank
-        JOIN sequences q ON q.dictionary_id = s.dictionary_id AND q.seq = s.seq
+        {sequences}
         WHERE s.run_id IN (SELECT unnest(?::VARCHAR[]))
         ORDER BY s.run_id, s.purpose, s.kind DESC, s.rank""", [list(run_ids)]).fetchall()
     out: dict[str, list[SimulatedContext]] = {}

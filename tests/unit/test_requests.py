@@ -73,6 +73,45 @@ def test_a_judge_with_no_usable_reply_is_stopped_and_recorded(tmp_path, collecte
     assert len(stopped) >= len(errors) - 4 and len(stopped) >= len(FEATURES)
 
 
+def judge_requests(llm: LoopbackLLM) -> int:
+    return sum(1 for p, r in llm.requests if p.endswith("/chat/completions") and judge_reply(r) is not None)
+
+
+def test_a_stopped_judge_stays_stopped_on_later_runs_until_retried(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "a.duckdb")
+    garbage = [True]
+
+    def script(path: str, request: dict) -> Reply:
+        return (garbage_judge if garbage[0] else good_script)(path, request)
+
+    line = "judge m-sim: 0 of 4 replies usable; detection and fuzzing skipped for this run"
+    with LoopbackLLM(script) as llm:
+        first = run_label(db, llm.base_url, FEATURES[:4], llm={"concurrency": 1})
+        asked = judge_requests(llm)
+        assert asked == 4 * 2 and first.notes == [line]
+        # A later run (more features, as a resume would) on the same database, endpoint and model.
+        second = run_label(db, llm.base_url, FEATURES, llm={"concurrency": 1})
+        assert judge_requests(llm) == asked
+        assert second.scored == len(FEATURES) - 4
+        assert len(second.notes) == 1
+        assert second.notes[0].startswith(line + " (stopped by an earlier run on this database, ")
+        assert second.notes[0].endswith("--retry-stopped-roles asks it again)")
+        assert q(db, "SELECT endpoint, model, role, stopped, replies, usable, reason FROM role_stops") == [
+            (llm.base_url, "m-sim", "judge", True, 4, 0, line)]
+        later = [e for (e,) in q(db, "SELECT r.error FROM score_runs r JOIN explanations e USING (explanation_id) "
+                                     "WHERE r.simulator = 'm-sim' AND e.feature >= 4")]
+        assert len(later) == 4 and all("stopped by an earlier run" in e for e in later)
+        # The flag asks the judge again; one that now answers is kept, and later runs ask it too.
+        garbage[0] = False
+        retried = run_label(db, llm.base_url, [8], llm={"concurrency": 1, "retry_stopped_roles": True})
+        judged = judge_requests(llm) - asked
+        assert judged > 0 and retried.notes == []
+        assert run_label(db, llm.base_url, [9], llm={"concurrency": 1}).notes == []
+        assert judge_requests(llm) > asked + judged
+    assert q(db, "SELECT stopped, usable > 0 FROM role_stops ORDER BY created_at") == [(True, False), (False, True)]
+    assert q(db, "SELECT count(*) > 0 FROM scores WHERE method IN ('detection', 'fuzzing') AND feature = 9") == [(True,)]
+
+
 def is_chat_simulation(request: dict) -> bool:
     return '{"activations"' in request["messages"][0]["content"]
 
