@@ -32,6 +32,7 @@ from autointerp.errors import BadInput
 from autointerp.llm.bodies import (
     ListRefused,
     MalformedResponse,
+    TemperatureRefused,
     _json_body,
     chat_body,
     completion_body,
@@ -97,7 +98,7 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 429) or exc.status_code >= 500
     return isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | openai.APIResponseValidationError
-                      | MalformedResponse)
+                      | MalformedResponse | TemperatureRefused)
 
 
 def public_url(url: str) -> str:
@@ -141,6 +142,8 @@ class _Wait:
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TemperatureRefused):
+            return 0.0
         ra = _retry_after(exc)
         return min(ra, self.cap_s) if ra is not None else self.backoff(state)
 
@@ -187,6 +190,8 @@ class OpenAICompatibleClient:
         self._turn = itertools.count()
         # Per endpoint: does it take a list of prompts in one completions request? None: not tried yet.
         self.list_prompts: dict[str, bool | None] = {url: None for url, _ in self._clients}
+        # Endpoints that refused a temperature (HTTP 400 naming it): later requests leave it to their default.
+        self.refuses_temperature: set[str] = set()
         self._probe: tuple[Any, asyncio.Lock] | None = None  # (its event loop, the lock)
         self._probed = False
         self.max_attempts = max_attempts
@@ -221,17 +226,21 @@ class OpenAICompatibleClient:
             start = time.monotonic()
             try:
                 try:
-                    response = await send(client)
+                    response = await send(client, url)
                 except json.JSONDecodeError as exc:  # the SDK decoding a body that is not JSON
                     raise MalformedResponse(f"invalid JSON body ({exc})") from None
                 text, logprobs, usage = parse(response)
             except Exception as exc:
+                reason = _reason(exc, self._secret)
                 if lists and _refuses_list(exc):
                     self.list_prompts[url] = False
-                    exc = ListRefused(f"{url} takes one prompt per request ({_reason(exc, self._secret)})")
+                    exc = ListRefused(f"{url} takes one prompt per request ({reason})")
+                elif "temperature" in payload and url not in self.refuses_temperature and _refuses_temperature(exc):
+                    self.refuses_temperature.add(url)
+                    exc = TemperatureRefused(reason)  # retried at once without it
                 calls.append(new_call(role, model, url, phash, 0, 0, time.monotonic() - start, 0.0,
-                                      _reason(exc, self._secret)))
-                if isinstance(exc, ListRefused):
+                                      reason if isinstance(exc, TemperatureRefused) else _reason(exc, self._secret)))
+                if isinstance(exc, ListRefused | TemperatureRefused):
                     raise exc from None
                 raise
             if lists:
@@ -260,8 +269,10 @@ class OpenAICompatibleClient:
     async def chat(self, *, role: str, model: str, messages: list[dict[str, str]], max_tokens: int,
                    temperature: float = 0.0, top_logprobs: int | None = None) -> LLMReply:
         kwargs = chat_body(model, messages, max_tokens, temperature, top_logprobs)
+        default = {k: v for k, v in kwargs.items() if k != "temperature"}
         return await self._request(role, model, kwargs,
-                                   lambda c: c.chat.completions.with_raw_response.create(**kwargs),
+                                   lambda c, url: c.chat.completions.with_raw_response.create(
+                                       **(default if url in self.refuses_temperature else kwargs)),
                                    lambda raw: parse_chat_json(_json_body(raw)))
 
     async def complete(self, *, role: str, model: str, prompt: str | list[str], max_tokens: int,
@@ -272,7 +283,7 @@ class OpenAICompatibleClient:
         # Parsed by hand (as chat): the openai models' construction of a long prompt's logprobs costs ~50 ms
         # per thousand tokens, the pipeline's largest overhead.
         return await self._request(role, model, kwargs,
-                                   lambda c: c.completions.with_raw_response.create(**kwargs),
+                                   lambda c, _url: c.completions.with_raw_response.create(**kwargs),
                                    lambda raw: parse_completion_json(_json_body(raw)))
 
     async def _complete_list(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
@@ -308,7 +319,8 @@ class OpenAICompatibleClient:
 
         try:
             return await self._request(role, model, kwargs,
-                                       lambda c: c.completions.with_raw_response.create(**kwargs), parse, lists=True)
+                                       lambda c, _url: c.completions.with_raw_response.create(**kwargs), parse,
+                                       lists=True)
         except LLMFailure as exc:
             if exc.code != FailureCode.LIST_REFUSED:
                 raise
@@ -339,7 +351,15 @@ class OpenAICompatibleClient:
     def endpoint_notes(self) -> list[str]:
         """What the summary says about the endpoints: those found to take one prompt per request."""
         return [f"{url} takes one prompt per completions request: simulation sent one request per context"
-                for url, ok in self.list_prompts.items() if ok is False]
+                for url, ok in self.list_prompts.items() if ok is False] + [
+            f"{url} refused a temperature (HTTP 400): its default temperature was used from then on, so best-of-k "
+            "candidates there vary by evidence only" for url in sorted(self.refuses_temperature)]
+
+
+def _refuses_temperature(exc: BaseException) -> bool:
+    """The endpoint's 400 to a request's temperature (reasoning models take only their default)."""
+    return isinstance(exc, openai.APIStatusError) and exc.status_code in (400, 422) \
+        and "temperature" in str(exc.message).lower()
 
 
 def _refuses_list(exc: BaseException) -> bool:
@@ -350,7 +370,7 @@ def _refuses_list(exc: BaseException) -> bool:
 
 async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role: str, model: str,
                      messages: list[dict[str, str]], max_tokens: int, reask: str, max_reasks: int,
-                     top_logprobs: int | None = None) -> tuple[T, list[CallRow]]:
+                     top_logprobs: int | None = None, temperature: float = 0.0) -> tuple[T, list[CallRow]]:
     """One chat request whose reply must parse: `parse` raises ValueError saying what is wrong, and the
     model is re-asked with prompts/REASK.txt ($problem) at most `max_reasks` times. Returns the parsed
     value and every attempt's record; raises LLMFailure (with the calls and a code) otherwise."""
@@ -359,7 +379,7 @@ async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role:
     for _ in range(1 + max_reasks):
         try:
             reply = await client.chat(role=role, model=model, messages=messages, max_tokens=max_tokens,
-                                      top_logprobs=top_logprobs)
+                                      temperature=temperature, top_logprobs=top_logprobs)
         except LLMFailure as exc:
             raise LLMFailure(str(exc), calls + exc.calls, exc.code) from None
         calls += reply.calls

@@ -7,6 +7,7 @@ these named functions with typed records; none builds SQL.
 - `batches`: Batch API runs and batch files (the `batches` table, atomic ingestion)
 - `planted`: planted dictionaries' truth and the scores `check-llm` reads
 - `agent`: the labelling agent's steps
+- `neighbours`: nearest neighbours and hard negatives per dictionary
 - `reads`: status, compare, export and report reads
 """
 
@@ -61,6 +62,14 @@ from autointerp.store.db import (
     transaction,
     unique_columns,
     user_query,
+)
+from autointerp.store.neighbours import (
+    HardNegative,
+    add_neighbours,
+    explain_sequences,
+    feature_max_acts,
+    hard_negatives,
+    has_neighbours,
 )
 from autointerp.store.planted import (
     LabelScore,
@@ -121,4 +130,5 @@ __all__ = [
     "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
     "planted_scores", "planted_truth",
     "check_where", "unique_columns",
+    "HardNegative", "add_neighbours", "explain_sequences", "feature_max_acts", "hard_negatives", "has_neighbours",
 ]
