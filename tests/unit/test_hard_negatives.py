@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from autointerp import store
+from autointerp.cli import main
 from autointerp.collect import planted
 from autointerp.label import evidence, negatives
 from autointerp.models.neighbours import decoder_neighbours
@@ -96,6 +98,8 @@ def test_candidate_temperatures_arrive_in_the_requests(tmp_path, planted_db):
     assert sent == [evidence.candidate_temperature(i) for i in range(3)] == [0.0, 0.5, 0.7]
     assert query(db, "SELECT temperature FROM agent_steps WHERE kind = 'candidate' ORDER BY step") == [
         (0.0,), (0.5,), (0.7,)]
+    shown = CliRunner().invoke(main, ["show", str(FEATURE), "--no-color", "--limit", "0", "--db", str(db)])
+    assert shown.exit_code == 0 and all(f"t={t:g}" in shown.output for t in (0.0, 0.5, 0.7)), shown.output
 
 
 def test_an_endpoint_refusing_temperature_falls_back_to_its_default_once(tmp_path, planted_db):
