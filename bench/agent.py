@@ -233,17 +233,19 @@ def report(name: str, result: dict[str, Any]) -> None:
                   f"shuffled {_fmt(v['shuffled_null'])}, constant {_fmt(v['constant_null'])}")
 
 
-def neurons_and_control(tmp: Path, args: argparse.Namespace, cfg: LLMConfig, base: dict[str, Any]
-                        ) -> dict[str, Any]:
+def neurons_and_control(tmp: Path, args: argparse.Namespace, cfg: LLMConfig, base: dict[str, Any],
+                        result: dict[str, Any]) -> None:
     """Real neurons (judges and behaviour on), then the same strategies on their random-init control (the
-    `control` command's collect settings: same model, hook, tokens and sampling, initialisation weights)."""
+    `control` command's collect settings: same model, hook, tokens and sampling, initialisation weights);
+    each written to --out as it finishes."""
     ndb, ndid, neurons = build_neurons(tmp, args.tokens, args.features)
     real = {**base, "judge": True, "n_judge": args.n_judge, "judge_quiet": 0.1}  # dense neurons: as the demo
-    out = {"neurons": compare(ndb, ndid, neurons, cfg, real, tmp, None, NEURON_METRICS)}
+    result["neurons"] = compare(ndb, ndid, neurons, cfg, real, tmp, None, NEURON_METRICS)
+    result["loadavg_after_neurons"] = Path("/proc/loadavg").read_text().split()[:3]
+    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     control = collect_stage(ndb, control_config(ndb, ndid))
-    out["random_init"] = compare(ndb, control.dictionary_id, neurons, cfg, real, tmp / "control", None,
-                                 NEURON_METRICS)
-    return out
+    result["random_init"] = compare(ndb, control.dictionary_id, neurons, cfg, real, tmp / "control", None,
+                                    NEURON_METRICS)
 
 
 def main() -> None:
@@ -295,8 +297,7 @@ def run_all(tmp: Path, args: argparse.Namespace, cfg: LLMConfig, base: dict[str,
         result["planted"] = compare(pdb, pdid, firing, cfg, base, tmp, truth)
         Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     if args.features:
-        result.update(neurons_and_control(tmp, args, cfg, base))
-        result["loadavg_after_neurons"] = Path("/proc/loadavg").read_text().split()[:3]
+        neurons_and_control(tmp, args, cfg, base, result)
 
 
 if __name__ == "__main__":
