@@ -72,6 +72,7 @@ class AgentStep(Record):
     code: str | None = None
     error: str | None = None
     explanation_id: str | None = None
+    temperature: float | None = None  # a candidate: the temperature it was asked at
 
 
 class Context(Record):

@@ -9,6 +9,8 @@ Two endpoints:
   agent can find Y only from the probe activations. This measures the machinery, not an LLM.
 - `embedded`: the embedded default (SmolLM2-135M-Instruct on llama.cpp) as explainer and simulator, on the same
   planted dictionary and on real SmolLM2-135M MLP neurons; reported as it comes out, gain or none.
+Real neurons (`--features N`, either endpoint) are also judged (detection, fuzzing) and behaviour-scored, and every
+strategy runs again on their random-init control (the `control` command's collect settings).
 
 For each strategy: recovery (planted: the final label is the true description, exactly), correlation_gain on the
 scoring contexts (the label's correlation minus the constant label's), the paired gain over one-shot per feature
@@ -16,7 +18,7 @@ with a bootstrap 95% CI, the shuffled and constant null labels' correlation besi
 simulator requests and tokens per feature spent making the label (scoring excluded). Writes bench/results/agent.json.
 
     python bench/agent.py                      # scripted, about a minute
-    python bench/agent.py --endpoint embedded --features 4
+    python bench/agent.py --endpoint embedded --light --planted-features 0 --features 2
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autointerp import store  # noqa: E402
+from autointerp.behaviour.stage import behaviour_stage  # noqa: E402
 from autointerp.collect import planted  # noqa: E402
 from autointerp.collect.planted_stage import planted_stage  # noqa: E402
 from autointerp.collect.stage import collect_stage  # noqa: E402
-from autointerp.config import CollectConfig, LabelConfig, LLMConfig  # noqa: E402
+from autointerp.config import BehaviourConfig, CollectConfig, LabelConfig, LLMConfig  # noqa: E402
 from autointerp.label import scoring  # noqa: E402
 from autointerp.label.stage import label_stage, open_llm  # noqa: E402
+from autointerp.pipeline import control_config  # noqa: E402
 from tests.llm_server import LoopbackLLM, Reply  # noqa: E402
 from tests.unit.test_agent import _marked_words, echo_reply  # noqa: E402
 from tests.unit.test_planted import _echo_target, _key, prior  # noqa: E402
@@ -132,17 +136,28 @@ def _ci(values: list[float]) -> list[float] | None:
     return [float(v.mean()), low, high]
 
 
-def _rows(db: Path, did: int) -> list[tuple]:
+PLANTED_METRICS = ("correlation_gain",)
+# Real features: detection / fuzzing (the judges) and behaviour as well; each from the labels view.
+NEURON_METRICS = ("correlation_gain", "detection", "fuzzing", "behaviour")
+
+
+def _rows(db: Path, did: int, metrics: tuple[str, ...]) -> list[tuple]:
     with store.open_store(db, read_only=True) as con:
-        _, rows = store.query(con, "SELECT feature, explainer, label, correlation_gain, correlation_top_random "
+        _, rows = store.query(con, f"SELECT feature, explainer, label, correlation_top_random, {', '.join(metrics)} "
                                    f"FROM labels WHERE dictionary_id = {did} AND status = 'ok'")
     return rows
 
 
+def _usage(db: Path, did: int, n: int) -> dict[str, dict[str, float]]:
+    with store.open_store(db, read_only=True) as con:
+        return {u.role: {"requests_per_feature": u.calls / n, "tokens_per_feature": u.tokens / n,
+                         "cost_usd_per_feature": u.cost_usd / n} for u in store.call_usage(con, did)}
+
+
 def run_strategy(src: Path, did: int, features: list[int], strategy: str, llm_cfg: LLMConfig,
-                 base: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Label `features` with `strategy` on a copy of `src`, then score; the cost of making the labels, and
-    each label's scores, beside the null labels'."""
+                 base: dict[str, Any], tmp: Path, metrics: tuple[str, ...]) -> dict[str, Any]:
+    """Label `features` with `strategy` on a copy of `src`, then score (and behaviour-score where `metrics`
+    ask for it); the cost of making the labels, and each label's scores, beside the null labels'."""
     db = tmp / f"{src.stem}-{strategy}.duckdb"
     shutil.copy(src, db)
     cfg = LabelConfig(strategy=strategy, **{**base, **STRATEGIES[strategy]})  # type: ignore[arg-type]
@@ -150,36 +165,47 @@ def run_strategy(src: Path, did: int, features: list[int], strategy: str, llm_cf
     with open_llm(llm_cfg) as session:  # a session per stage: its client belongs to the stage's event loop
         label_stage(db, did, features, cfg, session, score_stage=False, concurrency=llm_cfg.concurrency)
     seconds = time.time() - t0
-    with store.open_store(db, read_only=True) as con:
-        usage = {u.role: {"requests_per_feature": u.calls / len(features),
-                          "tokens_per_feature": u.tokens / len(features)} for u in store.call_usage(con, did)}
+    usage = _usage(db, did, len(features))
     with open_llm(llm_cfg) as session:
         label_stage(db, did, features, cfg, session, concurrency=llm_cfg.concurrency)
         model = session.explainer_model
-    rows = _rows(db, did)
-    labels = {r[0]: (r[2], r[3]) for r in rows if r[1] == model}
-    return {"labels": {f: lab for f, (lab, _) in labels.items()},
-            "gain": {f: g for f, (_, g) in labels.items() if g is not None},
-            "shuffled_gain": [r[3] for r in rows if r[1].startswith("null:shuffled") and r[3] is not None],
-            "constant_correlation": [r[4] for r in rows if r[1] == "null:constant" and r[4] is not None],
+    if "behaviour" in metrics:
+        behaviour_stage(db, did, BehaviourConfig(n_boot=200, device="cpu"), None)  # type: ignore[call-arg]
+    rows = _rows(db, did, metrics)
+    mine = {r[0]: r for r in rows if r[1] == model}
+    k = {m: 4 + i for i, m in enumerate(metrics)}
+    return {"labels": {f: r[2] for f, r in mine.items()},
+            "scores": {m: {f: r[k[m]] for f, r in mine.items() if r[k[m]] is not None} for m in metrics},
+            "shuffled": {m: [r[k[m]] for r in rows if r[1].startswith("null:shuffled") and r[k[m]] is not None]
+                         for m in metrics},
+            "constant": {m: [r[k[m]] for r in rows if r[1] == "null:constant" and r[k[m]] is not None]
+                         for m in metrics},
+            "constant_correlation": [r[3] for r in rows if r[1] == "null:constant" and r[3] is not None],
             "making_the_label": usage, "seconds_making_labels": seconds}
 
 
+def _metric_rows(r: dict[str, Any], one: dict[str, Any], features: list[int], first: bool) -> dict[str, Any]:
+    """Per metric: the strategy's mean and CI, its paired difference from one-shot, and the nulls'."""
+    out = {}
+    for m, values in r["scores"].items():
+        paired = [values[f] - one["scores"][m][f] for f in features if f in values and f in one["scores"][m]]
+        out[m] = {"value": _ci(list(values.values())), "paired_over_one_shot": None if first else _ci(paired),
+                  "shuffled_null": _ci(r["shuffled"][m]), "constant_null": _ci(r["constant"][m])}
+    return out
+
+
 def compare(src: Path, did: int, features: list[int], llm_cfg: LLMConfig, base: dict[str, Any], tmp: Path,
-            truth: dict[int, str] | None) -> dict[str, Any]:
-    """Every strategy on the same features; gains paired with one-shot's on each feature."""
-    runs = {s: run_strategy(src, did, features, s, llm_cfg, base, tmp) for s in STRATEGIES}
+            truth: dict[int, str] | None, metrics: tuple[str, ...] = PLANTED_METRICS) -> dict[str, Any]:
+    """Every strategy on the same features; scores paired with one-shot's on each feature."""
+    runs = {s: run_strategy(src, did, features, s, llm_cfg, base, tmp, metrics) for s in STRATEGIES}
     out: dict[str, Any] = {"features": features, "strategies": {}}
     one = runs["one-shot"]
     for s, r in runs.items():
         row: dict[str, Any] = {
-            "correlation_gain": _ci(list(r["gain"].values())),
-            "shuffled_null_gain": _ci(r["shuffled_gain"]),
+            "metrics": _metric_rows(r, one, features, s == "one-shot"),
             "constant_null_correlation": _ci(r["constant_correlation"]),
             "making_the_label": r["making_the_label"], "seconds_making_labels": r["seconds_making_labels"],
             "labels": r["labels"]}
-        paired = [r["gain"][f] - one["gain"][f] for f in features if f in r["gain"] and f in one["gain"]]
-        row["paired_gain_over_one_shot"] = _ci(paired) if s != "one-shot" else None
         if truth is not None:
             hits = [float(_key(r["labels"].get(f) or "") == _key(truth[f])) for f in features]
             row["recovery"] = _ci(hits)
@@ -201,16 +227,34 @@ def report(name: str, result: dict[str, Any]) -> None:
                           for role, u in r["making_the_label"].items())
         rec = f" recovery {_fmt(r['recovery'])} (paired {_fmt(r['paired_recovery_over_one_shot'])})" \
             if "recovery" in r else ""
-        print(f"  {s:10} gain {_fmt(r['correlation_gain'])} paired {_fmt(r['paired_gain_over_one_shot'])}{rec}")
-        print(f"  {'':10} nulls: shuffled gain {_fmt(r['shuffled_null_gain'])}, constant correlation "
-              f"{_fmt(r['constant_null_correlation'])}; per feature: {usage}")
+        print(f"  {s:10}{rec}; per feature: {usage}")
+        for m, v in r["metrics"].items():
+            print(f"  {'':10} {m:17} {_fmt(v['value'])} paired {_fmt(v['paired_over_one_shot'])}; nulls: "
+                  f"shuffled {_fmt(v['shuffled_null'])}, constant {_fmt(v['constant_null'])}")
+
+
+def neurons_and_control(tmp: Path, args: argparse.Namespace, cfg: LLMConfig, base: dict[str, Any],
+                        result: dict[str, Any]) -> None:
+    """Real neurons (judges and behaviour on), then the same strategies on their random-init control (the
+    `control` command's collect settings: same model, hook, tokens and sampling, initialisation weights);
+    each written to --out as it finishes."""
+    ndb, ndid, neurons = build_neurons(tmp, args.tokens, args.features)
+    real = {**base, "judge": True, "n_judge": args.n_judge, "judge_quiet": 0.1}  # dense neurons: as the demo
+    result["neurons"] = compare(ndb, ndid, neurons, cfg, real, tmp, None, NEURON_METRICS)
+    result["loadavg_after_neurons"] = Path("/proc/loadavg").read_text().split()[:3]
+    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    control = collect_stage(ndb, control_config(ndb, ndid))
+    result["random_init"] = compare(ndb, control.dictionary_id, neurons, cfg, real, tmp / "control", None,
+                                    NEURON_METRICS)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--endpoint", choices=["scripted", "embedded"], default="scripted")
     ap.add_argument("--tokens", type=int, default=30_000)
-    ap.add_argument("--features", type=int, default=4, help="embedded: real neurons labelled")
+    ap.add_argument("--features", type=int, default=2, help="real SmolLM2-135M neurons labelled (0: none), each "
+                    "strategy also on their random-init control")
+    ap.add_argument("--n-judge", type=int, default=5, help="detection / fuzzing excerpts per label (real neurons)")
     ap.add_argument("--planted-features", type=int, default=8,
                     help="planted features labelled: the last N that fire (the 'X right after Y' rules come last)")
     ap.add_argument("--out", default="bench/results/agent.json")
@@ -218,35 +262,42 @@ def main() -> None:
                     "features: what fits in minutes on 2 CPU cores with the embedded model")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    (tmp / "control").mkdir()
     base = {"n_sim_top": 6, "n_sim_random": 6, "n_boot": 200, "judge": False, "null_samples": 4, "baseline": False}
     if args.light:
         STRATEGIES.update({"best-of-k": {"k": 2}, "agent": {"k": 2, "agent_rounds": 1, "agent_probes": 2}})
         base.update(n_sim_top=4, n_sim_random=4, null_samples=2)
     result: dict[str, Any] = {"endpoint": args.endpoint, "tokens": args.tokens, "strategy_settings": STRATEGIES,
-                              "label_settings": base}
+                              "label_settings": base, "n_judge": args.n_judge}
     t0 = time.time()
-    pdb, pdid, firing = build_planted(tmp, args.tokens)
-    firing = firing[-args.planted_features:]
-    with store.open_store(pdb, read_only=True) as con:
-        truth = {t.feature: t.description for t in store.planted_truth(con, pdid)}
     if args.endpoint == "scripted":
         with LoopbackLLM(script) as llm:
             cfg = LLMConfig(base_urls=(llm.base_url,), explainer_model="m-explain", simulator_model="m-sim")
-            result["planted"] = compare(pdb, pdid, firing, cfg, {**base, "n_sim_fewshot": 0}, tmp, truth)
+            run_all(tmp, args, cfg, {**base, "n_sim_fewshot": 0}, result)
     else:
-        cfg = LLMConfig(concurrency=2)  # type: ignore[call-arg]
-        result["planted"] = compare(pdb, pdid, firing, cfg, base, tmp, truth)
-        Path(args.out).write_text(json.dumps(result, indent=1, default=str))  # kept if the neurons run is cut short
-        if args.features:
-            ndb, ndid, neurons = build_neurons(tmp, args.tokens, args.features)
-            result["neurons"] = compare(ndb, ndid, neurons, cfg, base, tmp, None)
+        run_all(tmp, args, LLMConfig(concurrency=2), base, result)  # type: ignore[call-arg]
     result["seconds"] = time.time() - t0
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-    for name in ("planted", "neurons"):
+    for name in ("planted", "neurons", "random_init"):
         if name in result:
             report(name, result[name])
     Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     print(f"\n{result['seconds']:.0f}s, load {' '.join(result['loadavg'])} -> {args.out}")
+
+
+def run_all(tmp: Path, args: argparse.Namespace, cfg: LLMConfig, base: dict[str, Any], result: dict[str, Any]
+            ) -> None:
+    """The planted comparison, then real neurons and their random-init control; each part is written to
+    --out as it finishes, so a run cut short keeps what it measured."""
+    if args.planted_features:
+        pdb, pdid, firing = build_planted(tmp, args.tokens)
+        firing = firing[-args.planted_features:]
+        with store.open_store(pdb, read_only=True) as con:
+            truth = {t.feature: t.description for t in store.planted_truth(con, pdid)}
+        result["planted"] = compare(pdb, pdid, firing, cfg, base, tmp, truth)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    if args.features:
+        neurons_and_control(tmp, args, cfg, base, result)
 
 
 if __name__ == "__main__":

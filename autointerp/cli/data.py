@@ -105,6 +105,7 @@ def _show_steps(steps: list[Any], scale: float, color: bool) -> None:
             click.echo(f"\n== {s.strategy} steps: {s.explainer} (settings {s.settings_hash}) ==")
         cal = f"calibration {s.calibration_score:.3f}" if s.calibration_score is not None else ""
         head = f"#{s.step} round {s.round} {s.kind:<9} {s.status:<6} {cal:<17} tokens {s.prompt_tokens}+{s.completion_tokens}"
+        head += f" t={s.temperature:g}" if s.temperature is not None else ""
         if s.status != "ok":
             click.echo(f"{head} | {s.code}: {(s.error or '')[:120]}")
         elif s.kind != "probe":

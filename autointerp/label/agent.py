@@ -21,7 +21,7 @@ import numpy as np
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig, settings_hash
 from autointerp.errors import BadInput
-from autointerp.label import evidence, explain, probes, scoring
+from autointerp.label import evidence, explain, negatives, probes, scoring
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.simulators import Ask
 from autointerp.label.units import Settings, scoring_contexts, send
@@ -67,26 +67,39 @@ class Agent:
     explainer_model: str
     simulator_model: str
     subjects: probes.Subjects
-    _outputs_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _outputs_ready: set[int] = field(default_factory=set)
+    _evidence_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _evidence_ready: set[tuple[str, int]] = field(default_factory=set)
+
+    async def _once(self, kind: str, dictionary_id: int, done: Callable[[Any], bool],
+                    make: Callable[[probes.Loaded], None]) -> None:
+        """Compute and store a dictionary's `kind` of evidence on first need, unless it is stored already."""
+        async with self._evidence_lock:
+            if (kind, dictionary_id) not in self._evidence_ready:
+                with store.open_store(self.db, wait_s=600) as con:
+                    stored = done(con)
+                if not stored:
+                    await asyncio.to_thread(make, await self.subjects.loaded(dictionary_id))
+                self._evidence_ready.add((kind, dictionary_id))
 
     async def outputs(self, dictionary_id: int, feature: int) -> dict[str, list[tuple[str, float]]]:
         """The feature's output-side evidence, computed and stored once per dictionary on first need."""
-        async with self._outputs_lock:
-            if dictionary_id not in self._outputs_ready:
-                with store.open_store(self.db, wait_s=600) as con:
-                    done = store.has_output_tokens(con, dictionary_id)
-                if not done:
-                    rows = await asyncio.to_thread(evidence.output_rows, await self.subjects.loaded(dictionary_id))
-                    if rows:
-                        await asyncio.to_thread(self._store_outputs, dictionary_id, rows)
-                self._outputs_ready.add(dictionary_id)
+        await self._once("outputs", dictionary_id, partial(store.has_output_tokens, dictionary_id=dictionary_id),
+                         partial(self._store_outputs, dictionary_id))
         with store.open_store(self.db, wait_s=600) as con:
             return store.output_tokens(con, dictionary_id, feature)
 
-    def _store_outputs(self, dictionary_id: int, rows: list[tuple[int, str, int, int, str, float]]) -> None:
+    def _store_outputs(self, dictionary_id: int, loaded: probes.Loaded) -> None:
+        rows = evidence.output_rows(loaded)
+        if rows:
+            with store.open_store(self.db, wait_s=600) as con:
+                store.add_output_tokens(con, dictionary_id, rows)
+
+    async def hard_negatives(self, dictionary_id: int, feature: int) -> list[store.HardNegative]:
+        """The feature's hard negatives, the dictionary's computed and stored once on first need."""
+        await self._once("negatives", dictionary_id, partial(store.has_neighbours, dictionary_id=dictionary_id),
+                         partial(negatives.compute, self.db))
         with store.open_store(self.db, wait_s=600) as con:
-            store.add_output_tokens(con, dictionary_id, rows)
+            return store.hard_negatives(con, dictionary_id, feature)
 
     @property
     def cfg(self) -> LabelConfig:
@@ -111,6 +124,7 @@ class FeatureRun:
         self.n = 0
         self.best: AgentStep | None = None
         self.outputs: dict[str, list[tuple[str, float]]] = {}
+        self.negatives: list[store.HardNegative] = []
 
     def _step(self, kind: str, rnd: int, **values: Any) -> AgentStep:
         return AgentStep(dictionary_id=self.fc.dictionary_id, feature=self.fc.feature,
@@ -127,7 +141,7 @@ class FeatureRun:
             if before.code != BUDGET_STOPPED:
                 self.n += 1
                 return before
-            make = partial(self._calibrated, before.text or "", before.prompt or "", [])
+            make = partial(self._finish_stopped, before)
         try:
             values, calls = await make()
         except StepStopped as stop:
@@ -168,10 +182,11 @@ class FeatureRun:
                 self.fc, self.agent.explainer_model, phash, None, explain.NO_CONTEXTS, FailureCode.NO_CONTEXTS))
         self.stored = await asyncio.to_thread(self._read)
         self.outputs = await self.agent.outputs(self.fc.dictionary_id, self.fc.feature)
+        self.negatives = await self.agent.hard_negatives(self.fc.dictionary_id, self.fc.feature)
         for i in range(self.cfg.k):
             self._consider(await self.step("candidate", 0, partial(self._candidate, i)))
         if self.cfg.strategy == "agent" and self.best is not None:
-            await self._rounds(evidence.explain_messages(self.fc, contexts, self.outputs), self.best.text or "")
+            await self._rounds(evidence.explain_messages(self.fc, contexts, self.outputs, self.negatives), self.best.text or "")
         choice = await self.step("choice", self.cfg.agent_rounds if self.cfg.strategy == "agent" else 0,
                                  self._choice)
         if choice.status != "ok":
@@ -202,9 +217,9 @@ class FeatureRun:
     # ------------------------------------------------------------ the steps
 
     async def _ask(self, part: str, messages: list[dict[str, str]], parse: Callable[[LLMReply], Any],
-                   reask: str, max_tokens: int) -> tuple[Any, list[CallRow]]:
+                   reask: str, max_tokens: int, temperature: float = 0.0) -> tuple[Any, list[CallRow]]:
         ask = Ask(part, bodies.CHAT_URL, "explainer", bodies.chat_body(self.agent.explainer_model, messages,
-                                                                       max_tokens), parse,
+                                                                       max_tokens, temperature), parse,
                   max_reasks=self.cfg.max_reasks, reask=reask)
         return await send(self.agent.client, ask)
 
@@ -216,6 +231,15 @@ class FeatureRun:
         except LLMFailure as exc:
             return {"status": "failed", "prompt": prompt, "code": exc.code, "error": str(exc)[:1000]}, exc.calls
         return await self._calibrated(label, prompt, calls)
+
+    async def _finish_stopped(self, before: AgentStep) -> tuple[dict[str, Any], list[CallRow]]:
+        """A step the budget stopped inside, finished from its stored label (its temperature kept)."""
+        try:
+            values, calls = await self._calibrated(before.text or "", before.prompt or "", [])
+        except StepStopped as stop:
+            stop.values["temperature"] = before.temperature
+            raise
+        return {**values, "temperature": before.temperature}, calls
 
     async def _calibrated(self, label: str, prompt: str, calls: list[CallRow]) -> tuple[dict[str, Any], list[CallRow]]:
         """The step's values once `label` is simulated on the calibration contexts (StepStopped: the budget ran
@@ -230,9 +254,17 @@ class FeatureRun:
         return values, calls + sim_calls
 
     async def _candidate(self, i: int) -> tuple[dict[str, Any], list[CallRow]]:
-        messages = evidence.explain_messages(self.fc, evidence.candidate_contexts(self.fc, self.cfg, i), self.outputs)
-        return await self._labelled(self._ask("explain", messages, _label_of, "explain.reask", explain.MAX_TOKENS),
-                                    json.dumps(messages))
+        messages = evidence.explain_messages(self.fc, evidence.candidate_contexts(self.fc, self.cfg, i), self.outputs,
+                                             self.negatives)
+        t = evidence.candidate_temperature(i)
+        try:
+            values, calls = await self._labelled(
+                self._ask("explain", messages, _label_of, "explain.reask", explain.MAX_TOKENS, t),
+                json.dumps(messages))
+        except StepStopped as stop:
+            stop.values["temperature"] = t
+            raise
+        return {**values, "temperature": t}, calls
 
     async def _probe(self, request: list[dict[str, str]]) -> tuple[dict[str, Any], list[CallRow]]:
         try:

@@ -9,19 +9,30 @@ import random
 from typing import Any
 
 from autointerp.config import LabelConfig
-from autointerp.label import explain
+from autointerp.label import explain, negatives
 from autointerp.llm import prompts
 from autointerp.records import Context, FeatureContexts
+from autointerp.store import HardNegative
 
-AGENT_TEMPLATES = ("agent.probe", "agent.probe_reask", "agent.revise", "agent.outputs")
+AGENT_TEMPLATES = ("agent.probe", "agent.probe_reask", "agent.revise", "agent.outputs", "agent.negatives")
 N_OUTPUT_TOKENS = 10  # promoted and suppressed tokens each, per feature
+# Candidate i's temperature: 0 for the first (the one-shot evidence, asked as one-shot asks it), then rising
+# so later candidates differ in wording as well as in evidence; capped at 1. Probes and revisions use 0.
+TEMPERATURES = (0.0, 0.5, 0.7, 0.9, 1.0)
 
 
 def strategy_hash(cfg: LabelConfig) -> str:
     """The prompt hash of a best-of-k or agent explanation: the templates, the excerpt format and the
     strategy's settings (another k is another explanation)."""
-    version = explain.FORMAT_VERSIONS[explain.EXCERPT_FORMAT] + json.dumps(cfg.strategy_settings(), sort_keys=True)
+    version = (explain.FORMAT_VERSIONS[explain.EXCERPT_FORMAT] + json.dumps(cfg.strategy_settings(), sort_keys=True)
+               + negatives.VERSION + json.dumps(negatives.SETTINGS, sort_keys=True)
+               + "temperatures" + json.dumps([candidate_temperature(i) for i in range(cfg.k)]))
     return prompts.templates_hash(*explain.EXPLAIN_TEMPLATES, *AGENT_TEMPLATES, version=version)
+
+
+def candidate_temperature(i: int) -> float:
+    """The temperature candidate `i` is asked at (TEMPERATURES, the last repeated)."""
+    return TEMPERATURES[min(i, len(TEMPERATURES) - 1)]
 
 
 def candidate_contexts(fc: FeatureContexts, cfg: LabelConfig, i: int) -> list[Context]:
@@ -47,12 +58,14 @@ def outputs_block(outputs: dict[str, list[tuple[str, float]]] | None) -> str:
 
 
 def explain_messages(fc: FeatureContexts, contexts: list[Context],
-                     outputs: dict[str, list[tuple[str, float]]] | None = None) -> list[dict[str, str]]:
-    """The candidate request: the excerpts, and the output-side evidence where the dictionary has it."""
+                     outputs: dict[str, list[tuple[str, float]]] | None = None,
+                     hard_negatives: list[HardNegative] | None = None) -> list[dict[str, str]]:
+    """The candidate request: the excerpts, with the output-side evidence and the hard negatives where the
+    feature has them."""
     user = prompts.render("explain.user", excerpts=explain.format_excerpts(contexts, fc.max_act))
-    block = outputs_block(outputs)
+    blocks = [b for b in (outputs_block(outputs), negatives.negatives_block(hard_negatives or [])) if b]
     return [{"role": "system", "content": prompts.render("explain.system")},
-            {"role": "user", "content": f"{block}\n\n{user}" if block else user}]
+            {"role": "user", "content": "\n\n".join([*blocks, user])}]
 
 
 def output_rows(loaded: Any) -> list[tuple[int, str, int, int, str, float]]:

@@ -266,7 +266,7 @@ async def send(client: LLMClient, ask: Ask) -> tuple[Any, list[CallRow]]:
         return ask.parse(reply), reply.calls
     return await llm.ask_parsed(client, ask.parse, role=ask.role, model=b["model"], messages=b["messages"],
                                 max_tokens=b["max_tokens"], reask=ask.reask, max_reasks=ask.max_reasks,
-                                top_logprobs=b.get("top_logprobs"))
+                                top_logprobs=b.get("top_logprobs"), temperature=b.get("temperature", 0.0))
 
 
 async def send_all(client: LLMClient, asks: list[Ask], answers: dict[str, Any], calls: list[CallRow],

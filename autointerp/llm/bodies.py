@@ -19,6 +19,10 @@ class ListRefused(Exception):
     """The endpoint does not take a list of prompts in one completions request."""
 
 
+class TemperatureRefused(Exception):
+    """The endpoint refused the request's temperature: the request is sent again without it."""
+
+
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 

@@ -30,6 +30,7 @@ from autointerp.errors import BadInput
 from autointerp.llm.bodies import (
     ListRefused,
     MalformedResponse,
+    TemperatureRefused,
     chat_body,
     completion_body,
     loads,
@@ -95,7 +96,7 @@ def _retryable(exc: BaseException) -> bool:
     A 400/401/403/404 fails the same way every time, and an exception of ours is a bug: not retried."""
     if isinstance(exc, HTTPStatusError):
         return exc.status_code in (408, 429) or exc.status_code >= 500
-    return isinstance(exc, Timeout | ConnectionFailed | MalformedResponse)
+    return isinstance(exc, Timeout | ConnectionFailed | MalformedResponse | TemperatureRefused)
 
 
 def public_url(url: str) -> str:
@@ -139,6 +140,8 @@ class _Wait:
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TemperatureRefused):
+            return 0.0
         ra = _retry_after(exc)
         return min(ra, self.cap_s) if ra is not None else self.backoff(state)
 
@@ -181,6 +184,8 @@ class OpenAICompatibleClient:
         self._turn = itertools.count()
         # Per endpoint: does it take a list of prompts in one completions request? None: not tried yet.
         self.list_prompts: dict[str, bool | None] = {url: None for url, _ in self._clients}
+        # Endpoints that refused a temperature (HTTP 400 naming it): later requests leave it to their default.
+        self.refuses_temperature: set[str] = set()
         self._probe: tuple[Any, asyncio.Lock] | None = None  # (its event loop, the lock)
         self._probed = False
         self.max_attempts = max_attempts
@@ -209,20 +214,27 @@ class OpenAICompatibleClient:
         """`payload` POSTed to `path` of an endpoint in turn, retried; `parse(body)` -> (text, logprobs, usage)."""
         calls: list[CallRow] = []
         phash = prompt_hash(payload)
+        # Sent where an endpoint has refused a temperature: its default instead.
+        without_temperature = {k: v for k, v in payload.items() if k != "temperature"}
 
         async def attempt() -> LLMReply:
             self.budget.check()
             url, endpoint = self._pick(lists)
             start = time.monotonic()
             try:
-                text, logprobs, usage = parse(loads(await endpoint.post(path, payload)))
+                body = payload if url not in self.refuses_temperature else without_temperature
+                text, logprobs, usage = parse(loads(await endpoint.post(path, body)))
             except Exception as exc:
+                reason = _reason(exc, self._secret)
                 if lists and _refuses_list(exc):
                     self.list_prompts[url] = False
-                    exc = ListRefused(f"{url} takes one prompt per request ({_reason(exc, self._secret)})")
+                    exc = ListRefused(f"{url} takes one prompt per request ({reason})")
+                elif "temperature" in payload and url not in self.refuses_temperature and _refuses_temperature(exc):
+                    self.refuses_temperature.add(url)
+                    exc = TemperatureRefused(reason)  # retried at once without it
                 calls.append(new_call(role, model, url, phash, 0, 0, time.monotonic() - start, 0.0,
-                                      _reason(exc, self._secret)))
-                if isinstance(exc, ListRefused):
+                                      reason if isinstance(exc, TemperatureRefused) else _reason(exc, self._secret)))
+                if isinstance(exc, ListRefused | TemperatureRefused):
                     raise exc from None
                 raise
             if lists:
@@ -323,7 +335,15 @@ class OpenAICompatibleClient:
     def endpoint_notes(self) -> list[str]:
         """What the summary says about the endpoints: those found to take one prompt per request."""
         return [f"{url} takes one prompt per completions request: simulation sent one request per context"
-                for url, ok in self.list_prompts.items() if ok is False]
+                for url, ok in self.list_prompts.items() if ok is False] + [
+            f"{url} refused a temperature (HTTP 400): its default temperature was used from then on, so best-of-k "
+            "candidates there vary by evidence only" for url in sorted(self.refuses_temperature)]
+
+
+def _refuses_temperature(exc: BaseException) -> bool:
+    """The endpoint's 400 to a request's temperature (reasoning models take only their default)."""
+    return isinstance(exc, HTTPStatusError) and exc.status_code in (400, 422) \
+        and "temperature" in str(exc.message).lower()
 
 
 def _refuses_list(exc: BaseException) -> bool:
@@ -334,7 +354,7 @@ def _refuses_list(exc: BaseException) -> bool:
 
 async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role: str, model: str,
                      messages: list[dict[str, str]], max_tokens: int, reask: str, max_reasks: int,
-                     top_logprobs: int | None = None) -> tuple[T, list[CallRow]]:
+                     top_logprobs: int | None = None, temperature: float = 0.0) -> tuple[T, list[CallRow]]:
     """One chat request whose reply must parse: `parse` raises ValueError saying what is wrong, and the
     model is re-asked with prompts/REASK.txt ($problem) at most `max_reasks` times. Returns the parsed
     value and every attempt's record; raises LLMFailure (with the calls and a code) otherwise."""
@@ -343,7 +363,7 @@ async def ask_parsed(client: LLMClient, parse: Callable[[LLMReply], T], *, role:
     for _ in range(1 + max_reasks):
         try:
             reply = await client.chat(role=role, model=model, messages=messages, max_tokens=max_tokens,
-                                      top_logprobs=top_logprobs)
+                                      temperature=temperature, top_logprobs=top_logprobs)
         except LLMFailure as exc:
             raise LLMFailure(str(exc), calls + exc.calls, exc.code) from None
         calls += reply.calls

@@ -9,6 +9,7 @@ these named functions with typed records; none builds SQL.
 - `planted`: planted dictionaries' truth and the scores `check-llm` reads
 - `agent`: the labelling agent's steps
 - `roles`: roles stopped for unusable replies, remembered across runs
+- `neighbours`: nearest neighbours and hard negatives per dictionary
 - `reads`: status, compare, export and report reads
 """
 
@@ -57,6 +58,14 @@ from autointerp.store.db import (
     migrate,
     open_store,
     transaction,
+)
+from autointerp.store.neighbours import (
+    HardNegative,
+    add_neighbours,
+    explain_sequences,
+    feature_max_acts,
+    hard_negatives,
+    has_neighbours,
 )
 from autointerp.store.planted import (
     LabelScore,
@@ -127,4 +136,6 @@ __all__ = [
     "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
     "planted_scores", "planted_truth",
     "check_where", "unique_columns", "insert_bundles", "RoleStop", "add_role_stops", "role_stops",
+    "check_where", "unique_columns",
+    "HardNegative", "add_neighbours", "explain_sequences", "feature_max_acts", "hard_negatives", "has_neighbours",
 ]

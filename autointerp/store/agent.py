@@ -10,7 +10,7 @@ from autointerp.store.db import Connection, insert_rows, transaction
 
 _COLUMNS = ("dictionary_id", "feature", "explainer", "strategy", "settings_hash", "step", "round", "kind", "status",
             "text", "prompt", "activations", "calibration_score", "prompt_tokens", "completion_tokens", "code",
-            "error", "explanation_id")
+            "error", "explanation_id", "temperature")
 
 
 def add_agent_step(con: Connection, step: AgentStep, calls: list[CallRow], replace_stopped: bool = False) -> None:

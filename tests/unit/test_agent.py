@@ -46,7 +46,11 @@ AGENT = dict(strategy="agent", k=2, agent_rounds=1, agent_probes=4, n_sim_fewsho
 
 @pytest.fixture(scope="module")
 def planted_db(tmp_path_factory, tiny_model_dir, corpus_file) -> Path:
-    tmp = tmp_path_factory.mktemp("agent")
+    return make_planted_db(tmp_path_factory.mktemp("agent"), tiny_model_dir, corpus_file)
+
+
+def make_planted_db(tmp: Path, tiny_model_dir: Path, corpus_file: Path) -> Path:
+    """The planted dictionary of RULES, collected from the test corpus with the tiny model's tokenizer."""
     rules = tmp / "rules.json"
     rules.write_text(json.dumps(RULES))
     db = tmp / "planted.duckdb"
@@ -231,6 +235,12 @@ def _mark_holdout(db: Path) -> None:
             if tag:
                 con.execute("UPDATE sequences SET tokens = list_concat([tokens[1] || ?], tokens[2:]) WHERE seq = ?",
                             [tag, seq])
+        # Every other holdout sequence too (ZZHOLD at its first token and at every 'the'), so a hard negative
+        # drawn from the holdout split would show its tag wherever its window falls.
+        con.execute("UPDATE sequences SET tokens = list_transform(tokens, lambda t: CASE WHEN trim(lower(t)) = 'the' "
+                    "THEN t || 'ZZHOLD' ELSE t END) WHERE split = 'holdout'")
+        con.execute("UPDATE sequences SET tokens = list_concat([tokens[1] || 'ZZHOLD'], tokens[2:]) "
+                    "WHERE split = 'holdout' AND NOT contains(tokens[1], 'ZZ')")
     finally:
         con.close()
 
@@ -247,7 +257,10 @@ def test_no_holdout_text_reaches_the_explainer_and_scoring_contexts_stay_untouch
     stored = [r[0] for r in query(db, "SELECT prompt FROM agent_steps WHERE prompt IS NOT NULL")]
     assert stored and explain_requests
     for text in stored + explain_requests:
-        assert "ZZCAL" not in text and "ZZSCORE" not in text
+        assert "ZZCAL" not in text and "ZZSCORE" not in text and "ZZHOLD" not in text
+    # The hard negatives (explain-split contexts where the neighbour 'the' fires) reach the candidates.
+    assert query(db, "SELECT count(*) FROM hard_negatives WHERE feature = ?", [FEATURE])[0][0] > 0
+    assert any("Contexts where features similar to this one fire" in t for t in explain_requests)
     assert any("ZZCAL" in t for t in sim_requests) and not any("ZZSCORE" in t for t in sim_requests)
     assert any("ZZSCORE" in t for t in scored)  # the tags are visible where they belong
 

@@ -1,15 +1,18 @@
 """The agent on a model's features (the tiny model's layer-0 MLP neurons): probe texts read at the hook give
-the activations collection stored for the same tokens, long probes are cut at ctx_len, and the output-side
-evidence is W_out·W_U, stored once per dictionary and shown to the explainer."""
+the activations collection stored for the same tokens, long probes are cut at ctx_len, the output-side
+evidence is W_out·W_U, stored once per dictionary and shown to the explainer, and the hard negatives follow
+their definition on the neurons."""
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import torch
 
 from autointerp import store
 from autointerp.label import probes
+from autointerp.models import FeatureReader
 from autointerp.models.output import output_tokens
 from tests.helpers import HOOK, copy_db, query, run_label
 from tests.llm_server import LoopbackLLM, Reply, echo_logprobs
@@ -86,3 +89,27 @@ def test_the_agent_runs_on_model_features_with_output_evidence(tmp_path, collect
                                              probes.Probe("The cat sat on the mat.", False)])
     label = query(db, "SELECT label FROM explanations WHERE explainer = 'm-explain' AND feature = ?", [FEATURE])
     assert label[0][0] == steps[-1].text
+    _check_hard_negatives(db)
+
+
+def _check_hard_negatives(db) -> None:
+    """The neuron path: neighbours are the nearest by activation correlation over every explain-split token,
+    computed here independently (numpy over the reader's activations), and each hard negative is a sequence
+    where its neighbour reaches a third of its max and the feature stays at level 0."""
+    loaded, _ = _subject(db)
+    d = loaded.dictionary
+    reader = FeatureReader(loaded.model, d.hook, start=0, stop=d.n_features)
+    bos = [loaded.tokenizer.bos_token_id] if d.config.get("prepend_bos", True) else []
+    seqs = {s: ids for s, ids in query(db, "SELECT seq, token_ids FROM sequences WHERE split = 'explain'")}
+    acts = {s: reader(torch.tensor([bos + list(ids)]))[0, len(bos):].double().numpy() for s, ids in seqs.items()}
+    corr = np.corrcoef(np.concatenate(list(acts.values())).T)
+    assert query(db, "SELECT measure FROM neighbour_runs") == [("activation_correlation",)]
+    for f, n in query(db, "SELECT feature, neighbour FROM feature_neighbours WHERE rank = 0"):
+        others = np.delete(np.arange(d.n_features), f)
+        assert np.isclose(corr[f, n], corr[f, others].max(), atol=1e-6), (f, n)
+    max_act = dict(query(db, "SELECT feature, max_act FROM features"))
+    rows = query(db, "SELECT feature, seq, neighbour FROM hard_negatives")
+    assert rows  # dense neurons still have contexts where a correlated neighbour fires and they do not
+    for f, s, n in rows:
+        a = acts[s]
+        assert round(9 * a[:, f].max() / max_act[f]) == 0 and a[:, n].max() >= max_act[n] / 3 - 1e-6, (f, s, n)
