@@ -49,6 +49,15 @@ def _hash(seed: int, salt: int, a: torch.Tensor, b: tuple[torch.Tensor, bool] | 
     return (x >> 9).to(torch.float64) / float(1 << 53)
 
 
+def zeros(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """float32 zeros that cost nothing until written. On the host they are calloc'd pages the kernel maps on first
+    write: a sparse SAE's buffers fill slowly, so the slots of silent features and unfilled reservoirs cost
+    neither a memset up front nor resident memory. Elsewhere, torch.zeros."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+    return torch.zeros(shape, device=device)
+
+
 def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor:
     """True where the context goes to the holdout split."""
     return hash_uniform(seed, _SALT_SPLIT, seqs) < holdout_frac
@@ -77,11 +86,12 @@ class Batch:
             return self.acts[b, :, f]
         return self._transposed()[b, f]
 
-    def contexts(self, b: torch.Tensor) -> torch.Tensor:
-        """[F, n, L]: every feature's activations on contexts b."""
+    def write_contexts(self, b: torch.Tensor, out: torch.Tensor, slots: torch.Tensor) -> None:
+        """out[:, slots] = every feature's activations on contexts b ([F, n, L]), written in place."""
         if self.sparse is not None:
-            return self.sparse.contexts(b)
-        return self._transposed()[b].transpose(0, 1)
+            self.sparse.write_contexts(b, out, slots)
+        else:
+            out[:, slots] = self._transposed()[b].transpose(0, 1)
 
 
 @dataclass
@@ -103,8 +113,8 @@ class Ranked:
             key=torch.full((n_features, size), -math.inf if largest else math.inf, dtype=dtype, device=device),
             slot=torch.arange(size, device=device).expand(n_features, size).clone(),
             seq=torch.full((n_features, size), -1, dtype=torch.int64, device=device),
-            max=torch.zeros((n_features, size), device=device),
-            acts=torch.zeros((n_features, size, ctx_len), device=device),
+            max=zeros((n_features, size), device),
+            acts=zeros((n_features, size, ctx_len), device),
             largest=largest,
         )
 
@@ -147,8 +157,10 @@ class Ranked:
     def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(key, seq, max, acts) in sorted order, as numpy arrays (on the host)."""
         idx = self.slot
+        # Whole rows by advanced indexing: a gather would need an [F, K, L] int64 index, twice the size of acts.
+        feature = torch.arange(len(idx), device=idx.device).unsqueeze(1)
         return (self.key.cpu().numpy(), self.seq.gather(1, idx).cpu().numpy(), self.max.gather(1, idx).cpu().numpy(),
-                self.acts.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.acts.shape[2])).cpu().numpy())
+                self.acts[feature, idx].cpu().numpy())
 
     def load_sorted(self, key: torch.Tensor, seq: torch.Tensor, mx: torch.Tensor, acts: torch.Tensor) -> None:
         self.key, self.seq, self.max, self.acts = key, seq, mx, acts
@@ -172,7 +184,7 @@ class SplitBuffers:
             res=Ranked.empty(f, cfg.reservoir_size, length, largest=False, dtype=torch.float64, device=device),
             rnd_key=torch.full((r,), math.inf, dtype=torch.float64, device=device),
             rnd_seq=torch.full((r,), -1, dtype=torch.int64, device=device),
-            rnd_acts=torch.zeros((f, r, length), device=device),
+            rnd_acts=zeros((f, r, length), device),
             rnd_slot=torch.arange(r, device=device),
         )
 
