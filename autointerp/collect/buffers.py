@@ -49,15 +49,6 @@ def _hash(seed: int, salt: int, a: torch.Tensor, b: tuple[torch.Tensor, bool] | 
     return (x >> 9).to(torch.float64) / float(1 << 53)
 
 
-def zeros(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """float32 zeros that cost nothing until written. On the host they are calloc'd pages the kernel maps on first
-    write: a sparse SAE's buffers fill slowly, so the slots of silent features and unfilled reservoirs cost
-    neither a memset up front nor resident memory. Elsewhere, torch.zeros."""
-    if device.type == "cpu":
-        return torch.from_numpy(np.zeros(shape, dtype=np.float32))
-    return torch.zeros(shape, device=device)
-
-
 def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor:
     """True where the context goes to the holdout split."""
     return hash_uniform(seed, _SALT_SPLIT, seqs) < holdout_frac
@@ -113,8 +104,8 @@ class Ranked:
             key=torch.full((n_features, size), -math.inf if largest else math.inf, dtype=dtype, device=device),
             slot=torch.arange(size, device=device).expand(n_features, size).clone(),
             seq=torch.full((n_features, size), -1, dtype=torch.int64, device=device),
-            max=zeros((n_features, size), device),
-            acts=zeros((n_features, size, ctx_len), device),
+            max=torch.zeros((n_features, size), device=device),
+            acts=torch.zeros((n_features, size, ctx_len), device=device),
             largest=largest,
         )
 
@@ -184,7 +175,7 @@ class SplitBuffers:
             res=Ranked.empty(f, cfg.reservoir_size, length, largest=False, dtype=torch.float64, device=device),
             rnd_key=torch.full((r,), math.inf, dtype=torch.float64, device=device),
             rnd_seq=torch.full((r,), -1, dtype=torch.int64, device=device),
-            rnd_acts=zeros((f, r, length), device),
+            rnd_acts=torch.zeros((f, r, length), device=device),
             rnd_slot=torch.arange(r, device=device),
         )
 
