@@ -122,11 +122,12 @@ def main() -> None:
         gc.collect()
         save(args.out, {"table": [{k: v for k, v in r.items() if k != "_cfg"} for r in table], "complete": False,
                         "load_before": load_before, "load_now": os.getloadavg()})  # a stopped run keeps its rows
+    last_cfg = table[-1]["_cfg"]
+    for row in table:
+        row.pop("_cfg")  # a CollectConfig: not JSON, and not a figure
     out: dict[str, Any] = dict(table[0]) if len(table) == 1 else {"table": table, "complete": True}
     if args.shards:
-        out.update(bench_shards(table[-1].pop("_cfg"), model, args.shards, table[-1]["tokens"]))
-    for row in table:
-        row.pop("_cfg", None)
+        out.update(bench_shards(last_cfg, model, args.shards, table[-1]["tokens"]))
     out["load_before"], out["load_after"] = load_before, os.getloadavg()
     print(f"load average {load_before[0]:.2f} before, {out['load_after'][0]:.2f} after ({os.cpu_count()} cores)")
     if len(table) > 1:

@@ -77,11 +77,12 @@ class Batch:
             return self.acts[b, :, f]
         return self._transposed()[b, f]
 
-    def contexts(self, b: torch.Tensor) -> torch.Tensor:
-        """[F, n, L]: every feature's activations on contexts b."""
+    def write_contexts(self, b: torch.Tensor, out: torch.Tensor, slots: torch.Tensor) -> None:
+        """out[:, slots] = every feature's activations on contexts b ([F, n, L]), written in place."""
         if self.sparse is not None:
-            return self.sparse.contexts(b)
-        return self._transposed()[b].transpose(0, 1)
+            self.sparse.write_contexts(b, out, slots)
+        else:
+            out[:, slots] = self._transposed()[b].transpose(0, 1)
 
 
 @dataclass
@@ -147,8 +148,10 @@ class Ranked:
     def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(key, seq, max, acts) in sorted order, as numpy arrays (on the host)."""
         idx = self.slot
+        # Whole rows by advanced indexing: a gather would need an [F, K, L] int64 index, twice the size of acts.
+        feature = torch.arange(len(idx), device=idx.device).unsqueeze(1)
         return (self.key.cpu().numpy(), self.seq.gather(1, idx).cpu().numpy(), self.max.gather(1, idx).cpu().numpy(),
-                self.acts.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.acts.shape[2])).cpu().numpy())
+                self.acts[feature, idx].cpu().numpy())
 
     def load_sorted(self, key: torch.Tensor, seq: torch.Tensor, mx: torch.Tensor, acts: torch.Tensor) -> None:
         self.key, self.seq, self.max, self.acts = key, seq, mx, acts

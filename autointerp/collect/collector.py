@@ -212,15 +212,13 @@ class Collector:
             slot = torch.empty_like(buf.rnd_slot)
             slot[~is_new] = buf.rnd_slot[order[~is_new]]
             slot[is_new] = free
-            buf.rnd_acts[:, free] = batch.contexts(rows[order[is_new] - size])
+            batch.write_contexts(rows[order[is_new] - size], buf.rnd_acts, free)
             buf.rnd_key, buf.rnd_slot = top, slot
             buf.rnd_seq = torch.cat([buf.rnd_seq, seqs])[order]
 
     def prune_tokens(self) -> None:
         keep = set(torch.cat([b.referenced() for b in self.buffers.values()]).unique().tolist())
         self.tokens_of = {s: t for s, t in self.tokens_of.items() if s in keep}
-
-    # ------------------------------------------------------------ results
 
     # ------------------------------------------------------------ results
 

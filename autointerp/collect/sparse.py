@@ -48,21 +48,22 @@ class SparseActs:
         """[n, L]: acts[b[i], :, f[i]], zeros where the pair has no nonzero entry."""
         _, rows, number = self._pairs()
         idx = number[b * self.shape[2] + f]
+        if len(idx) == 0 or bool(idx.min() >= 0):  # the top-k and the reservoir take in active pairs only
+            return rows[idx]
         out = torch.zeros((len(b), self.shape[1]), dtype=self.vals.dtype, device=self.vals.device)
         has = idx >= 0
         out[has] = rows[idx[has]]
         return out
 
-    def contexts(self, b: torch.Tensor) -> torch.Tensor:
-        """[F, n, L]: every feature's activations on contexts b."""
-        n_ctx, length, f = self.shape
-        slot = torch.full((n_ctx,), -1, dtype=torch.int64, device=self.ctx.device)
-        slot[b] = torch.arange(len(b), device=b.device)
+    def write_contexts(self, b: torch.Tensor, out: torch.Tensor, slots: torch.Tensor) -> None:
+        """out[:, slots[j]] = every feature's activations on context b[j] (out: [F, r, L]), in place: the slots
+        are cleared and only the nonzero entries written, with no [F, n, L] copy of the contexts."""
+        slot = torch.full((self.shape[0],), -1, dtype=torch.int64, device=self.ctx.device)
+        slot[b] = slots.to(slot.device)
         j = slot[self.ctx]
         m = j >= 0
-        out = torch.zeros((f, len(b), length), dtype=self.vals.dtype, device=self.vals.device)
+        out[:, slots] = 0.0
         out[self.feat[m], j[m], self.pos[m]] = self.vals[m]
-        return out
 
     def _pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pairs [n] as ctx * F + feat, rows [n, L], number [B * F]: each pair's row, -1 for silent pairs), made
@@ -88,9 +89,14 @@ def sparse_of(acts: torch.Tensor, threshold: float, max_density: float = MAX_DEN
     (zeros would then count as active)."""
     if threshold < 0 or acts.numel() == 0:
         return None
-    if int(torch.count_nonzero(acts)) > max_density * acts.numel():
+    # The first context decides whether to look further (a dense batch costs 1/B of a pass, not a whole one);
+    # the count of the whole batch then comes with its nonzero entries, in one pass.
+    if int(torch.count_nonzero(acts[0])) > max_density * acts[0].numel():
         return None
-    ctx, pos, feat = acts.nonzero().unbind(1)  # no copy of acts, which is often a view (the BOS position cut)
+    nz = acts.nonzero()  # no copy of acts, which is often a view (the BOS position cut)
+    if len(nz) > max_density * acts.numel():
+        return None
+    ctx, pos, feat = nz.unbind(1)
     vals = acts[ctx, pos, feat]
     if len(vals) and not bool(vals.min() > 0):
         return None

@@ -106,6 +106,17 @@ def test_dense_batches_and_negative_values_keep_the_dense_path():
     assert torch.equal(sp.context_max(), acts.amax(1))
 
 
+def test_the_density_of_the_whole_batch_decides_not_only_its_first_context():
+    acts = torch.zeros((4, 8, 10))
+    acts[1:, :, :5] = 1.0  # contexts 1-3 half dense, context 0 silent
+    assert sparse_of(acts, 0.0, max_density=0.25) is None  # 3/8 of the batch is nonzero
+    assert sparse_of(acts, 0.0, max_density=0.5) is not None
+    first_dense = torch.zeros((4, 8, 10))
+    first_dense[0] = 1.0  # the first context says dense: the batch stays dense without a full pass
+    assert sparse_of(first_dense, 0.0, max_density=0.5) is None
+    assert sparse_of(first_dense, 0.0, max_density=1.0) is not None
+
+
 def test_hashing_only_the_active_pairs_gives_the_keys_of_every_pair():
     from autointerp.collect.buffers import _SALT_RESERVOIR, hash_pairs, hash_uniform
 
