@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,9 @@ def _print_report(r: Any) -> None:
     for name, est in r.following.items():
         click.echo(f"  {name:10} {est}")
     click.echo(f"  true - wrong {r.true_minus_wrong}")
-    click.echo(f"explainer recovery (LLM label's gain / true description's): {r.recovery}")
+    why = "" if r.recovery is None or not math.isnan(r.recovery.mean) or r.recovery.n == 0 else \
+        ": the true descriptions' mean gain is not above 0, so there is nothing to take a share of"
+    click.echo(f"explainer recovery (LLM label's gain / true description's): {r.recovery}{why}")
     for kind, est in r.recovery_by_kind.items():
         click.echo(f"  {kind:16} {est}")
     click.echo("judges (balanced accuracy; 0.5 = chance):")

@@ -46,7 +46,13 @@ class Estimate:
     n: int
 
     def __str__(self) -> str:
-        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}] (n={self.n})"
+        if self.n == 0:
+            return "no scores (n=0)"
+        if math.isnan(self.mean):
+            return f"undefined (n={self.n})"
+        ci = (f"[{self.low:+.3f}, {self.high:+.3f}]" if math.isfinite(self.low) and math.isfinite(self.high)
+              else "[CI undefined]")
+        return f"{self.mean:+.3f} {ci} (n={self.n})"
 
 
 @dataclass
@@ -140,7 +146,7 @@ def _verdicts(r: CheckReport) -> dict[str, str]:
         exp = "misses the planted rules: its labels score well below the true descriptions"
     dt, dw = r.judges.get("detection true"), r.judges.get("detection wrong")
     if dt is None or dw is None or not dt.n:
-        judge = "not measured: no judge scores (--judge is off, or every judge request failed)"
+        judge = "not measured: no judge scores (--judge is off, every judge request failed, or the judge was stopped for unusable replies)"
     elif dt.low > dw.high:
         judge = "tells the true description from a wrong one"
     else:
