@@ -73,7 +73,7 @@ class Captured:
     def text(self) -> str:
         if not np.isfinite(self.share):
             return f"none scored ({self.no_effect} no effect)"
-        return f"{self.share:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] ({self.no_effect} no effect)"
+        return f"{self.share:.3f} {ci_text(self.ci)} ({self.no_effect} no effect)"
 
 
 def captured_share(behaviour: np.ndarray, kl_damage: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Captured:
@@ -101,8 +101,15 @@ def describe(d: DictionaryRow) -> str:
     return f"random init: {d.config.get('init_scheme', 'init')}, seed {d.seed}"
 
 
+def ci_text(lo_hi: tuple[float, float]) -> str:
+    """A CI as printed; a bootstrap over one value has none (its ends are NaN), and says so."""
+    if not all(np.isfinite(lo_hi)):
+        return "[no CI: one value]"
+    return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
+
 def _fmt(d: Distribution) -> str:
-    return "" if d.n == 0 else f"{d.mean:.3f} [{d.mean_ci[0]:.3f}, {d.mean_ci[1]:.3f}]"
+    return "" if d.n == 0 else f"{d.mean:.3f} {ci_text(d.mean_ci)}"
 
 
 def label_summary(labels: list[LabelScores]) -> tuple[list[str], list[list[Any]]]:
@@ -136,9 +143,6 @@ def compare_table(values: list[ScoreValue], dict_a: int, dict_b: int) -> tuple[l
                "median_b", "paired", "diff_a_minus_b", "diff_ci", "verdict"]
     out: list[list[Any]] = []
 
-    def ci(lo_hi: tuple[float, float]) -> str:
-        return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
-
     for (expl, sim, method), by_settings in sorted(data.items()):
         both = [k for k, per in by_settings.items() if per[dict_a] and per[dict_b]]
         if not both:
@@ -147,6 +151,6 @@ def compare_table(values: list[ScoreValue], dict_a: int, dict_b: int) -> tuple[l
         # The settings with the most paired features.
         key = max(both, key=lambda k: len(set(by_settings[k][dict_a]) & set(by_settings[k][dict_b])))
         c = compare(method, expl, by_settings[key][dict_a], by_settings[key][dict_b])
-        out.append([expl, sim, method, c.a.n, c.a.mean, ci(c.a.mean_ci), c.a.median, c.b.n, c.b.mean,
-                    ci(c.b.mean_ci), c.b.median, c.n_paired, c.diff_mean, ci(c.diff_ci), c.verdict])
+        out.append([expl, sim, method, c.a.n, c.a.mean, ci_text(c.a.mean_ci), c.a.median, c.b.n, c.b.mean,
+                    ci_text(c.b.mean_ci), c.b.median, c.n_paired, c.diff_mean, ci_text(c.diff_ci), c.verdict])
     return columns, out
