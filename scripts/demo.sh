@@ -26,6 +26,10 @@ $A sql "$Q" --db "$DB"
 if [ "$LAST" -gt 1 ]; then
   echo; echo "\$ autointerp label --features 1:$LAST"
   $A label --features "1:$LAST" "${OPTS[@]}"
+  # Behaviour for the labels made since the first feature, the null labels among them, so that every row of
+  # status has its behaviour score beside its nulls'.
+  echo; echo "\$ autointerp behaviour"
+  $A behaviour --db "$DB"
 fi
 echo; echo "\$ autointerp status"
 $A status --db "$DB"
