@@ -214,15 +214,15 @@ class OpenAICompatibleClient:
         """`payload` POSTed to `path` of an endpoint in turn, retried; `parse(body)` -> (text, logprobs, usage)."""
         calls: list[CallRow] = []
         phash = prompt_hash(payload)
-        # Sent where an endpoint has refused a temperature: its default instead.
-        without_temperature = {k: v for k, v in payload.items() if k != "temperature"}
 
         async def attempt() -> LLMReply:
             self.budget.check()
             url, endpoint = self._pick(lists)
             start = time.monotonic()
             try:
-                body = payload if url not in self.refuses_temperature else without_temperature
+                # Where an endpoint has refused a temperature: its default instead.
+                body = payload if url not in self.refuses_temperature else \
+                    {k: v for k, v in payload.items() if k != "temperature"}
                 text, logprobs, usage = parse(loads(await endpoint.post(path, body)))
             except Exception as exc:
                 reason = _reason(exc, self._secret)
@@ -233,7 +233,7 @@ class OpenAICompatibleClient:
                     self.refuses_temperature.add(url)
                     exc = TemperatureRefused(reason)  # retried at once without it
                 calls.append(new_call(role, model, url, phash, 0, 0, time.monotonic() - start, 0.0,
-                                      reason if isinstance(exc, TemperatureRefused) else _reason(exc, self._secret)))
+                                      _reason(exc, self._secret) if isinstance(exc, ListRefused) else reason))
                 if isinstance(exc, ListRefused | TemperatureRefused):
                     raise exc from None
                 raise
