@@ -34,8 +34,7 @@ def _feature_fn(loaded: Any, start: int, stop: int) -> tuple[Any, int | None]:
         return PlantedFeatures(loaded.rules, loaded.strings), None
     from autointerp import models
 
-    bos = loaded.tokenizer.bos_token_id if d.config.get("prepend_bos", True) else None
-    return models.FeatureReader(loaded.model, d.hook, sae=loaded.sae, start=start, stop=stop), bos
+    return models.FeatureReader(loaded.model, d.hook, sae=loaded.sae, start=start, stop=stop), loaded.bos
 
 
 def compute(db: str | Path, loaded: Any) -> None:

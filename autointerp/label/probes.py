@@ -77,6 +77,11 @@ class Loaded:
     strings: list[str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)  # one forward pass at a time
 
+    @property
+    def bos(self) -> int | None:
+        """The token put in front of every text read through the model, as at collection (None: none)."""
+        return self.tokenizer.bos_token_id if self.dictionary.config.get("prepend_bos", True) else None
+
 
 def load(db: str | Path, dictionary_id: int) -> Loaded:
     """Load what the dictionary's features are read from (the model, on the CPU, as collected)."""
@@ -110,10 +115,9 @@ def subject(loaded: Loaded, feature: int) -> Subject:
     from autointerp import models
     from autointerp.models.probe import ModelProbe
 
-    bos = tokenizer.bos_token_id if d.config.get("prepend_bos", True) else None
     with loaded.lock:  # the reader runs the model once when made; hooks are the model's, shared by all threads
         reader = models.FeatureReader(loaded.model, d.hook, sae=loaded.sae, start=feature, stop=feature + 1)
-    probe = ModelProbe(reader, tokenizer, d.ctx_len, bos)
+    probe = ModelProbe(reader, tokenizer, d.ctx_len, loaded.bos)
     return Subject(probe, lambda i: tokenizer.decode([i]), loaded.lock)
 
 
