@@ -143,6 +143,12 @@ class InProcessLogprobs:
                 raise BadInput(f"digit {d} is {len(ids)} tokens in this tokenizer; echo simulation needs one")
             self.digit_ids.append(ids[0])
         self._pieces: dict[int, bytes] = {}
+        # The log of the softmax's normaliser of each row of the last prompt, with the prompt's ids and its digit
+        # logits: rows of a shared prefix keep their logits, so their normalisers are reused too (the sum over
+        # the whole vocabulary cost more than the forward pass).
+        self._log_z = np.zeros(0)
+        self._lz_ids = np.zeros(0, dtype=np.int64)
+        self._lz_digits = np.zeros((0, 10), dtype=np.float32)
 
     def _piece(self, token: int) -> bytes:
         """A token's bytes. Not `Llama.detokenize`: its 32-byte buffer returns nothing for longer tokens
@@ -166,8 +172,8 @@ class InProcessLogprobs:
             self.llm.close()
 
     def _eval(self, ids: list[int]) -> np.ndarray:
-        """Logits [len(ids), n_vocab] for the prompt ids, evaluating only what follows the common
-        prefix with the previous prompt (at least the last token)."""
+        """Log-probabilities of the digits [len(ids), 10] after each prompt token, evaluating only what
+        follows the common prefix with the previous prompt (at least the last token)."""
         llm = self.llm
         common = 0
         for a, b in zip(llm.input_ids[: llm.n_tokens].tolist(), ids, strict=False):
@@ -176,9 +182,22 @@ class InProcessLogprobs:
             common += 1
         # eval() drops the KV cache from n_tokens on, so the prefix's cache and logits rows stay valid
         # (a plain transformer: SmolLM2).
-        llm.n_tokens = min(common, len(ids) - 1)
-        llm.eval(ids[llm.n_tokens:])
-        return np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+        keep = llm.n_tokens = min(common, len(ids) - 1)
+        llm.eval(ids[keep:])
+        logits = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+        digits = logits[:, self.digit_ids]  # a copy: the next prompt overwrites the model's buffer
+        # Normalisers are reused only for rows of the same tokens whose logits are still those they were worked
+        # out from (anyone else evaluating on this model, e.g. a test, changes them).
+        n = min(keep, len(self._lz_ids))
+        differ = np.flatnonzero(np.asarray(ids[:n]) != self._lz_ids[:n])
+        reuse = int(differ[0]) if len(differ) else n
+        if reuse and not np.array_equal(digits[:reuse], self._lz_digits[:reuse]):
+            reuse = 0
+        fresh = logits[reuse:]
+        top = fresh.max(axis=1, keepdims=True)
+        self._log_z = np.concatenate([self._log_z[:reuse], top[:, 0] + np.log(np.exp(fresh - top).sum(axis=1))])
+        self._lz_ids, self._lz_digits = np.asarray(ids), digits
+        return digits.astype(np.float64) - self._log_z[:, None]
 
     def echo(self, prompt: str) -> tuple[dict[str, Any], int]:
         """A completions-style logprobs object for the prompt (see `echo_logprobs`), and its token count."""
@@ -196,17 +215,9 @@ class InProcessLogprobs:
                     raise ValueError("empty prompt")
                 if len(ids) > self.llm.n_ctx():
                     raise ValueError(f"prompt of {len(ids)} tokens exceeds the context of {self.llm.n_ctx()}")
-                # read now: the logits are a view of the model's buffer, which the next prompt overwrites
-                logits = self._eval(ids)
-                out.append((_digit_echo(prompt, [self._piece(t) for t in ids], logits, self.digit_ids), len(ids)))
+                digit_lp = self._eval(ids)
+                out.append((echo_logprobs(prompt, [self._piece(t) for t in ids], digit_lp), len(ids)))
         return out
-
-
-def _digit_echo(prompt: str, token_bytes: list[bytes], logits: np.ndarray, digit_ids: list[int]) -> dict[str, Any]:
-    top = logits.max(axis=1, keepdims=True)
-    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    digit_lp = logits[:, digit_ids].astype(np.float64) - log_z[:, None]
-    return echo_logprobs(prompt, token_bytes, digit_lp)
 
 
 class EmbeddedClient:
