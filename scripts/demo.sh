@@ -2,15 +2,18 @@
 # The main job on the embedded default, offline: collect SmolLM2-135M's layer-6 MLP neurons over the
 # Python docs, label a few of them with SmolLM2-135M-Instruct (a local llama.cpp server) and score
 # the labels by simulation beside their nulls, then show what is in the database.
-#   scripts/demo.sh          30k tokens, 2 features: the first labelled feature is printed as soon as it is done
-#   scripts/demo.sh --long   100k tokens, 4 features (the longer demo)
+#   scripts/demo.sh          30k tokens in contexts of 32, 2 features: the first labelled feature is printed as soon
+#                            as it is done
+#   scripts/demo.sh --long   100k tokens in contexts of 64, 4 features (the longer demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB=${AUTOINTERP_DB:-autointerp.duckdb}
 if [ "${1:-}" = "--long" ]; then
-  TOKENS=${TOKENS:-100000}; LAST=${LAST:-4}
+  TOKENS=${TOKENS:-100000}; LAST=${LAST:-4}; CTX=64
 else
-  TOKENS=${TOKENS:-30000}; LAST=${LAST:-2}
+  # Contexts of 32: each simulated context is a prompt line per token, read at ~100 tokens/s by the 135M model on
+  # 2 cores, so shorter contexts halve the labelling time.
+  TOKENS=${TOKENS:-30000}; LAST=${LAST:-2}; CTX=32
 fi
 A=${AUTOINTERP:-.venv/bin/autointerp}
 # Small prompts for the 135M model on 2 cores.
@@ -18,7 +21,7 @@ OPTS=(--explain-top 6 --explain-quantile 4 --sim-top 6 --sim-random 6 --judge-qu
 LABELS="SELECT feature, explainer, label, round(correlation_top_random, 3) AS corr, round(explained_variance, 3) AS ev, error FROM labels"
 
 # The first feature alone: collected, labelled, scored beside its baseline and null labels, and shown.
-$A run --tokens "$TOKENS" --label-features 0:1 "${OPTS[@]}"
+$A run --tokens "$TOKENS" --ctx-len "$CTX" --label-features 0:1 "${OPTS[@]}"
 Q="$LABELS WHERE feature = 0 ORDER BY explainer"
 echo; echo "\$ autointerp sql \"$Q\""
 $A sql "$Q" --db "$DB"

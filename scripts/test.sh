@@ -11,4 +11,5 @@ cd "$(dirname "$0")/.."
 SITE=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$SITE"
 rm -rf "$SITE"
-exec .venv/bin/python -m pytest -q "$@"
+# The slowest tests are listed at the end, so a run says where its minutes went.
+exec .venv/bin/python -m pytest -q --durations=25 "$@"

@@ -25,8 +25,11 @@ from autointerp.errors import BadInput
 
 # Collection options that mean nothing without a model (--model names the tokenizer).
 _NO_MODEL = ("hook", "sae", "random_init", "init_scheme", "device", "dtype", "features")
-# The check's dictionary when the database has none: small enough to build in seconds.
+# The check's dictionary when the database has none: small enough to build in seconds, with contexts of 32
+# tokens: a simulation prompt has a line per token, and the embedded default reads ~100 prompt tokens a second
+# on 2 cores, so halving the contexts halves the check's time (`autointerp planted --ctx-len 64` builds longer).
 CHECK_TOKENS = 100_000
+CHECK_CTX_LEN = 32
 # The check's own defaults where an option is not given: fewer contexts than a real run, so the default
 # check fits ~10 minutes on 2 cores with the embedded default (the CIs are over features, and say so).
 CHECK_DEFAULTS = {"n_sim_top": 4, "n_sim_random": 4, "n_judge": 3}
@@ -93,8 +96,10 @@ def _planted_dictionary(db: str, dictionary_id: int | None) -> int:
             return found[0]
     if dictionary_id is not None:
         raise BadInput(f"no dictionary {dictionary_id} in {db}")
-    click.echo(f"no planted dictionary in {db}: building one with the built-in rules over {CHECK_TOKENS:,} tokens")
-    return int(_build(db, CollectConfig(n_tokens=CHECK_TOKENS), None, True).dictionary_id)  # type: ignore[call-arg]
+    click.echo(f"no planted dictionary in {db}: building one with the built-in rules over {CHECK_TOKENS:,} tokens, "
+               f"in contexts of {CHECK_CTX_LEN}")
+    cfg = CollectConfig(n_tokens=CHECK_TOKENS, ctx_len=CHECK_CTX_LEN)  # type: ignore[call-arg]
+    return int(_build(db, cfg, None, True).dictionary_id)
 
 
 @main.command("check-llm")
