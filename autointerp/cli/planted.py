@@ -150,11 +150,12 @@ def _print_report(r: Any) -> None:
     for name, est in r.following.items():
         click.echo(f"  {name:10} {est}")
     click.echo(f"  true - wrong {r.true_minus_wrong}")
-    why = "" if r.recovery is None or not math.isnan(r.recovery.mean) or r.recovery.n == 0 else \
-        ": the true descriptions' mean gain is not above 0, so there is nothing to take a share of"
-    click.echo(f"explainer recovery (LLM label's gain / true description's): {r.recovery}{why}")
+    def why(est: Any) -> str:
+        return "" if est is None or not math.isnan(est.mean) or est.n == 0 else \
+            ": the true descriptions' gain is not resolved above 0, so a share of it says nothing"
+    click.echo(f"explainer recovery (LLM label's gain / true description's): {r.recovery}{why(r.recovery)}")
     for kind, est in r.recovery_by_kind.items():
-        click.echo(f"  {kind:16} {est}")
+        click.echo(f"  {kind:16} {est}{why(est)}")
     click.echo("judges (balanced accuracy; 0.5 = chance):")
     for name, est in r.judges.items():
         click.echo(f"  {name:16} {est}")

@@ -114,13 +114,17 @@ def _mean_ci(values: list[float], n_boot: int) -> Estimate:
 
 
 def _ratio_ci(num: list[float], den: list[float], n_boot: int) -> Estimate:
-    """mean(num) / mean(den) over paired features, resampled together."""
+    """mean(num) / mean(den) over paired features, resampled together; undefined (NaN) unless mean(den) is
+    resolved above 0 (its CI above 0; one feature: at least FOLLOWS_GAIN), as a share of ~0 can be anything."""
     a, b = np.asarray(num, float), np.asarray(den, float)
     def stat(idx: list[int]) -> float:
         d = b[idx].mean()
         return float(a[idx].mean() / d) if d > 0 else math.nan
     if len(a) == 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
+    den_est = _mean_ci(list(b), n_boot)
+    if not (den_est.low > 0 if len(b) > 1 else b[0] >= FOLLOWS_GAIN):
+        return Estimate(math.nan, math.nan, math.nan, len(a))
     low, high = scoring.bootstrap(stat, len(a), n_boot)
     return Estimate(stat(list(range(len(a)))), low, high, len(a))
 

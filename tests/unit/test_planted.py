@@ -209,3 +209,15 @@ def test_a_check_with_nothing_scored_says_not_measured_not_a_verdict(tmp_path, p
     r = check.summarise(planted_db, did, [0, 1, 2], "m-sim", "m-explain", 100)
     assert r.following["true"].n == 0
     assert all(v.startswith("not measured") for v in r.verdicts.values()), r.verdicts
+
+
+def test_recovery_is_undefined_unless_the_true_descriptions_gain_is_resolved_above_zero():
+    """A share of a gain that may be 0 can be anything: with true gains around 0 (a simulator that ignores
+    labels), an LLM label at the same ~0 would read as a recovery of -3 or +5; the check says undefined."""
+    true_near_zero = [0.02, -0.01, 0.015, -0.02, 0.005, 0.01]
+    label = [0.01, 0.0, -0.01, 0.02, 0.0, 0.01]
+    assert math.isnan(check._ratio_ci(label, true_near_zero, 200).mean)
+    assert math.isnan(check._ratio_ci([0.1], [0.2], 200).mean)  # one feature: below FOLLOWS_GAIN
+    resolved = [0.8, 0.9, 0.7, 1.0, 0.85, 0.95]
+    r = check._ratio_ci([x / 2 for x in resolved], resolved, 200)
+    assert r.mean == pytest.approx(0.5) and r.low <= 0.5 <= r.high
