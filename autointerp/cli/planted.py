@@ -106,7 +106,7 @@ def _planted_dictionary(db: str, dictionary_id: int | None) -> int:
 @click.option("--dictionary", "dictionary_id", type=int, default=None,
               help="The planted dictionary (default: the newest; one is built when there is none).")
 @click.option("--features", "feature_range", type=RangeType(), default=None, help="Only features START:STOP.")
-@click.option("--all-rules", is_flag=True, help="Every rule that fires, not the default spread of 12.")
+@click.option("--all-rules", is_flag=True, help="Every rule that fires, not the default spread of 8.")
 @config_options(LabelConfig, LLMConfig, exclude=("explainers", "baseline", "null_samples", "reference", "batch_api"))
 @db_option
 @friendly_errors

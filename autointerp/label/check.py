@@ -31,8 +31,9 @@ from autointerp.records import Explanation, ProgressFn
 TRUE, WRONG, PLACEBO = "planted:true", "planted:wrong", "planted:placebo"
 PLACEBO_LABEL = "mentions of fruit such as apples and bananas"
 PROMPT_HASH = "planted-v1"
-# The default run: a spread of rules that fits ~10 minutes on 2 cores with the embedded default.
-DEFAULT_FEATURES = 12
+# The default run: a spread of rules that fits 10 minutes on 2 cores with the embedded default (12 took 13 min at
+# load 2-4, ~62 s a feature: five labels of 8 contexts each read by the 135M model at ~100 prompt tokens/s).
+DEFAULT_FEATURES = 8
 # Verdict thresholds, fixed before any measurement: a gain of 0.3 is a clearly visible rule.
 FOLLOWS_GAIN = 0.3
 FINDS_SHARE = 0.7

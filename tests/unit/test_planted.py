@@ -160,7 +160,7 @@ def oracle(db: Path, follow: bool):
 def _check(db: Path, script) -> check.CheckReport:
     with store.open_store(db, read_only=True) as con:
         did = store.list_dictionaries(con)[0].dictionary_id
-        features = check.pick_features(store.firing_features(con, did), None, False)
+        features = check.pick_features(store.firing_features(con, did), None, True)
     cfg = LabelConfig(n_sim_top=6, n_sim_random=6, n_boot=200, n_sim_fewshot=0)  # type: ignore[call-arg]
     with LoopbackLLM(script) as llm, open_llm(LLMConfig(base_urls=(llm.base_url,), explainer_model="m-explain",
                                                         simulator_model="m-sim")) as session:  # type: ignore[call-arg]
