@@ -83,7 +83,9 @@ def call_usage(con: Connection, dictionary_id: int) -> list[RoleUsage]:
 
 
 def firing_features(con: Connection, dictionary_id: int) -> list[int]:
-    """Features that fire somewhere in the collection (max_act > 0)."""
+    """Features that fire in both splits: a top context to explain from and one to score on (a rule can fire
+    only in one split's texts, e.g. years in 100k tokens of the Python docs, and could then not be scored)."""
     return [r[0] for r in con.execute(
-        "SELECT feature FROM features WHERE dictionary_id = ? AND max_act > 0 ORDER BY feature",
-        [dictionary_id]).fetchall()]
+        "SELECT feature FROM features f WHERE dictionary_id = ? AND max_act > 0 AND (SELECT count(DISTINCT split) "
+        "FROM examples c WHERE c.dictionary_id = f.dictionary_id AND c.feature = f.feature AND c.kind = 'top') = 2 "
+        "ORDER BY feature", [dictionary_id]).fetchall()]

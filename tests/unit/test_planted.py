@@ -221,3 +221,17 @@ def test_recovery_is_undefined_unless_the_true_descriptions_gain_is_resolved_abo
     resolved = [0.8, 0.9, 0.7, 1.0, 0.85, 0.95]
     r = check._ratio_ci([x / 2 for x in resolved], resolved, 200)
     assert r.mean == pytest.approx(0.5) and r.low <= 0.5 <= r.high
+
+
+def test_the_check_picks_only_rules_it_can_score(tmp_path, planted_db):
+    """A rule that fires in the explain split's texts but never in the held-out ones has nothing to be scored on;
+    the check's spread of rules must not spend a slot on it."""
+    db = tmp_path / "one_split.duckdb"
+    db.write_bytes(planted_db.read_bytes())
+    with store.open_store(db) as con:
+        did = store.list_dictionaries(con)[0].dictionary_id
+        firing = store.firing_features(con, did)
+        gone = firing[0]
+        con.execute("DELETE FROM examples WHERE dictionary_id = ? AND feature = ? AND split = 'holdout' "
+                    "AND kind = 'top'", [did, gone])
+        assert store.firing_features(con, did) == firing[1:]
