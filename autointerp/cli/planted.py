@@ -155,12 +155,12 @@ def _print_report(r: Any) -> None:
     for name, est in r.following.items():
         click.echo(f"  {name:10} {est}")
     click.echo(f"  true - wrong {r.true_minus_wrong}")
-    def why(est: Any) -> str:
-        return "" if est is None or not math.isnan(est.mean) or est.n == 0 else \
-            ": the true descriptions' gain is not resolved above 0, so a share of it says nothing"
-    click.echo(f"explainer recovery (LLM label's gain / true description's): {r.recovery}{why(r.recovery)}")
+    click.echo(f"explainer recovery (LLM label's gain / true description's): {r.recovery}")
     for kind, est in r.recovery_by_kind.items():
-        click.echo(f"  {kind:16} {est}{why(est)}")
+        click.echo(f"  {kind:16} {est}")
+    if any(e.n and math.isnan(e.mean) for e in [r.recovery, *r.recovery_by_kind.values()] if e is not None):
+        click.echo("  (undefined: the true descriptions' mean gain is below 0.3 or its CI reaches 0, so a share "
+                   "of it says nothing)")
     click.echo("judges (balanced accuracy; 0.5 = chance):")
     for name, est in r.judges.items():
         click.echo(f"  {name:16} {est}")

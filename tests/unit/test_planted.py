@@ -218,6 +218,7 @@ def test_recovery_is_undefined_unless_the_true_descriptions_gain_is_resolved_abo
     label = [0.01, 0.0, -0.01, 0.02, 0.0, 0.01]
     assert math.isnan(check._ratio_ci(label, true_near_zero, 200).mean)
     assert math.isnan(check._ratio_ci([0.1], [0.2], 200).mean)  # one feature: below FOLLOWS_GAIN
+    assert math.isnan(check._ratio_ci([-0.005, -0.004], [0.01, 0.02], 200).mean)  # resolved above 0, but tiny
     resolved = [0.8, 0.9, 0.7, 1.0, 0.85, 0.95]
     r = check._ratio_ci([x / 2 for x in resolved], resolved, 200)
     assert r.mean == pytest.approx(0.5) and r.low <= 0.5 <= r.high
