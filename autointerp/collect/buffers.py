@@ -120,30 +120,80 @@ class Ranked:
         # When most features change (early in a run, nearly all), sorting every row beats gathering and scattering
         # the rows of `feats`: a feature none of whose new keys beats its worst keeps its entries either way.
         every = 2 * len(feats) > self.key.shape[0]
-        key, old_slot = (self.key, self.slot) if every else (self.key[feats], self.slot[feats])
+        key = self.key if every else self.key[feats]
         merged = torch.cat([key, (new_key if every else new_key[:, feats]).T], dim=1)  # [n, K + b]
         # A stable sort keeps kept entries (earlier contexts) first among equal keys: ties go to the smaller index.
         top, order = merged.sort(dim=1, descending=self.largest, stable=True)
         top, order = top[:, :size], order[:, :size]
-        is_new = order >= size
-        retained = torch.zeros((len(key), size + 1), dtype=torch.bool, device=self.key.device)
-        retained.scatter_(1, torch.where(is_new, size, order), True)
-        free_rows, free_pos = (~retained[:, :size]).nonzero(as_tuple=True)
-        new_rows, new_pos = is_new.nonzero(as_tuple=True)  # row-major, same count per row as free_*
-        physical = old_slot[free_rows, free_pos]
-        new_slot = old_slot.gather(1, order.clamp(max=size - 1))
-        new_slot[new_rows, new_pos] = physical
+        new_rows, new_pos = (order >= size).nonzero(as_tuple=True)  # row-major
+        self._place(None if every else feats, top, order.clamp(max=size - 1), new_rows, new_pos,
+                    order[new_rows, new_pos] - size, seqs, ctx_max, batch, rows)
+
+    def merge_pairs(self, b: torch.Tensor, f: torch.Tensor, new_key: torch.Tensor, seqs: torch.Tensor,
+                    ctx_max: torch.Tensor, batch: Batch, rows: torch.Tensor) -> None:
+        """`merge` from the candidate pairs only: context b[i] (of seqs) with key new_key[i] for feature f[i], each
+        pair once; every other pair's key is as bad as an empty slot's. The same keys, slots and payload as
+        `merge`, bit for bit, without sorting [n, K + b]: a pair that does not beat its feature's worst key is
+        dropped, and each other one's position is found by binary search in its feature's sorted keys."""
+        n_features, size = self.key.shape
+        dtype = torch.promote_types(self.key.dtype, new_key.dtype)  # the dtype `merge`'s concatenation sorts in
+        worst = self.key[f, -1]
+        idx = (new_key > worst if self.largest else new_key < worst).nonzero().squeeze(1)
+        if len(idx) == 0:
+            return
+        b, f, new_key = b[idx], f[idx], new_key[idx].to(dtype)
+        touched = torch.zeros(n_features, dtype=torch.bool, device=f.device)
+        touched[f] = True
+        feats = touched.nonzero().squeeze(1)
+        every = 2 * len(feats) > n_features  # as in `merge`: whole rows, not those of `feats`
         if every:
+            row, key = f, self.key.to(dtype)
+        else:
+            row_of = torch.empty(n_features, dtype=torch.int64, device=f.device)
+            row_of[feats] = torch.arange(len(feats), device=f.device)
+            row, key = row_of[f], self.key[feats].to(dtype)
+        # A row's new keys by context (+inf where none), ascending (descending keys negated): the stable sort puts
+        # the earlier context first among equal keys, as `merge` does.
+        sign = -1 if self.largest else 1
+        values = torch.full((len(key), len(seqs)), math.inf, dtype=dtype, device=key.device)
+        values[row, b] = sign * new_key
+        values, context = values.sort(dim=1, stable=True)
+        # Kept entries before a new one: those with a key at least as good (earlier contexts win ties); the new ones
+        # before it are those left of it. A +inf (no context) lands at K or beyond.
+        pos = torch.searchsorted(sign * key, values, right=True) + torch.arange(values.shape[1], device=key.device)
+        new_rows, col = (pos < size).nonzero(as_tuple=True)
+        new_pos = pos[new_rows, col]
+        is_new = torch.zeros(key.shape, dtype=torch.bool, device=key.device)
+        is_new[new_rows, new_pos] = True
+        kept = (torch.arange(size, device=key.device) - is_new.cumsum(1)).clamp_(min=0)  # in their order
+        top = key.gather(1, kept)
+        top[new_rows, new_pos] = sign * values[new_rows, col]
+        self._place(None if every else feats, top, kept, new_rows, new_pos, context[new_rows, col], seqs, ctx_max,
+                    batch, rows)
+
+    def _place(self, feats: torch.Tensor | None, top: torch.Tensor, kept: torch.Tensor, new_rows: torch.Tensor,
+               new_pos: torch.Tensor, new_b: torch.Tensor, seqs: torch.Tensor, ctx_max: torch.Tensor, batch: Batch,
+               rows: torch.Tensor) -> None:
+        """Takes the merged rows of `feats` (None: every feature): keys top [n, K]; at a kept entry's position,
+        kept [n, K] says which of the row's entries it was; new entry j sits at (new_rows[j], new_pos[j]), in
+        row-major order, and is context new_b[j]."""
+        size = self.key.shape[1]
+        old_slot = self.slot if feats is None else self.slot[feats]
+        # The kept entries are each row's first ones: the i-th new entry of a row takes the slot of its i-th evicted.
+        ends = torch.bincount(new_rows, minlength=len(top)).cumsum(0)
+        physical = old_slot[new_rows, size + torch.arange(len(new_rows), device=ends.device) - ends[new_rows]]
+        new_slot = old_slot.gather(1, kept)
+        new_slot[new_rows, new_pos] = physical
+        if feats is None:
             self.key, self.slot = top, new_slot
             f = new_rows
         else:
             self.key[feats] = top
             self.slot[feats] = new_slot
             f = feats[new_rows]
-        b = order[new_rows, new_pos] - size
-        self.seq[f, physical] = seqs[b]
-        self.max[f, physical] = ctx_max[b, f]
-        self.acts[f, physical] = batch.rows(rows[b], f)
+        self.seq[f, physical] = seqs[new_b]
+        self.max[f, physical] = ctx_max[new_b, f]
+        self.acts[f, physical] = batch.rows(rows[new_b], f)
 
     def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(key, seq, max, acts) in sorted order, as numpy arrays (on the host)."""

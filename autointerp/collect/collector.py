@@ -181,21 +181,24 @@ class Collector:
         """seqs, ctx_max: [b], [b, F] of this split's contexts, rows [b] of the batch."""
         cfg = self.cfg
         active = ctx_max > cfg.threshold
-
-        # Top-k by the context's max activation, over active contexts.
-        cand = torch.where(active, ctx_max, -math.inf)
-        feats = (cand.amax(0) > buf.top.worst()).nonzero().squeeze(1)
-        if len(feats):
-            buf.top.merge(cand, seqs, ctx_max, batch, rows, feats)
-
-        # Uniform reservoir of active contexts: keep the smallest hash keys.
-        # Hashed only where active (a few pairs of a sparse batch): the same bits as hashing every pair.
-        keys = torch.full(active.shape, math.inf, dtype=torch.float64, device=active.device)
-        b_idx, f_idx = active.nonzero(as_tuple=True)
-        keys[b_idx, f_idx] = hash_pairs(cfg.seed, _SALT_RESERVOIR, seqs[b_idx], self.feature_ids[f_idx])
-        feats = (keys.amin(0) < buf.res.worst()).nonzero().squeeze(1)
-        if len(feats):
-            buf.res.merge(keys, seqs, ctx_max, batch, rows, feats)
+        b_idx, f_idx = active.nonzero(as_tuple=True)  # (context, feature) order
+        # Top-k by the context's max activation, over active contexts; a uniform reservoir of active contexts: the
+        # smallest hash keys, hashed only where active (the same bits as hashing every pair).
+        res_key = hash_pairs(cfg.seed, _SALT_RESERVOIR, seqs[b_idx], self.feature_ids[f_idx])
+        if batch.sparse is not None:
+            # Few pairs are active, and only they can enter: merged from the pairs, no [F, K + b] sort.
+            buf.top.merge_pairs(b_idx, f_idx, ctx_max[b_idx, f_idx], seqs, ctx_max, batch, rows)
+            buf.res.merge_pairs(b_idx, f_idx, res_key, seqs, ctx_max, batch, rows)
+        else:
+            cand = torch.where(active, ctx_max, -math.inf)
+            feats = (cand.amax(0) > buf.top.worst()).nonzero().squeeze(1)
+            if len(feats):
+                buf.top.merge(cand, seqs, ctx_max, batch, rows, feats)
+            keys = torch.full(active.shape, math.inf, dtype=torch.float64, device=active.device)
+            keys[b_idx, f_idx] = res_key
+            feats = (keys.amin(0) < buf.res.worst()).nonzero().squeeze(1)
+            if len(feats):
+                buf.res.merge(keys, seqs, ctx_max, batch, rows, feats)
         self._add_random(buf, seqs, batch, rows)
 
     def _add_random(self, buf: SplitBuffers, seqs: torch.Tensor, batch: Batch, rows: torch.Tensor) -> None:
