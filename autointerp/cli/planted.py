@@ -165,8 +165,12 @@ def _print_report(r: Any) -> None:
     for name, est in r.judges.items():
         click.echo(f"  {name:16} {est}")
     total_tokens = sum(u.tokens for u in r.usage)
-    click.echo(f"cost: {total_tokens:,} tokens, ${sum(u.cost_usd for u in r.usage):.4f}, {r.seconds:.0f}s "
-               f"({total_tokens / max(n, 1):,.0f} tokens and {r.seconds / max(n, 1):.1f}s per feature)")
+    # Tokens and request seconds are summed over every run on these features (a resumed check adds to them); wall
+    # time is this run's alone.
+    request_s = sum(u.seconds for u in r.usage)
+    click.echo(f"cost: {total_tokens:,} tokens, ${sum(u.cost_usd for u in r.usage):.4f}, {request_s:.0f}s of requests "
+               f"({total_tokens / max(n, 1):,.0f} tokens and {request_s / max(n, 1):.1f}s per feature); "
+               f"this run: {r.seconds:.0f}s wall")
     for u in r.usage:
         click.echo(f"  {u.role:10} {u.calls:,} calls, {u.tokens:,} tokens, ${u.cost_usd:.4f}")
     for role, verdict in r.verdicts.items():
