@@ -11,5 +11,7 @@ cd "$(dirname "$0")/.."
 SITE=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$SITE"
 rm -rf "$SITE"
+# Two workers (the machine's 2 cores: most tests wait on a subprocess, a server or the 135M model on one core), each
+# taking whole files so a module's fixtures are built once; the slow files are collected first, so they start first.
 # The slowest tests are listed at the end, so a run says where its minutes went.
-exec .venv/bin/python -m pytest -q --durations=25 "$@"
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
