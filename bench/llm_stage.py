@@ -93,7 +93,8 @@ def run_batch_api(db: Path, url: str, features: list[int]) -> tuple[float, float
     with open_llm(llm_cfg) as session:
         progress = batch_stage(db, 1, features, cfg, llm_cfg, session)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    assert progress.scored == len(features), progress
+    # The batch stage counts each scored run: a feature's label and its constant reference label (on by default).
+    assert progress.scored == len(features) * (2 if cfg.reference else 1), progress
     with open_store(db, read_only=True) as con:
         n_batches = con.execute("SELECT count(*) FROM batches").fetchone()[0]
     return elapsed, cpu / len(features), n_batches
