@@ -127,11 +127,12 @@ def check_llm(db: str, dictionary_id: int | None, feature_range: tuple[int, int]
 
     did = _planted_dictionary(db, dictionary_id)
     with store.open_store(db, read_only=True) as con:
-        scorable = store.firing_features(con, did)
-        left = [t.name for t in store.planted_truth(con, did) if t.feature not in set(scorable)]
+        scorable = store.scorable_features(con, did)
+        scorable_set = set(scorable)
+        left = [t.name for t in store.planted_truth(con, did) if t.feature not in scorable_set]
         features = pick_features(scorable, feature_range, all_rules)
     if left:
-        click.echo(f"left out: {len(left)} rule(s) that fire in only one split's texts, so cannot be both explained "
+        click.echo(f"left out: {len(left)} rule(s) that do not fire in both splits' texts, so cannot be both explained "
                    f"and scored: {', '.join(left)}")
     if not features:
         raise BadInput(f"no planted feature of dictionary {did} fires in the selection")

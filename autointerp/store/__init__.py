@@ -73,10 +73,10 @@ from autointerp.store.planted import (
     TruthRow,
     add_planted_truth,
     call_usage,
-    firing_features,
     planted_dictionaries,
     planted_scores,
     planted_truth,
+    scorable_features,
 )
 from autointerp.store.reads import (
     LabelScores,
@@ -133,7 +133,7 @@ __all__ = [
     "null_explanations", "ok_labels", "open_store", "query", "read_feature_contexts", "sandbox", "score_values",
     "select_features", "simulated_contexts", "simulated_contexts_of", "summary_table", "transaction", "unscored_explanations", "user_query",
     "write_bundles", "GainPending", "add_scores", "gain_pending", "SchemaObject", "schema_objects",
-    "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "firing_features", "planted_dictionaries",
+    "LabelScore", "RoleUsage", "TruthRow", "add_planted_truth", "call_usage", "scorable_features", "planted_dictionaries",
     "planted_scores", "planted_truth",
     "check_where", "unique_columns", "insert_bundles", "RoleStop", "add_role_stops", "role_stops",
     "check_where", "unique_columns",

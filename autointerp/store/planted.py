@@ -82,7 +82,7 @@ def call_usage(con: Connection, dictionary_id: int) -> list[RoleUsage]:
     return [RoleUsage(r[0], int(r[1]), int(r[2]), float(r[3]), float(r[4])) for r in rows]
 
 
-def firing_features(con: Connection, dictionary_id: int) -> list[int]:
+def scorable_features(con: Connection, dictionary_id: int) -> list[int]:
     """Features that fire in both splits: a top context to explain from and one to score on (a rule can fire
     only in one split's texts, e.g. years in 100k tokens of the Python docs, and could then not be scored)."""
     return [r[0] for r in con.execute(

@@ -160,7 +160,7 @@ def oracle(db: Path, follow: bool):
 def _check(db: Path, script) -> check.CheckReport:
     with store.open_store(db, read_only=True) as con:
         did = store.list_dictionaries(con)[0].dictionary_id
-        features = check.pick_features(store.firing_features(con, did), None, True)
+        features = check.pick_features(store.scorable_features(con, did), None, True)
     cfg = LabelConfig(n_sim_top=6, n_sim_random=6, n_boot=200, n_sim_fewshot=0)  # type: ignore[call-arg]
     with LoopbackLLM(script) as llm, open_llm(LLMConfig(base_urls=(llm.base_url,), explainer_model="m-explain",
                                                         simulator_model="m-sim")) as session:  # type: ignore[call-arg]
@@ -231,8 +231,8 @@ def test_the_check_picks_only_rules_it_can_score(tmp_path, planted_db):
     db.write_bytes(planted_db.read_bytes())
     with store.open_store(db) as con:
         did = store.list_dictionaries(con)[0].dictionary_id
-        firing = store.firing_features(con, did)
+        firing = store.scorable_features(con, did)
         gone = firing[0]
         con.execute("DELETE FROM examples WHERE dictionary_id = ? AND feature = ? AND split = 'holdout' "
                     "AND kind = 'top'", [did, gone])
-        assert store.firing_features(con, did) == firing[1:]
+        assert store.scorable_features(con, did) == firing[1:]
