@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 SITE=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$SITE"
 rm -rf "$SITE"
-# Two workers (the machine's 2 cores: most tests wait on a subprocess, a server or the 135M model on one core), each
-# taking whole files so a module's fixtures are built once; the slow files are collected first, so they start first.
-# The slowest tests are listed at the end, so a run says where its minutes went.
-exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
+# Two workers (the machine's 2 cores), each taking whole files so a module's fixtures are built once, in the order
+# tests/conftest.py sets (the slow files first, so they start at once; xdist's reordering by file size is off). With
+# more than one worker each runs one thread (OMP_NUM_THREADS, which torch and the embedded llama.cpp read): two
+# threads per worker on two cores only contend. The slowest tests are listed at the end.
+WORKERS=${PYTEST_WORKERS:-2}
+if [ "$WORKERS" != 1 ] && [ "$WORKERS" != 0 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
+exec .venv/bin/python -m pytest -q -n "$WORKERS" --dist loadfile --no-loadscope-reorder --durations=25 "$@"

@@ -7,6 +7,12 @@ import pytest
 from tests.helpers import TINY_COLLECT, make_model_dir, write_corpus
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow files first, then the integration ones (scripts/test.sh runs two workers that take whole files
+    in this order): a file of minutes that starts last runs alone at the end."""
+    items.sort(key=lambda it: 0 if it.get_closest_marker("slow") else 1 if it.get_closest_marker("integration") else 2)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny-model"))

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import os
 import socket
 import subprocess
 import sys
@@ -33,6 +34,21 @@ from autointerp.models import smollm2_gguf_path
 MODEL_NAME = "smollm2-135m-instruct"
 IN_PROCESS = "in-process:llama.cpp"
 EMBEDDED_ENDPOINT = "embedded:llama.cpp"  # the default's identity across runs (its port changes every run)
+
+
+def threads() -> int | None:
+    """The CPU threads the embedded model uses: OMP_NUM_THREADS when set (as torch reads it), else
+    llama.cpp's own choice (half the cores for one token at a time, all of them for a prompt)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadInput(f"OMP_NUM_THREADS={value!r} is not a whole number of threads") from None
+    if n < 1:
+        raise BadInput(f"OMP_NUM_THREADS={value!r}: give at least 1 thread")
+    return n
 
 
 def _free_port() -> int:
@@ -65,6 +81,9 @@ class EmbeddedLLM:
         log = Path(tempfile.mkstemp(prefix="autointerp-llama-", suffix=".log")[1])
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
+        n = threads()
+        if n is not None:
+            cmd += ["--n_threads", str(n), "--n_threads_batch", str(n)]
         with log.open("w") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         server = cls(proc, port, log)
@@ -134,7 +153,9 @@ class InProcessLogprobs:
     def __init__(self, model_path: str, n_ctx: int = 8192):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=model_path, n_ctx=n_ctx, logits_all=True, verbose=False)
+        n = threads()
+        self.llm = Llama(model_path=model_path, n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=n,
+                         n_threads_batch=n)
         self.lock = threading.Lock()
         self.digit_ids: list[int] = []
         for d in "0123456789":

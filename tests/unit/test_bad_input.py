@@ -314,3 +314,18 @@ def test_where_alone_is_checked_against_the_schema():
     store.check_where("max_act > 0.5 AND frac_active < 0.1", "--label-where")
     with pytest.raises(BadInput, match="--label-where"):
         store.check_where("max_act > 0) OR (1 = 1", "--label-where")
+
+
+def test_the_embedded_llm_takes_its_threads_from_omp_num_threads(monkeypatch):
+    """OMP_NUM_THREADS sets the embedded model's threads as it sets torch's; a value that is not a positive
+    whole number is refused by name, not ignored."""
+    from autointerp.llm import local
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert local.threads() is None  # llama.cpp's own choice
+    monkeypatch.setenv("OMP_NUM_THREADS", " 3 ")
+    assert local.threads() == 3
+    for bad in ("two", "0", "-1", "1.5"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        with pytest.raises(BadInput, match="OMP_NUM_THREADS"):
+            local.threads()
