@@ -12,6 +12,7 @@ import dataclasses
 import email
 import email.policy
 import json
+import math
 import re
 import threading
 import time
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import orjson
 
 
 @dataclass
@@ -90,6 +93,13 @@ def echo_logprobs(prompt: str, top: Callable[[int, str, list[str]], dict[str, fl
 
 
 Script = Callable[[str, dict[str, Any]], Reply]  # (path, request json) -> reply
+
+
+def _reply_bytes(body: dict[str, Any]) -> bytes:
+    """A reply's JSON, encoded by orjson (echo replies with top logprobs at every prompt token are large: the
+    standard library's encoder made this server slower than the client it is there to measure). JSON has no
+    NaN or infinity: like a real server's encoder, orjson writes null."""
+    return orjson.dumps(body)
 
 
 @dataclass
@@ -187,7 +197,7 @@ class LoopbackLLM:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                body = reply.raw_body if reply.raw_body is not None else json.dumps(_body(self.path, request, reply)).encode()
+                body = reply.raw_body if reply.raw_body is not None else _reply_bytes(_body(self.path, request, reply))
                 self._send(reply.status, body, reply.headers)
 
             def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -252,9 +262,9 @@ class LoopbackLLM:
         total: dict[str, Any] = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
         if self.prefix_cache is not None:
             total["prompt_tokens_details"] = {"cached_tokens": usage["cached"]}
-        return 200, json.dumps({"id": "cmpl-loopback", "object": "text_completion", "created": 0,
-                                "model": request.get("model", "loopback"), "choices": choices,
-                                "usage": total}).encode(), delay
+        return 200, _reply_bytes({"id": "cmpl-loopback", "object": "text_completion", "created": 0,
+                                  "model": request.get("model", "loopback"), "choices": choices,
+                                  "usage": total}), delay
 
     def release(self, phase: str) -> None:
         self._release[phase].set()
@@ -444,6 +454,12 @@ def _body(path: str, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
     }
 
 
+_BENCH_DIGITS = {str(d): math.log(p) for d, p in zip((0, 1, 2, 5, 3, 9, 4, 7, 6, 8),
+                                                     (0.6, 0.15, 0.08, 0.05, 0.04, 0.03, 0.02, 0.01, 0.005, 0.005), strict=True)}
+_BENCH_WORDS = {w: math.log(p) for w, p in zip(("\n", " the", ",", " of", ".", " and", " a", "\t", " to", " in"),
+                                               (0.3, 0.2, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.04, 0.03), strict=True)}
+
+
 def _bench_script(latency: float) -> Script:
     def reply(path: str, request: dict[str, Any]) -> Reply:
         if path.endswith("/chat/completions"):
@@ -451,8 +467,16 @@ def _bench_script(latency: float) -> Script:
                 n = request["messages"][-1]["content"].count("</excerpt")
                 return Reply(content=json.dumps({"answers": [1] * n}), delay_s=latency)
             return Reply(content="numbers and dates", delay_s=latency)
-        return Reply(content="", delay_s=latency,
-                     logprobs=echo_logprobs(request["prompt"], lambda i, t, ts: {"0": -0.1, "5": -2.3}))
+        n = int(request.get("logprobs") or 1)
+
+        def top(i: int, t: str, ts: list[str]) -> dict[str, float]:
+            # As a model answers: n entries (as many as asked) of one distribution at every token, the digits
+            # where a placeholder's value is read (summing to 0.99), other text elsewhere.
+            if placeholder_row(i, t, ts) is not None:
+                return dict(list(_BENCH_DIGITS.items())[:n])
+            return dict(list(_BENCH_WORDS.items())[:n])
+
+        return Reply(content="", delay_s=latency, logprobs=echo_logprobs(request["prompt"], top))
 
     return reply
 

@@ -59,6 +59,7 @@ FEWSHOT_NO_LABEL = "another feature (its explanation is not shown)"
 
 
 @functools.lru_cache(maxsize=1 << 16)  # token texts repeat across contexts and labels: escaped once each
+@functools.lru_cache(maxsize=1 << 16)  # token strings repeat across every label's prompts
 def show(text: str) -> str:
     """Text as it appears in a simulation prompt: escaped like every prompt's data, other control
     characters as \\xNN, and unpaired surrogates (not encodable as UTF-8) as '?'."""
@@ -145,15 +146,20 @@ def _digit_sums(top: dict[str, float] | None, fragment: str = "") -> tuple[float
         if len(_DIGIT_MEMO) > 1024:
             _DIGIT_MEMO.clear()
         memo = _DIGIT_MEMO[fragment] = {}
+    exp, inf = math.exp, math.inf
     for tok, lp in top.items():  # this runs for every placeholder of every reply: one lookup per entry
         d = memo.get(tok)
         if d is None:
             d = memo[tok] = _digit_of(tok, fragment)
-        if d < 0 or lp is None or not math.isfinite(lp):
+        if d < 0:
             continue
-        p = math.exp(lp)
-        total += p
-        weighted += p * d
+        try:
+            p = exp(lp)
+        except (TypeError, OverflowError):  # None, a string, a huge logprob: no probability
+            continue
+        if p < inf:  # nan and inf are none either; -inf gives 0, which adds nothing
+            total += p
+            weighted += p * d
     return total, weighted
 
 
@@ -176,12 +182,21 @@ def _top_dict(t: Any) -> dict[str, float] | None:
     return None
 
 
+# A placeholder's digit entries are distinct tokens of one distribution: their probabilities sum to at most 1
+# (rounding aside), which bounds what the rest of a reading can still add.
+_MAX_TOTAL = 1.0 + 1e-6
+
+
 def _read(prompt: str, starts: list[int], tops: list[Any], offsets: list[int], at: list[int],
-          shift: int) -> tuple[list[float], float]:
+          shift: int, beat: float = -math.inf, strict: bool = True) -> tuple[list[float] | None, float]:
     """Expected values at the placeholders (nan where no digit is listed), and the digit probability
     found over all of them. `at[k]`: the first token starting at or after placeholder k; `shift` 1 reads
-    token i's distribution from top_logprobs[i - 1] (a server that gives each token the next one's)."""
+    token i's distribution from top_logprobs[i - 1] (a server that gives each token the next one's).
+    With `beat`, the values are None unless the reading ends with more digit probability than `beat`
+    (`strict`) or as much (not `strict`); it stops as soon as it cannot, counting each placeholder left at
+    the most a distribution allows (a placeholder over that, which no distribution gives, drops the bound)."""
     values, mass, n = [], 0.0, len(starts)
+    left, bounded = len(offsets), beat > -math.inf
     for off, i in zip(offsets, at, strict=True):
         if i < n and starts[i] == off:
             t = tops[i - shift] if i >= shift else None
@@ -194,7 +209,20 @@ def _read(prompt: str, starts: list[int], tops: list[Any], offsets: list[int], a
             total = weighted = 0.0
         values.append(weighted / total if total > 0 else math.nan)
         mass += total
-    return values, mass
+        left -= 1
+        bounded = bounded and total <= _MAX_TOTAL
+        if bounded and _short(mass + left * _MAX_TOTAL, beat, strict):
+            return None, mass
+    return (None if _short(mass, beat, strict) else values), mass
+
+
+def _short(reach: float, beat: float, strict: bool) -> bool:
+    return reach < beat or (strict and reach == beat)
+
+
+# Which reading won the last reply: an endpoint keeps its convention, so it is read first and the other
+# reading usually stops after a few placeholders. Only the order of work depends on it, never the result.
+_LAST_SHIFT = 0
 
 
 def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) -> tuple[list[float], int]:
@@ -217,12 +245,18 @@ def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) 
         raise ValueError("text_offset is not a non-decreasing list of character offsets")
     if not any(isinstance(t, dict | list) for t in tops):
         raise ValueError("the endpoint returned no top_logprobs (echo unsupported?)")
+    global _LAST_SHIFT
     at = [bisect.bisect_left(starts, off) for off in offsets]
-    values, mass = _read(prompt, starts, tops, offsets, at, 0)
-    if not logprobs.get("aligned"):
-        shifted, shifted_mass = _read(prompt, starts, tops, offsets, at, 1)
-        if shifted_mass > mass:
-            values = shifted
+    if logprobs.get("aligned"):
+        values, _ = _read(prompt, starts, tops, offsets, at, 0)
+    else:
+        # The shifted reading is kept only if it finds strictly more digit probability (ties: as sent).
+        first = _LAST_SHIFT
+        values, mass = _read(prompt, starts, tops, offsets, at, first)
+        other, _ = _read(prompt, starts, tops, offsets, at, 1 - first, beat=mass, strict=first == 0)
+        if other is not None:
+            values, _LAST_SHIFT = other, 1 - first
+    assert values is not None
     missing = sum(math.isnan(v) for v in values)
     return [0.0 if math.isnan(v) else v for v in values], missing
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 
@@ -79,6 +80,7 @@ class Endpoint:
                          "Accept": "application/json"}
         # Like httpx's per-phase timeout: connecting, and each wait for the next bytes of the reply.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        self._proxy: tuple[URL | None, aiohttp.BasicAuth | None] = (None, None)
         self._sessions: weakref.WeakKeyDictionary[Any, tuple[aiohttp.ClientSession, Any]] = (
             weakref.WeakKeyDictionary())
 
@@ -86,8 +88,13 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         held = self._sessions.get(loop)
         if held is None or held[0].closed:
-            # trust_env: HTTP(S)_PROXY and NO_PROXY honoured, as the SDK's httpx client did.
-            session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, trust_env=True,
+            # HTTP(S)_PROXY and NO_PROXY are honoured, as the SDK's httpx client did, but read once here:
+            # aiohttp's trust_env reads them (and ~/.netrc) in a worker thread for every request.
+            try:
+                self._proxy = get_env_proxy_for_url(URL(self._base))
+            except LookupError:
+                self._proxy = (None, None)
+            session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, trust_env=False,
                                             connector=aiohttp.TCPConnector(limit=0))
             closer = _closing(session)
             await closer.__anext__()
@@ -103,7 +110,8 @@ class Endpoint:
     async def post(self, path: str, body: dict[str, Any]) -> bytes:
         session = await self._session()
         try:
-            async with session.post(self._url(path), data=_dumps(body)) as response:
+            async with session.post(self._url(path), data=_dumps(body), proxy=self._proxy[0],
+                                    proxy_auth=self._proxy[1]) as response:
                 content = await response.read()
                 if response.status >= 400:
                     raise status_error(response.status, content, response.headers)

@@ -257,6 +257,22 @@ def test_endpoint_credentials_are_never_recorded():
     assert llm.public_url("https://u:p@[::1]:8443/v1/?api-key=k#frag") == "https://[::1]:8443/v1/"
 
 
+def test_the_proxy_in_the_environment_is_honoured_and_no_proxy_bypasses_it(monkeypatch):
+    """HTTP_PROXY sends every request through the proxy (here a loopback server that answers as the
+    endpoint would), NO_PROXY bypasses it: read once per session, not per request."""
+    with LoopbackLLM(scripted(Reply(content="via proxy"))) as proxy, \
+            LoopbackLLM(scripted(Reply(content="direct"))) as direct:
+        for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.removesuffix("/v1"))
+        replies = chats(client("http://llm.invalid:9/v1"), 2)
+        assert [r.text for r in replies] == ["via proxy"] * 2
+        assert [p for p, _ in proxy.requests] == ["http://llm.invalid:9/v1/chat/completions"] * 2
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert chat(client(direct.base_url)).text == "direct"
+        assert len(proxy.requests) == 2 and len(direct.requests) == 1
+
+
 def _status(code: int) -> Reply:
     return Reply(status=code, raw_body=b'{"error": {"message": "nope"}}')
 

@@ -4,6 +4,7 @@ and the in-process path's logprobs object. Real HTTP through the loopback server
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import random
 import re
@@ -206,6 +207,45 @@ def test_hostile_tokens_and_tokenizers_never_break_the_reading():
             for toks, pred in zip(token_lists, predicted, strict=True):
                 expected = [expected_value(row_value(simulate.show(t))) for t in toks]
                 assert pred == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_reading_kept_is_the_one_with_more_digit_probability_whichever_is_read_first():
+    """read_echo keeps the shifted reading only when it finds strictly more digit probability, and stops a
+    reading early once it cannot win: the kept values equal an exhaustive comparison's, whichever reading
+    the previous reply made it read first. Cases: exact ties of probability with different digits (the
+    reading as sent must win), and leads that change hands late (a reading behind until its last
+    placeholders must still be read to the end when it can win)."""
+    rng = random.Random(7)
+    prompt, offsets = simulate.echo_prompt("nothing", [rng.choice(["a", " b", "7", "\t"]) for _ in range(12)])
+    starts = sorted(set(range(0, len(prompt), 3)) | set(offsets))
+    tokens = [prompt[x:y] for x, y in zip(starts, starts[1:] + [len(prompt)], strict=True)]
+    at = [bisect.bisect_left(starts, off) for off in offsets]
+    assert all(starts[i] == off for i, off in zip(at, offsets, strict=True))
+    for case in range(400):
+        tops: list[dict[str, float]] = [{"x": -0.1} for _ in starts]
+        late = rng.randrange(len(offsets) + 1)  # from this placeholder on, the other reading leads
+        for k, i in enumerate(at):
+            raw = [rng.random() for _ in range(rng.randint(1, 5))]
+            probs = [r / sum(raw) * rng.uniform(0.8, 0.99) for r in raw]  # a distribution's digit entries
+            if case % 2:  # a tie: the same probabilities in the same order, other digits
+                digits_here, digits_before = rng.sample(range(10), len(probs)), rng.sample(range(10), len(probs))
+                high = low = probs
+            else:
+                digits_here = digits_before = rng.sample(range(10), len(probs))
+                high, low = probs, [p / 9 for p in probs]
+                if k >= late:
+                    high, low = low, high
+            tops[i] = {str(d): math.log(p) for d, p in zip(digits_here, high, strict=True)}
+            tops[i - 1] = {str(d): math.log(p) for d, p in zip(digits_before, low, strict=True)}
+        obj = {"tokens": tokens, "text_offset": starts, "top_logprobs": tops}
+        aligned, mass = simulate._read(prompt, starts, tops, offsets, at, 0)
+        shifted, shifted_mass = simulate._read(prompt, starts, tops, offsets, at, 1)
+        assert aligned is not None and shifted is not None
+        expected = [0.0 if math.isnan(v) else v for v in (shifted if shifted_mass > mass else aligned)]
+        for first in (0, 1):
+            simulate._LAST_SHIFT = first
+            values, _ = simulate.read_echo(obj, prompt, offsets)
+            assert values == expected, (case, first, mass, shifted_mass)
 
 
 def test_one_request_per_context_and_predictions_in_the_given_order():
