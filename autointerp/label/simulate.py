@@ -59,7 +59,6 @@ FEWSHOT_NO_LABEL = "another feature (its explanation is not shown)"
 
 
 @functools.lru_cache(maxsize=1 << 16)  # token texts repeat across contexts and labels: escaped once each
-@functools.lru_cache(maxsize=1 << 16)  # token strings repeat across every label's prompts
 def show(text: str) -> str:
     """Text as it appears in a simulation prompt: escaped like every prompt's data, other control
     characters as \\xNN, and unpaired surrogates (not encodable as UTF-8) as '?'."""

@@ -80,7 +80,12 @@ class Endpoint:
                          "Accept": "application/json"}
         # Like httpx's per-phase timeout: connecting, and each wait for the next bytes of the reply.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
-        self._proxy: tuple[URL | None, aiohttp.BasicAuth | None] = (None, None)
+        # HTTP(S)_PROXY and NO_PROXY are honoured, as the SDK's httpx client did, but read once here: aiohttp's
+        # trust_env reads them (and ~/.netrc) in a worker thread for every request.
+        try:
+            self._proxy: tuple[URL | None, aiohttp.BasicAuth | None] = get_env_proxy_for_url(URL(self._base))
+        except LookupError:
+            self._proxy = (None, None)
         self._sessions: weakref.WeakKeyDictionary[Any, tuple[aiohttp.ClientSession, Any]] = (
             weakref.WeakKeyDictionary())
 
@@ -88,12 +93,6 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         held = self._sessions.get(loop)
         if held is None or held[0].closed:
-            # HTTP(S)_PROXY and NO_PROXY are honoured, as the SDK's httpx client did, but read once here:
-            # aiohttp's trust_env reads them (and ~/.netrc) in a worker thread for every request.
-            try:
-                self._proxy = get_env_proxy_for_url(URL(self._base))
-            except LookupError:
-                self._proxy = (None, None)
             session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout, trust_env=False,
                                             connector=aiohttp.TCPConnector(limit=0))
             closer = _closing(session)
