@@ -49,6 +49,14 @@ def _hash(seed: int, salt: int, a: torch.Tensor, b: tuple[torch.Tensor, bool] | 
     return (x >> 9).to(torch.float64) / float(1 << 53)
 
 
+def zeros(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """float32 zeros. On the host they come from calloc (through numpy), whose pages the kernel zeroes when first
+    touched: the rows a feature never fills cost neither memory nor time (torch.zeros writes every page at once)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, device=device)
+    return torch.from_numpy(np.zeros(shape, np.float32))
+
+
 def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor:
     """True where the context goes to the holdout split."""
     return hash_uniform(seed, _SALT_SPLIT, seqs) < holdout_frac
@@ -105,7 +113,7 @@ class Ranked:
             slot=torch.arange(size, device=device).expand(n_features, size).clone(),
             seq=torch.full((n_features, size), -1, dtype=torch.int64, device=device),
             max=torch.zeros((n_features, size), device=device),
-            acts=torch.zeros((n_features, size, ctx_len), device=device),
+            acts=zeros((n_features, size, ctx_len), device),
             largest=largest,
         )
 
@@ -203,6 +211,18 @@ class Ranked:
         return (self.key.cpu().numpy(), self.seq.gather(1, idx).cpu().numpy(), self.max.gather(1, idx).cpu().numpy(),
                 self.acts[feature, idx].cpu().numpy())
 
+    def sorted_meta(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(key, seq, max) in sorted order, on the host: what choosing example rows needs, without activations."""
+        return (self.key.cpu().numpy(), self.seq.gather(1, self.slot).cpu().numpy(),
+                self.max.gather(1, self.slot).cpu().numpy())
+
+    def rows_at(self, f: np.ndarray, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acts as [F * K, L], the row in it of sorted position pos[i] of feature f[i])."""
+        size = self.key.shape[1]
+        ft = torch.from_numpy(np.asarray(f, np.int64)).to(self.slot.device)
+        pt = torch.from_numpy(np.asarray(pos, np.int64)).to(self.slot.device)
+        return self.acts.view(-1, self.acts.shape[-1]), ft * size + self.slot[ft, pt]
+
     def load_sorted(self, key: torch.Tensor, seq: torch.Tensor, mx: torch.Tensor, acts: torch.Tensor) -> None:
         self.key, self.seq, self.max, self.acts = key, seq, mx, acts
         self.slot = torch.arange(key.shape[1], device=key.device).expand_as(key).clone()
@@ -225,13 +245,21 @@ class SplitBuffers:
             res=Ranked.empty(f, cfg.reservoir_size, length, largest=False, dtype=torch.float64, device=device),
             rnd_key=torch.full((r,), math.inf, dtype=torch.float64, device=device),
             rnd_seq=torch.full((r,), -1, dtype=torch.int64, device=device),
-            rnd_acts=torch.zeros((f, r, length), device=device),
+            rnd_acts=zeros((f, r, length), device),
             rnd_slot=torch.arange(r, device=device),
         )
 
     def rnd_sorted(self) -> torch.Tensor:
         """[F, r, L] the random contexts' activations in the order of rnd_key."""
         return self.rnd_acts[:, self.rnd_slot]
+
+    def rnd_rows(self, valid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rnd_acts as [F * r, L], the rows of every feature's random contexts at the sorted positions where
+        `valid`, feature by feature)."""
+        n_features, size, length = self.rnd_acts.shape
+        phys = self.rnd_slot[torch.from_numpy(np.flatnonzero(valid)).to(self.rnd_slot.device)]
+        index = torch.arange(n_features, device=phys.device).unsqueeze(1) * size + phys
+        return self.rnd_acts.view(-1, length), index.reshape(-1)
 
     def referenced(self) -> torch.Tensor:
         return torch.cat([self.top.seq.flatten(), self.res.seq.flatten(), self.rnd_seq])

@@ -24,34 +24,43 @@ class CollectResult:
     resumed_contexts: int = 0  # contexts taken from a checkpoint rather than run again
 
 
-def split_examples(cfg: CollectConfig, fid: np.ndarray, split: str, buf: SplitBuffers) -> list[dict[str, np.ndarray]]:
-    """The example rows (top, random, quantile) of one split's buffers, as numpy columns; fid: feature ids."""
+@dataclass
+class ExampleRows:
+    """One kind's example rows of one split: every column but the activations, and where each row's activations
+    sit (row index[i] of source [N, L], a buffer's storage), read once into the table (`concat_examples`)."""
+
+    cols: dict[str, np.ndarray]
+    source: torch.Tensor
+    index: torch.Tensor
+
+
+def split_examples(cfg: CollectConfig, fid: np.ndarray, split: str, buf: SplitBuffers) -> list[ExampleRows]:
+    """The example rows (top, random, quantile) of one split's buffers; fid: feature ids. Only the rows that are
+    kept are read from the buffers, never a sorted copy of a whole buffer."""
     n_features = len(fid)
     parts = []
     # top
-    _, top_seq, top_max, top_acts = buf.top.sorted_view()
+    _, top_seq, top_max = buf.top.sorted_meta()
     f_idx, rank = (top_seq >= 0).nonzero()
-    parts.append({
+    parts.append(ExampleRows({
         "feature": fid[f_idx], "kind": np.full(len(f_idx), _KINDS.index("top"), np.int8), "rank": rank,
-        "seq": top_seq[f_idx, rank], "max_act": top_max[f_idx, rank],
-        "acts": top_acts[f_idx, rank], "quantile": np.full(len(f_idx), -1),
+        "seq": top_seq[f_idx, rank], "max_act": top_max[f_idx, rank], "quantile": np.full(len(f_idx), -1),
         "bin_low": np.full(len(f_idx), np.nan), "bin_high": np.full(len(f_idx), np.nan),
-    })
-    # random (shared contexts, every feature)
+    }, *buf.top.rows_at(f_idx, rank)))
+    # random (shared contexts, every feature); max_act comes from the rows read
     rnd_seq = buf.rnd_seq.cpu().numpy()
     valid = rnd_seq >= 0
     r = int(valid.sum())
     if r:
-        acts = buf.rnd_sorted().cpu().numpy()[:, valid]  # [F, r, L]
         f_all = np.repeat(np.arange(n_features), r)
-        parts.append({
-            "feature": fid[f_all], "kind": np.full(len(f_all), _KINDS.index("random"), np.int8), "rank": np.tile(np.arange(r), n_features),
-            "seq": np.tile(rnd_seq[valid], n_features), "max_act": acts.max(-1).reshape(-1),
-            "acts": acts.reshape(-1, cfg.ctx_len), "quantile": np.full(len(f_all), -1),
-            "bin_low": np.full(len(f_all), np.nan), "bin_high": np.full(len(f_all), np.nan),
-        })
+        parts.append(ExampleRows({
+            "feature": fid[f_all], "kind": np.full(len(f_all), _KINDS.index("random"), np.int8),
+            "rank": np.tile(np.arange(r), n_features), "seq": np.tile(rnd_seq[valid], n_features),
+            "quantile": np.full(len(f_all), -1), "bin_low": np.full(len(f_all), np.nan),
+            "bin_high": np.full(len(f_all), np.nan),
+        }, *buf.rnd_rows(valid)))
     # quantiles: equal-count rank bins of the reservoir (minus the top-k), per_quantile from each
-    _, res_seq, res_max, res_acts = buf.res.sorted_view()
+    _, res_seq, res_max = buf.res.sorted_meta()
     chunk = max(1, 2**25 // max(1, res_seq.shape[1] * top_seq.shape[1]))  # bounds the [f, R, K] comparison
     for lo in range(0, n_features, chunk):
         rows = _quantile_rows(res_seq[lo : lo + chunk], res_max[lo : lo + chunk], top_seq[lo : lo + chunk],
@@ -59,14 +68,25 @@ def split_examples(cfg: CollectConfig, fid: np.ndarray, split: str, buf: SplitBu
         if rows is not None:
             f_idx, slot, quantile, rank, low, high = rows
             f_abs = f_idx + lo
-            parts.append({
+            parts.append(ExampleRows({
                 "feature": fid[f_abs], "kind": np.full(len(f_abs), _KINDS.index("quantile"), np.int8), "rank": rank,
-                "seq": res_seq[f_abs, slot], "max_act": res_max[f_abs, slot], "acts": res_acts[f_abs, slot],
+                "seq": res_seq[f_abs, slot], "max_act": res_max[f_abs, slot],
                 "quantile": quantile, "bin_low": low, "bin_high": high,
-            })
+            }, *buf.res.rows_at(f_abs, slot)))
     for p in parts:
-        p["split"] = np.full(len(p["feature"]), SPLITS.index(split), np.int8)
+        p.cols["split"] = np.full(len(p.cols["feature"]), SPLITS.index(split), np.int8)
     return parts
+
+
+def _read_rows(part: ExampleRows, out: np.ndarray) -> None:
+    """out [n, L] = the part's activation rows; the max over each row as its max_act where none was kept."""
+    dest = torch.from_numpy(out)
+    if part.source.device.type == "cpu" and part.source.dtype == dest.dtype:
+        torch.index_select(part.source, 0, part.index, out=dest)
+    else:
+        dest.copy_(part.source.index_select(0, part.index))
+    if "max_act" not in part.cols:
+        part.cols["max_act"] = dest.amax(1).numpy() if len(dest) else np.zeros(0, np.float32)
 
 
 def _quantile_rows(res_seq: np.ndarray, res_max: np.ndarray, top_seq: np.ndarray, n_quantiles: int,
@@ -114,14 +134,15 @@ def _names(names: Sequence[str], codes: np.ndarray | None) -> pa.Array:
     return pa.array(names).take(pa.array(codes if codes is not None else np.zeros(0, np.int8)))
 
 
-def concat_examples(parts: list[dict[str, np.ndarray]], ctx_len: int) -> pa.Table:
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    if not cols or len(cols["feature"]) == 0:
-        acts_flat = np.zeros(0, np.float32)
-        n = 0
-    else:
-        acts_flat = cols["acts"].astype(np.float32, copy=False).reshape(-1)
-        n = len(cols["feature"])
+def concat_examples(parts: list[ExampleRows], ctx_len: int) -> pa.Table:
+    """The examples table: the parts' columns, and their activation rows read into one array (one copy)."""
+    n = sum(len(p.index) for p in parts)
+    acts = np.empty((n, ctx_len), np.float32)
+    lo = 0
+    for p in parts:
+        _read_rows(p, acts[lo : lo + len(p.index)])
+        lo += len(p.index)
+    cols = {k: np.concatenate([p.cols[k] for p in parts]) for k in parts[0].cols} if parts else {}
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * ctx_len)
     quantile = cols.get("quantile", np.zeros(0, np.int64))
     return pa.table({
@@ -131,7 +152,7 @@ def concat_examples(parts: list[dict[str, np.ndarray]], ctx_len: int) -> pa.Tabl
         "rank": pa.array(cols.get("rank", np.zeros(0)).astype(np.int32)),
         "seq": pa.array(cols.get("seq", np.zeros(0)).astype(np.int64)),
         "max_act": pa.array(cols.get("max_act", np.zeros(0)).astype(np.float32)),
-        "acts": pa.ListArray.from_arrays(offsets, pa.array(acts_flat)),
+        "acts": pa.ListArray.from_arrays(offsets, pa.array(acts.reshape(-1))),
         "quantile": pa.array(quantile.astype(np.int32), mask=quantile < 0),
         "bin_low": pa.array(cols.get("bin_low", np.zeros(0)).astype(np.float32), from_pandas=True),
         "bin_high": pa.array(cols.get("bin_high", np.zeros(0)).astype(np.float32), from_pandas=True),
