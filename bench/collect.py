@@ -11,7 +11,9 @@ an SAE of that width with random directions: --sae-kind dense (about half the la
 worst case), topk (k per token, the sparsify format) or jumprelu (thresholds giving a mean L0 of --l0); --saes
 measures several in turn and prints the table. Each figure is printed in wall time and in process CPU seconds
 (steadier on shared cores), beside its limit, and written to --out as JSON with the load average of the
-machine before and after.
+machine before and after, and the seconds per GiB that fresh memory costs when first written (a probe: on a VM that
+backs guest memory lazily, as this one does, it is 10-25x a backed machine's, and the collector's buffers are fresh
+memory), with the seconds in the kernel and the page faults of each part.
 
     python bench/collect.py --tokens 20000
     python bench/collect.py --tokens 60000 --hook blocks.3.hook_resid_post --skip-full \
@@ -36,12 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import autointerp  # noqa: E402, F401, I001  before torch, as in the CLI: it sets up PyTorch's allocator
 
-from autointerp import models, store
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from autointerp import models, store  # noqa: E402
 from autointerp.collect import corpus  # noqa: E402
 from autointerp.collect.collector import collect_contexts  # noqa: E402
 from autointerp.collect.memory import collect_memory  # noqa: E402
@@ -78,14 +81,17 @@ class PeakRSS:
 
 
 CPU: dict[str, float] = {}  # process CPU seconds of the last timed call of each name (all threads of this process)
+KERNEL: dict[str, dict[str, float]] = {}  # of those, seconds in the kernel (mostly page faults) and the faults
 
 
 def timed(fn: Callable[[], Any], name: str = "") -> float:
     """Wall seconds of fn(); its process CPU seconds go to CPU[name]. On shared cores the CPU time is the
     steadier measure of work: wall time also counts waiting for a core."""
-    t, c = time.perf_counter(), time.process_time()
+    t, c, r = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
     fn()
     CPU[name] = time.process_time() - c
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    KERNEL[name] = {"sys_s": r1.ru_stime - r.ru_stime, "faults": r1.ru_minflt - r.ru_minflt + r1.ru_majflt - r.ru_majflt}
     return time.perf_counter() - t
 
 
@@ -110,9 +116,22 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def first_touch_s_per_gib(mib: int = 256) -> float:
+    """Seconds per GiB to allocate and first write fresh memory (page faults, zeroing; on some VMs the host's
+    backing of the guest's pages too): about 0.1 on a machine whose memory is backed, several times that on a
+    VM whose memory is backed lazily. The collector's buffers are fresh memory; the reader reuses its batch's."""
+    t = time.perf_counter()
+    a = np.ones(mib << 18, np.float32)
+    s = (time.perf_counter() - t) * 1024 / mib
+    del a
+    return s
+
+
 def main() -> None:
     args = parse_args()
     load_before = os.getloadavg()
+    touch = {"start": first_touch_s_per_gib()}
+    print(f"fresh memory: {touch['start']:.2f} s/GiB to allocate and first write")
     model = models.load_model(models.OFFLINE_MODEL)
     specs = [(k, int(w)) for k, w in (s.split(":") for s in args.saes.split(","))] if args.saes else \
         [(args.sae_kind if args.sae_width else "neurons", args.sae_width)]
@@ -128,8 +147,11 @@ def main() -> None:
     out: dict[str, Any] = dict(table[0]) if len(table) == 1 else {"table": table, "complete": True}
     if args.shards:
         out.update(bench_shards(last_cfg, model, args.shards, table[-1]["tokens"]))
+    touch["end"] = first_touch_s_per_gib()
     out["load_before"], out["load_after"] = load_before, os.getloadavg()
-    print(f"load average {load_before[0]:.2f} before, {out['load_after'][0]:.2f} after ({os.cpu_count()} cores)")
+    out["memory_first_touch_s_per_gib"] = touch
+    print(f"load average {load_before[0]:.2f} before, {out['load_after'][0]:.2f} after ({os.cpu_count()} cores); "
+          f"memory first touch {touch['end']:.2f} s/GiB at the end")
     if len(table) > 1:
         print_table(table)
     save(args.out, out)
@@ -181,8 +203,10 @@ def bench_one(args: argparse.Namespace, model: Any, kind: str, width: int) -> di
     n_params += sum(p.numel() * p.element_size() for p in sae.parameters()) if sae is not None else 0
     first = reader(batches[0])[:, 1:]
     l0 = float((first != 0).sum(-1).float().mean())
+    touch = first_touch_s_per_gib()
     rows = measure(args, model, reader, cfg, ctxs, batches, bos)
-    rows.update(kind=kind, sae_width=width, l0=l0, density=l0 / reader.n_features, weights_gib=n_params / GIB)
+    rows.update(memory_first_touch_s_per_gib=touch, kind=kind, sae_width=width, l0=l0,
+                density=l0 / reader.n_features, weights_gib=n_params / GIB)
     report(rows, n_params)
     rows["_cfg"] = cfg
     return rows
@@ -246,6 +270,9 @@ def measure(args: argparse.Namespace, model: Any, reader: Any, cfg: CollectConfi
         "cpu_us_per_token": {"collect": 1e6 * collect_cpu / n_tok, "reader": 1e6 * CPU["read"] / n_tok,
                              "to_hook": 1e6 * CPU["to_hook"] / n_tok},
         "collect_vs_reader_cpu": CPU["read"] / collect_cpu,
+        "kernel": dict(KERNEL),
+        "collect_vs_reader_user_cpu": (CPU["read"] - KERNEL["read"]["sys_s"]) / (
+            collect_cpu - KERNEL["buffers"]["sys_s"] - KERNEL["result"]["sys_s"]),
         "collect_vs_forward_to_hook": to_hook_s / collect_s,
         "collect_vs_forward_to_hook_cpu": CPU["to_hook"] / collect_cpu,
         "collect_vs_full_forward": full_s / collect_s,
@@ -309,6 +336,11 @@ def report(rows: dict[str, Any], n_params: int) -> None:
           f"{rows['collect_vs_reader']:.2f}x the limit in wall time, {rows['collect_vs_reader_cpu']:.2f}x in CPU "
           f"(goal >= 0.80); buffers {rows['collect_buffers_s']:.1f} s ({cpu['buffers']:.1f} CPU) + result "
           f"{rows['collect_result_s']:.1f} s ({cpu['result']:.1f} CPU)")
+    k = rows["kernel"]
+    print(f"  in the kernel          collect {k['buffers']['sys_s'] + k['result']['sys_s']:.1f} s "
+          f"({k['buffers']['faults'] + k['result']['faults']:,} page faults), reader {k['read']['sys_s']:.1f} s "
+          f"({k['read']['faults']:,}); fresh memory {rows['memory_first_touch_s_per_gib']:.2f} s/GiB; "
+          f"collect / limit in user CPU {rows['collect_vs_reader_user_cpu']:.2f}x")
     print(f"  write to DuckDB        {rows['duckdb_write_s']:9.2f} s for {rows['examples_rows']:,} example rows")
     print(f"  RSS before collecting  {rows['rss_base_gib']:9.2f} GiB (weights {n_params / GIB:.2f} GiB, tokens, one batch)")
     for name in ("collect", "result"):
@@ -319,13 +351,16 @@ def report(rows: dict[str, Any], n_params: int) -> None:
 
 def print_table(table: list[dict[str, Any]]) -> None:
     print("| SAE | latents | L0 | forward to hook tok/s | forward + encode tok/s | collect tok/s | collect / limit, "
-          "wall | CPU us/token: hook, encode, collect | collect / limit, CPU |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "wall | CPU us/token: hook, encode, collect | collect / limit, CPU | kernel s: reader, collect | "
+          "collect / limit, user CPU | fresh memory s/GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in table:
-        per = r["cpu_us_per_token"]
+        per, k = r["cpu_us_per_token"], r["kernel"]
         print(f"| {r['kind']} | {r['sae_width']} | {r['l0']:.0f} | {r['forward_to_hook_tok_s']:.0f} | "
               f"{r['reader_tok_s']:.0f} | {r['collect_tok_s']:.0f} | {r['collect_vs_reader']:.2f} | "
-              f"{per['to_hook']:.0f}, {per['reader']:.0f}, {per['collect']:.0f} | {r['collect_vs_reader_cpu']:.2f} |")
+              f"{per['to_hook']:.0f}, {per['reader']:.0f}, {per['collect']:.0f} | {r['collect_vs_reader_cpu']:.2f} | "
+              f"{k['read']['sys_s']:.1f}, {k['buffers']['sys_s'] + k['result']['sys_s']:.1f} | "
+              f"{r['collect_vs_reader_user_cpu']:.2f} | {r['memory_first_touch_s_per_gib']:.2f} |")
 
 
 def bench_shards(cfg: CollectConfig, model: Any, n_shards: int, n_tok: int) -> dict[str, Any]:
