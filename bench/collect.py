@@ -149,7 +149,7 @@ def main() -> None:
         out.update(bench_shards(last_cfg, model, args.shards, table[-1]["tokens"]))
     touch["end"] = first_touch_s_per_gib()
     out["load_before"], out["load_after"] = load_before, os.getloadavg()
-    out["memory_first_touch_s_per_gib"] = touch
+    out["fresh_memory_s_per_gib_run"] = touch  # start and end; each row has its own
     print(f"load average {load_before[0]:.2f} before, {out['load_after'][0]:.2f} after ({os.cpu_count()} cores); "
           f"memory first touch {touch['end']:.2f} s/GiB at the end")
     if len(table) > 1:
