@@ -245,3 +245,33 @@ def test_importing_autointerp_first_puts_large_torch_allocations_on_huge_pages()
 
     assert huge_mib("autointerp first") >= 200
     assert huge_mib("torch alone") < 64
+
+
+_REUSE_PROBE = """
+import resource, sys
+if sys.argv[1] == "autointerp":
+    import autointerp  # noqa: F401
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+f0 = faults()
+for _ in range(50):
+    a = bytearray(3 << 20)
+    b = bytearray(2 << 20)
+    del a, b
+print(faults() - f0)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc thresholds")
+def test_importing_autointerp_keeps_freed_blocks_for_reuse_instead_of_faulting_them_in_again():
+    """Blocks of a few MiB allocated and freed over and over (a batch's tensors) are reused after `import
+    autointerp`; glibc's moving thresholds otherwise hand some back and fault them in again."""
+    def faults(first: str) -> int:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", _REUSE_PROBE, first], env=env, capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout.strip())
+
+    five_mib = 5 << 8  # pages: what the first round must fault in whatever the allocator does
+    with_autointerp, without = faults("autointerp"), faults("plain")
+    assert with_autointerp < 1.2 * five_mib < without
