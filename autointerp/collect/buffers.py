@@ -205,11 +205,9 @@ class Ranked:
 
     def sorted_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(key, seq, max, acts) in sorted order, as numpy arrays (on the host)."""
-        idx = self.slot
         # Whole rows by advanced indexing: a gather would need an [F, K, L] int64 index, twice the size of acts.
-        feature = torch.arange(len(idx), device=idx.device).unsqueeze(1)
-        return (self.key.cpu().numpy(), self.seq.gather(1, idx).cpu().numpy(), self.max.gather(1, idx).cpu().numpy(),
-                self.acts[feature, idx].cpu().numpy())
+        feature = torch.arange(len(self.slot), device=self.slot.device).unsqueeze(1)
+        return (*self.sorted_meta(), self.acts[feature, self.slot].cpu().numpy())
 
     def sorted_meta(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(key, seq, max) in sorted order, on the host: what choosing example rows needs, without activations."""
