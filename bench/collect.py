@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autointerp import models, store  # noqa: E402
+from autointerp.allocator import heap_only  # noqa: E402
 from autointerp.collect import corpus  # noqa: E402
 from autointerp.collect.collector import collect_contexts  # noqa: E402
 from autointerp.collect.memory import collect_memory  # noqa: E402
@@ -197,11 +198,12 @@ def bench_one(args: argparse.Namespace, model: Any, kind: str, width: int) -> di
                for b in (ctxs[i : i + cfg0.batch_size] for i in range(0, len(ctxs), cfg0.batch_size))]
     sae_path = make_sae(args, model, kind, width, batches[:4]) if width else None
     sae = models.load_sae(str(sae_path)) if sae_path else None
-    reader = models.FeatureReader(model, args.hook, sae=sae)
+    reader = models.FeatureReader(model, args.hook, sae=sae, sparse=True)  # as the collect stage reads
     cfg = cfg0.model_copy(update={"hook": None, "sae": str(sae_path)}) if sae_path else cfg0
     n_params = sum(p.numel() * p.element_size() for p in model.parameters())
     n_params += sum(p.numel() * p.element_size() for p in sae.parameters()) if sae is not None else 0
-    first = reader(batches[0])[:, 1:]
+    first = reader(batches[0])
+    first = (first.to_dense() if first.is_sparse else first)[:, 1:]
     l0 = float((first != 0).sum(-1).float().mean())
     touch = first_touch_s_per_gib()
     rows = measure(args, model, reader, cfg, ctxs, batches, bos)
@@ -219,14 +221,16 @@ def measure(args: argparse.Namespace, model: Any, reader: Any, cfg: CollectConfi
     n_tok = len(ctxs) * cfg.ctx_len
     stop = models.stop_layer(args.hook, model.cfg.n_layers)
 
+    # The limit runs as collection runs its reader: blocks from the heap, reused batch after batch (heap_only).
     def forward(stop_at: int | None) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), heap_only():
             for b in batches:
                 model(b, stop_at_layer=stop_at)  # outputs dropped at once: only time is measured
 
     def read() -> None:
-        for b in batches:
-            reader(b)
+        with heap_only():
+            for b in batches:
+                reader(b)
 
     read()  # warm-up, and the allocator's pools for one batch
     base_rss = rss_now()  # model, SAE, tokens, one batch's pools: what any collector holds before it starts

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autointerp.allocator import heap_only
 from autointerp.collect.buffers import (
     _SALT_RANDOM,
     _SALT_RESERVOIR,
@@ -154,13 +155,16 @@ class Collector:
             raise ValueError(f"{path} does not belong to this collection: {exc}") from exc
 
     def add(self, seqs: torch.Tensor, tokens: np.ndarray, acts: torch.Tensor) -> None:
-        """seqs: [b] context indices; tokens: [b, L] ids; acts: [b, L, F] activations of those tokens."""
+        """seqs: [b] context indices; tokens: [b, L] ids; acts: [b, L, F] activations of those tokens (dense, or a
+        sparse COO tensor)."""
         cfg = self.cfg
         self.n_contexts += len(seqs)
         for s, t in zip(seqs.tolist(), tokens, strict=True):
             self.tokens_of[s] = t
         sparse = sparse_of(acts, cfg.threshold, self.max_density) if self.max_density > 0 else None
         if sparse is None:
+            if acts.is_sparse:
+                acts = acts.to_dense()
             ctx_max = acts.amax(1)  # [b, F]
             self.stats.update(acts, ctx_max, cfg.threshold)
         else:
@@ -307,7 +311,7 @@ def collect_contexts(
             inputs = torch.cat([torch.full((len(batch), 1), bos_id, dtype=torch.int64), inputs], dim=1)
         acts = features(inputs)
         if bos_id is not None:
-            acts = acts[:, 1:]
+            acts = acts.narrow_copy(1, 1, acts.shape[1] - 1) if acts.is_sparse else acts[:, 1:]
         seqs = torch.arange(first_seq + next_seq, first_seq + next_seq + len(batch), dtype=torch.int64, device=dev)
         collector.add(seqs, tokens, acts.to(dev))
         next_seq += len(batch)
@@ -318,14 +322,16 @@ def collect_contexts(
             collector.save(checkpoint)
             last_save, saved_at = time.monotonic(), next_seq
 
-    for i, ctx in enumerate(contexts):
-        if i < skip:
-            continue
-        batch.append(ctx)
-        if len(batch) == cfg.batch_size:
+    # The buffers are allocated (lazily zeroed) above; each batch's blocks are then reused, not mapped afresh.
+    with heap_only():
+        for i, ctx in enumerate(contexts):
+            if i < skip:
+                continue
+            batch.append(ctx)
+            if len(batch) == cfg.batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     if checkpoint is not None and next_seq > saved_at:
         # The finished state too: until the database commits it, a failed or blocked write loses nothing.
         collector.save(checkpoint)

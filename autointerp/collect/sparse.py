@@ -84,11 +84,20 @@ class SparseActs:
 
 
 def sparse_of(acts: torch.Tensor, threshold: float, max_density: float = MAX_DENSITY) -> SparseActs | None:
-    """acts [B, L, F] as its nonzero entries, or None where the dense path must run: more than max_density of the
-    entries nonzero, a negative or NaN entry (zeros would then not be the least value), or a negative threshold
-    (zeros would then count as active)."""
+    """acts [B, L, F] (dense, or a sparse COO tensor) as its nonzero entries, or None where the dense path must run:
+    more than max_density of the entries nonzero, a negative or NaN entry (zeros would then not be the least value),
+    or a negative threshold (zeros would then count as active)."""
     if threshold < 0 or acts.numel() == 0:
         return None
+    if acts.is_sparse:  # a reader's sparse output (a TopK SAE): its entries, without a pass over zeros
+        acts = acts.coalesce()  # coalesced: (context, position, feature) order, as nonzero() gives
+        if acts._nnz() > max_density * acts.numel():
+            return None
+        (ctx, pos, feat), vals = acts._indices(), acts._values()
+        if len(vals) and not bool(vals.min() > 0):
+            return None
+        b, length, f = acts.shape
+        return SparseActs((b, length, f), ctx, pos, feat, vals)
     # The first context decides whether to look further (a dense batch costs 1/B of a pass, not a whole one);
     # the count of the whole batch then comes with its nonzero entries, in one pass.
     if int(torch.count_nonzero(acts[0])) > max_density * acts[0].numel():

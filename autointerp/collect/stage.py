@@ -96,7 +96,7 @@ def prepare(cfg: CollectConfig, model: Any = None) -> Prepared:
             device=device, dtype=cfg.dtype,
         )
     start, stop = cfg.features if cfg.features else (0, None)
-    reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop)
+    reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop, sparse=True)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise BadInput(f"model {cfg.model} has no tokenizer")

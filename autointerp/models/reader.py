@@ -34,6 +34,9 @@ class FeatureReader:
     sae: Any | None = None
     start: int = 0
     stop: int | None = None
+    # A TopK SAE's latents as a sparse COO tensor (see `_sparse_topk`): the collector's choice, since it wants only
+    # the nonzero entries; every other reader, and every other kind of SAE, gives the dense tensor.
+    sparse: bool = False
     width: int = field(init=False, default=0)  # features the hook or SAE has in all, [start, stop) among them
 
     def __post_init__(self) -> None:
@@ -82,9 +85,48 @@ class FeatureReader:
         x = self._hook_acts(tokens)
         if self.sae is not None:
             with torch.no_grad():
+                if self.sparse and _sparse_capable(self.sae):
+                    return self._sparse_topk(x)
                 x = self.sae.encode(x)
         x = x.reshape(x.shape[0], x.shape[1], -1)
         return x[..., self.start : self.stop].float()
+
+    def _sparse_topk(self, x: torch.Tensor) -> torch.Tensor:
+        """The TopK SAE's latents as a coalesced sparse COO tensor [batch, pos, feature] holding the dense tensor's
+        nonzero entries, in its order and with its values: SAELens's own sparse TopK output (the same top-k values
+        after ReLU, never scattered into a dense [batch, pos, d_sae] of zeros), without the zeros ReLU leaves and
+        the latents outside [start, stop). A NaN among the values gives the dense tensor, as the dense path would.
+        The SAE's activation is switched to sparse for this call only: no other thread may encode with this SAE
+        meanwhile (collection loads its own)."""
+        assert self.stop is not None and self.sae is not None
+        sae = self.sae
+        fn = sae.activation_fn
+        fn.use_sparse_activations = True
+        try:
+            with torch.sparse.check_sparse_tensor_invariants(False):  # SAELens builds valid indices; no check per batch
+                coo = sae.encode(x)
+        finally:
+            fn.use_sparse_activations = False
+        idx, vals = coo._indices(), coo._values()
+        if bool(vals.isnan().any()):
+            x = coo.to_dense()
+            return x.reshape(x.shape[0], x.shape[1], -1)[..., self.start : self.stop].float()
+        keep = vals > 0
+        if self.start or self.stop < self.width:
+            keep &= (idx[-1] >= self.start) & (idx[-1] < self.stop)
+        idx, vals = idx[:, keep], vals[keep].float()
+        idx[-1] -= self.start
+        shape = (*coo.shape[:-1], self.stop - self.start)
+        return torch.sparse_coo_tensor(idx, vals, shape, check_invariants=False).coalesce()
+
+
+def _sparse_capable(sae: Any) -> bool:
+    """A TopK SAE whose activation can give its output as a sparse tensor (SAELens's TopK, use_sparse_activations)."""
+    from sae_lens import TopKSAE
+    from sae_lens.saes.topk_sae import TopK
+
+    return isinstance(sae, TopKSAE) and isinstance(sae.activation_fn, TopK) and \
+        hasattr(sae.activation_fn, "use_sparse_activations")
 
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -215,63 +212,3 @@ def test_reader_rejects_wrong_sae_width(tmp_path, tiny_model):
     sae = load_sae(str(make_sae_dir(tmp_path / "wide", HOOK, d_in=999)))
     with pytest.raises(AutointerpError, match="d_in=999"):
         FeatureReader(tiny_model, HOOK, sae=sae)
-
-
-_THP_PROBE = """
-import sys
-if sys.argv[1] == "autointerp first":
-    import autointerp  # noqa: F401
-import torch
-x = torch.ones(64 << 20)  # 256 MiB
-for line in open("/proc/self/smaps_rollup"):
-    if line.startswith("AnonHugePages:"):
-        print(int(line.split()[1]) // 1024)
-"""
-
-
-def test_importing_autointerp_first_puts_large_torch_allocations_on_huge_pages():
-    """Set before PyTorch's first allocation, THP_MEM_ALLOC_ENABLE makes its large CPU allocations (a batch's
-    activations, the collector's buffers) ask for huge pages; the kernel's `madvise` mode then grants them only
-    to memory that asks, so the probe tells the two imports apart."""
-    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not mode.exists() or "[madvise]" not in mode.read_text():
-        pytest.skip("transparent huge pages are not in madvise mode here")
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-
-    def huge_mib(order: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _THP_PROBE, order], env=env, capture_output=True, text=True,
-                             check=True)
-        return int(out.stdout.strip())
-
-    assert huge_mib("autointerp first") >= 200
-    assert huge_mib("torch alone") < 64
-
-
-_REUSE_PROBE = """
-import resource, sys
-if sys.argv[1] == "autointerp":
-    import autointerp  # noqa: F401
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-f0 = faults()
-for _ in range(50):
-    a = bytearray(3 << 20)
-    b = bytearray(2 << 20)
-    del a, b
-print(faults() - f0)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc thresholds")
-def test_importing_autointerp_keeps_freed_blocks_for_reuse_instead_of_faulting_them_in_again():
-    """Blocks of a few MiB allocated and freed over and over (a batch's tensors) are reused after `import
-    autointerp`; glibc's moving thresholds otherwise hand some back and fault them in again."""
-    def faults(first: str) -> int:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        out = subprocess.run([sys.executable, "-c", _REUSE_PROBE, first], env=env, capture_output=True, text=True,
-                             check=True)
-        return int(out.stdout.strip())
-
-    five_mib = 5 << 8  # pages: what the first round must fault in whatever the allocator does
-    with_autointerp, without = faults("autointerp"), faults("plain")
-    assert with_autointerp < 1.2 * five_mib < without

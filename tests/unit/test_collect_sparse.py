@@ -63,6 +63,52 @@ def test_sparse_and_dense_paths_give_the_same_tables_on_an_sae(tmp_path, tiny_mo
     _assert_same_tables(dense, sparse, strings)
 
 
+def _topk_with_zeros(tmp_path: Path, d_in: int):
+    """A TopK SAE whose biases push some tokens' top-k pre-activations below zero: ReLU leaves zeros among them."""
+    sae = load_sae(str(make_topk_sae_dir(tmp_path / "topk", HOOK, d_in=d_in, d_sae=96, k=5)))
+    with torch.no_grad():
+        sae.b_enc -= 2.5
+    return sae
+
+
+@pytest.mark.parametrize("features", [(0, None), (10, 70)])
+def test_a_topk_readers_sparse_output_holds_the_dense_outputs_nonzero_entries(tmp_path, tiny_model, corpus_file,
+                                                                            features):
+    sae = _topk_with_zeros(tmp_path, tiny_model.cfg.d_model)
+    dense_reader = FeatureReader(tiny_model, HOOK, sae=sae, start=features[0], stop=features[1])
+    sparse_reader = FeatureReader(tiny_model, HOOK, sae=sae, start=features[0], stop=features[1], sparse=True)
+    ctxs = list(corpus.contexts(corpus.pieces(str(corpus_file)), tiny_model.tokenizer, 16, 7))
+    tokens = torch.from_numpy(np.stack(ctxs))
+    dense, coo = dense_reader(tokens), sparse_reader(tokens)
+    assert coo.is_sparse and coo.shape == dense.shape
+    fired = (dense > 0).sum(-1)
+    assert int(fired.sum()) > 0 and int(fired.min()) < 5  # ReLU cut some tokens' top-k values
+    assert torch.equal(coo.to_dense(), dense)
+    for a, b in [(dense, coo), (dense[:, 1:], coo.narrow_copy(1, 1, dense.shape[1] - 1))]:  # the BOS cut too
+        want, got = sparse_of(a, 0.0, max_density=1.0), sparse_of(b, 0.0, max_density=1.0)
+        assert want is not None and got is not None
+        for part in ("ctx", "pos", "feat", "vals"):
+            assert torch.equal(getattr(want, part), getattr(got, part)), part
+    assert dense_reader.sae.activation_fn.use_sparse_activations is False  # switched for the call only
+
+
+@pytest.mark.parametrize("max_density", [1.0, 1e-6])
+def test_a_topk_readers_sparse_output_collects_the_tables_of_its_dense_output(tmp_path, tiny_model, tiny_model_dir,
+                                                                              corpus_file, max_density):
+    """Through the sparse path, and densified where a batch is denser than max_density."""
+    sae = _topk_with_zeros(tmp_path, tiny_model.cfg.d_model)
+    cfg = CollectConfig(model=str(tiny_model_dir), hook=HOOK, dataset=str(corpus_file), n_tokens=1600, ctx_len=16,
+                        top_k=4, n_quantiles=3, per_quantile=2, n_random=5, batch_size=7, seed=3)
+    ctxs = list(corpus.contexts(corpus.pieces(cfg.dataset), tiny_model.tokenizer, cfg.ctx_len, 100))
+    bos = tiny_model.tokenizer.bos_token_id
+    runs = [collect_contexts(cfg, FeatureReader(tiny_model, HOOK, sae=sae, sparse=sparse), 96, iter(ctxs), bos,
+                             max_density=density)[0]
+            for sparse, density in ((False, 0.0), (True, max_density))]
+    assert int(runs[0].stats.n_active.sum()) > 0
+    _assert_same_state(*runs)
+    _assert_same_tables(*runs, [f"t{i}" for i in range(tiny_model.cfg.d_vocab)])
+
+
 def _planted(seed: int, n_ctx: int = 60, length: int = 9, n_feat: int = 11) -> torch.Tensor:
     """Sparse activations spanning many binades (so histogram bins merge as maxima grow), with whole contexts
     active for some features (rows with no zero) and features silent throughout."""
