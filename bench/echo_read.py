@@ -135,22 +135,8 @@ def _export(ref: str, into: Path) -> str:
     return commit
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default=None, help="a git ref whose reader is timed beside the working tree's")
-    ap.add_argument("--features", type=int, default=8, help="features whose replies are captured")
-    ap.add_argument("--rounds", type=int, default=5, help="alternations of the versions")
-    ap.add_argument("--reps", type=int, default=5, help="passes over the bodies per round")
-    ap.add_argument("--out", default="bench/results/echo_read.json")
-    ap.add_argument("--time", type=Path, default=None, help=argparse.SUPPRESS)  # a child: time the reading
-    ap.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.time is not None:
-        sys.path.insert(0, str(args.root))
-        print(json.dumps(time_reading(args.time, args.reps)))
-        return
-    tmp = Path(tempfile.mkdtemp())
-    load = Path("/proc/loadavg").read_text().split()[:3]
+def _rounds(tmp: Path, args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """The bodies captured under `tmp`, then each version timed on them, alternated `args.rounds` times."""
     manifest = capture(tmp, args.features)
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "autointerp"], capture_output=True,
@@ -171,6 +157,26 @@ def main() -> None:
             print(f"round {r + 1} {name:6s} decode {got['decode_ms_per_reply']:6.2f} + read "
                   f"{got['read_ms_per_reply']:6.2f} = {total:6.2f} ms per reply, "
                   f"{total * REPLIES_PER_FEATURE:6.2f} ms per feature   values {got['values_sha256']}", flush=True)
+    return runs, commits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", default=None, help="a git ref whose reader is timed beside the working tree's")
+    ap.add_argument("--features", type=int, default=8, help="features whose replies are captured")
+    ap.add_argument("--rounds", type=int, default=5, help="alternations of the versions")
+    ap.add_argument("--reps", type=int, default=5, help="passes over the bodies per round")
+    ap.add_argument("--out", default="bench/results/echo_read.json")
+    ap.add_argument("--time", type=Path, default=None, help=argparse.SUPPRESS)  # a child: time the reading
+    ap.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.time is not None:
+        sys.path.insert(0, str(args.root))
+        print(json.dumps(time_reading(args.time, args.reps)))
+        return
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    with tempfile.TemporaryDirectory() as workdir:  # the captured bodies: ~2 MB per reply
+        runs, commits = _rounds(Path(workdir), args)
     results: dict[str, Any] = {"features": args.features, "replies": runs["after"][0]["replies"],
                                "replies_per_feature": REPLIES_PER_FEATURE, "goal_client_ms_per_feature": GOAL_MS,
                                "reps": args.reps, "rounds": args.rounds, "commits": commits, "cpus": os.cpu_count(),
