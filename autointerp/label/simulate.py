@@ -22,12 +22,13 @@ import functools
 import itertools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from string import Template
 from typing import Any
 
 from autointerp.llm import prompts
+from autointerp.llm.bodies import EchoLogprobs
 from autointerp.llm.client import LLMClient, LLMFailure, LLMReply, ask_parsed
 from autointerp.records import CallRow, Context, FailureCode
 
@@ -185,27 +186,52 @@ def _top_dict(t: Any) -> dict[str, float] | None:
 # (rounding aside), which bounds what the rest of a reading can still add.
 _MAX_TOTAL = 1.0 + 1e-6
 
+Entries = Callable[[list[int]], list[Any]]  # token indices -> their top_logprobs entries, decoded
 
-def _read(prompt: str, starts: list[int], tops: list[Any], offsets: list[int], at: list[int],
-          shift: int, beat: float = -math.inf, strict: bool = True) -> tuple[list[float] | None, float]:
+
+def _places(prompt: str, starts: list[int], offsets: list[int]) -> tuple[list[int], list[str]]:
+    """For each placeholder, the token whose distribution gives its value in OpenAI's convention (-1: none)
+    and that token's text before the placeholder (its fragment: "" where the token starts there)."""
+    n, tokens, fragments = len(starts), [], []
+    for off in offsets:
+        i = bisect.bisect_left(starts, off)
+        if i < n and starts[i] == off:
+            tokens.append(i)
+            fragments.append("")
+        elif i > 0:  # the placeholder's first character is inside token i - 1
+            tokens.append(i - 1)
+            fragments.append(prompt[starts[i - 1]:off])
+        else:
+            tokens.append(-1)
+            fragments.append("")
+    return tokens, fragments
+
+
+def _tops_at(entries: Entries, where: list[int], all_at_once: bool) -> Iterator[Any]:
+    """The entries of the tokens at `where` (None at -1): decoded in one call, or, for a reading that may
+    stop after a few, in chunks of 1, 2, 4, ... placeholders."""
+    done, size = 0, (len(where) if all_at_once else 1)
+    while done < len(where):
+        chunk = where[done:done + size]
+        got = iter(entries([j for j in chunk if j >= 0]))
+        yield from (next(got) if j >= 0 else None for j in chunk)
+        done += size
+        size *= 2
+
+
+def _read(entries: Entries, tokens: list[int], fragments: list[str], shift: int, beat: float = -math.inf,
+          strict: bool = True) -> tuple[list[float] | None, float]:
     """Expected values at the placeholders (nan where no digit is listed), and the digit probability
-    found over all of them. `at[k]`: the first token starting at or after placeholder k; `shift` 1 reads
-    token i's distribution from top_logprobs[i - 1] (a server that gives each token the next one's).
+    found over all of them. `tokens`, `fragments`: `_places`; `shift` 1 reads token i's distribution from
+    top_logprobs[i - 1] (a server that gives each token the next one's).
     With `beat`, the values are None unless the reading ends with more digit probability than `beat`
     (`strict`) or as much (not `strict`); it stops as soon as it cannot, counting each placeholder left at
     the most a distribution allows (a placeholder over that, which no distribution gives, drops the bound)."""
-    values, mass, n = [], 0.0, len(starts)
-    left, bounded = len(offsets), beat > -math.inf
-    for off, i in zip(offsets, at, strict=True):
-        if i < n and starts[i] == off:
-            t = tops[i - shift] if i >= shift else None
-            total, weighted = _digit_sums(t if type(t) is dict else _top_dict(t))
-        elif i > 0:  # the placeholder's first character is inside token i - 1
-            j = i - 1 - shift
-            t = tops[j] if j >= 0 else None
-            total, weighted = _digit_sums(t if type(t) is dict else _top_dict(t), prompt[starts[i - 1]:off])
-        else:
-            total = weighted = 0.0
+    values, mass = [], 0.0
+    left, bounded = len(tokens), beat > -math.inf
+    where = [j - shift if j >= shift else -1 for j in tokens]
+    for t, fragment in zip(_tops_at(entries, where, not bounded), fragments, strict=True):
+        total, weighted = _digit_sums(t if type(t) is dict else _top_dict(t), fragment)
         values.append(weighted / total if total > 0 else math.nan)
         mass += total
         left -= 1
@@ -224,7 +250,36 @@ def _short(reach: float, beat: float, strict: bool) -> bool:
 _LAST_SHIFT = 0
 
 
-def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) -> tuple[list[float], int]:
+def _echo_arrays(logprobs: Any) -> tuple[list[int], Entries, bool]:
+    """(text_offset, the top_logprobs entries of given tokens, aligned) of an echo reply's logprobs, the
+    dict a parser gives or an `EchoLogprobs`; ValueError for a reply that is not an echo with logprobs."""
+    if isinstance(logprobs, EchoLogprobs):
+        tokens, starts, tops, aligned = logprobs.tokens, logprobs.text_offset, logprobs.top_logprobs, logprobs.aligned
+        if not tokens:
+            raise ValueError("the endpoint returned no prompt logprobs (echo unsupported?)")
+        entries, any_entry = logprobs.entries, logprobs.any_entry
+    else:
+        if not logprobs or not logprobs.get("tokens") or logprobs.get("text_offset") is None:
+            raise ValueError("the endpoint returned no prompt logprobs (echo unsupported?)")
+        tokens, starts, tops = logprobs["tokens"], logprobs["text_offset"], logprobs.get("top_logprobs") or []
+        aligned = logprobs.get("aligned")
+
+        def entries(indices: list[int]) -> list[Any]:
+            return [tops[i] for i in indices]
+
+        def any_entry() -> bool:
+            return any(isinstance(t, dict | list) for t in tops)
+    if not (len(tokens) == len(starts) == len(tops)):
+        raise ValueError("logprobs arrays differ in length")
+    if not all(map(isinstance, starts, itertools.repeat(int))) or list(starts) != sorted(starts):
+        raise ValueError("text_offset is not a non-decreasing list of character offsets")
+    if not any_entry():
+        raise ValueError("the endpoint returned no top_logprobs (echo unsupported?)")
+    return starts, entries, bool(aligned)
+
+
+def read_echo(logprobs: dict[str, Any] | EchoLogprobs | None, prompt: str, offsets: list[int]
+              ) -> tuple[list[float], int]:
     """Predictions at the placeholder offsets of an echoed prompt, and how many placeholders had no
     digit among their top logprobs (those predict 0, as OpenAI's simulator does).
 
@@ -234,25 +289,19 @@ def read_echo(logprobs: dict[str, Any] | None, prompt: str, offsets: list[int]) 
     that gives the digits more probability at the placeholders is kept: after the tab a digit (or the
     placeholder) is expected, where a tab is expected the digits are unlikely. An object marked
     {"aligned": true} (the in-process path) is read as OpenAI's convention without the check.
-    Raises ValueError only for a reply that is not an echo with logprobs, never for its content."""
-    if not logprobs or not logprobs.get("tokens") or logprobs.get("text_offset") is None:
-        raise ValueError("the endpoint returned no prompt logprobs (echo unsupported?)")
-    tokens, starts, tops = logprobs["tokens"], logprobs["text_offset"], logprobs.get("top_logprobs") or []
-    if not (len(tokens) == len(starts) == len(tops)):
-        raise ValueError("logprobs arrays differ in length")
-    if not all(map(isinstance, starts, itertools.repeat(int))) or list(starts) != sorted(starts):
-        raise ValueError("text_offset is not a non-decreasing list of character offsets")
-    if not any(isinstance(t, dict | list) for t in tops):
-        raise ValueError("the endpoint returned no top_logprobs (echo unsupported?)")
+    `logprobs` is a completions choice's logprobs: a dict, or an `EchoLogprobs` (`loads_completions`)
+    whose entries are decoded only where a reading looks. Raises ValueError only for a reply that is
+    not an echo with logprobs, never for its content."""
     global _LAST_SHIFT
-    at = [bisect.bisect_left(starts, off) for off in offsets]
-    if logprobs.get("aligned"):
-        values, _ = _read(prompt, starts, tops, offsets, at, 0)
+    starts, entries, aligned = _echo_arrays(logprobs)
+    tokens, fragments = _places(prompt, starts, offsets)
+    if aligned:
+        values, _ = _read(entries, tokens, fragments, 0)
     else:
         # The shifted reading is kept only if it finds strictly more digit probability (ties: as sent).
         first = _LAST_SHIFT
-        values, mass = _read(prompt, starts, tops, offsets, at, first)
-        other, _ = _read(prompt, starts, tops, offsets, at, 1 - first, beat=mass, strict=first == 0)
+        values, mass = _read(entries, tokens, fragments, first)
+        other, _ = _read(entries, tokens, fragments, 1 - first, beat=mass, strict=first == 0)
         if other is not None:
             values, _LAST_SHIFT = other, 1 - first
     assert values is not None

@@ -4,8 +4,9 @@ from a batch result is parsed exactly like one received over HTTP."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 from autointerp.llm import prompts
@@ -57,6 +58,57 @@ def loads(content: bytes | str) -> Any:
         return json.loads(content)
     except ValueError as exc:
         raise MalformedResponse(f"invalid JSON body ({exc})") from None
+
+
+# An integer orjson reads as one (it reads larger ones as floats): a body with another goes to `loads`.
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class EchoLogprobs(msgspec.Struct):
+    """A completions choice's `logprobs` with every token's top-logprobs entry left as its JSON text: an
+    echo reply carries one for each prompt token and its reader needs a few (`entries`)."""
+
+    tokens: list[str]
+    text_offset: list[_Int]
+    top_logprobs: list[msgspec.Raw]
+    aligned: bool = False
+
+    def entries(self, indices: list[int]) -> list[Any]:
+        """The top-logprobs entries of these tokens, decoded (by `loads`) in one call."""
+        tops = self.top_logprobs
+        return loads(b"[" + b",".join([tops[i] for i in indices]) + b"]")
+
+    def any_entry(self) -> bool:
+        """Whether any token's entry is an object or a list (not null, not a scalar)."""
+        return any(memoryview(t)[:1] in (b"{", b"[") for t in self.top_logprobs)
+
+
+class _Choice(msgspec.Struct):
+    text: str
+    index: _Int | None = None
+    logprobs: EchoLogprobs | None = None
+
+
+class _Completions(msgspec.Struct):
+    choices: list[_Choice]
+    usage: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_COMPLETIONS = msgspec.json.Decoder(_Completions)
+
+
+def loads_completions(content: bytes) -> Any:
+    """A completions body as `loads` gives it, except that each choice's logprobs is an `EchoLogprobs`,
+    its top-logprobs entries undecoded: decoding every entry of an echo body was the client's largest
+    cost. Only a body of the usual shape is read so (msgspec, checking each field's type); any other (a
+    missing or mistyped field, NaN, a lone surrogate) is left to `loads`, so the parsers and the echo
+    reader see what they would have seen."""
+    try:
+        body = _COMPLETIONS.decode(content)
+    except msgspec.DecodeError:  # ValidationError included
+        return loads(content)
+    return {"choices": [{"index": c.index, "text": c.text, "logprobs": c.logprobs} for c in body.choices],
+            "usage": loads(bytes(body.usage))}
 
 
 Usage = tuple[int, int, int]  # prompt, completion, cached prompt tokens

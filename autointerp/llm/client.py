@@ -34,6 +34,7 @@ from autointerp.llm.bodies import (
     chat_body,
     completion_body,
     loads,
+    loads_completions,
     parse_chat_json,
     parse_completion_json,
     parse_completions_json,
@@ -60,8 +61,8 @@ def new_call(role: str, model: str, endpoint: str, phash: str | None, prompt_tok
 @dataclass
 class LLMReply:
     text: str
-    logprobs: Any  # completions: {tokens, text_offset, top_logprobs} (a list of them, one per prompt, for a
-    # list of prompts); chat: choice.logprobs as dict
+    logprobs: Any  # completions: {tokens, text_offset, top_logprobs} (a list of them, one per prompt, for a list
+    # of prompts), an EchoLogprobs where echo was asked (its entries decoded when read); chat: choice.logprobs
     calls: list[CallRow]
 
 
@@ -210,8 +211,9 @@ class OpenAICompatibleClient:
         raise ListRefused("no endpoint takes a list of prompts")
 
     async def _request(self, role: str, model: str, path: str, payload: dict[str, Any], parse: Any,
-                       lists: bool = False) -> LLMReply:
-        """`payload` POSTed to `path` of an endpoint in turn, retried; `parse(body)` -> (text, logprobs, usage)."""
+                       lists: bool = False, decode: Callable[[bytes], Any] = loads) -> LLMReply:
+        """`payload` POSTed to `path` of an endpoint in turn, retried; `parse(decode(body))` -> (text, logprobs,
+        usage)."""
         calls: list[CallRow] = []
         phash = prompt_hash(payload)
 
@@ -223,7 +225,7 @@ class OpenAICompatibleClient:
                 # Where an endpoint has refused a temperature: its default instead.
                 body = payload if url not in self.refuses_temperature else \
                     {k: v for k, v in payload.items() if k != "temperature"}
-                text, logprobs, usage = parse(loads(await endpoint.post(path, body)))
+                text, logprobs, usage = parse(decode(await endpoint.post(path, body)))
             except Exception as exc:
                 reason = _reason(exc, self._secret)
                 if lists and _refuses_list(exc):
@@ -270,7 +272,8 @@ class OpenAICompatibleClient:
         if isinstance(prompt, list):
             return await self._complete_list(role, model, prompt, max_tokens, echo, logprobs)
         kwargs = completion_body(model, prompt, max_tokens, echo, logprobs)
-        return await self._request(role, model, "/completions", kwargs, parse_completion_json)
+        return await self._request(role, model, "/completions", kwargs, parse_completion_json,
+                                   decode=loads_completions if echo else loads)
 
     async def _complete_list(self, role: str, model: str, prompts: list[str], max_tokens: int, echo: bool,
                              logprobs: int | None) -> LLMReply:
@@ -304,7 +307,8 @@ class OpenAICompatibleClient:
             return "".join(texts), lps, usage
 
         try:
-            return await self._request(role, model, "/completions", kwargs, parse, lists=True)
+            return await self._request(role, model, "/completions", kwargs, parse, lists=True,
+                                       decode=loads_completions if echo else loads)
         except LLMFailure as exc:
             if exc.code != FailureCode.LIST_REFUSED:
                 raise

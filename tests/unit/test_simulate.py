@@ -238,8 +238,10 @@ def test_the_reading_kept_is_the_one_with_more_digit_probability_whichever_is_re
             tops[i] = {str(d): math.log(p) for d, p in zip(digits_here, high, strict=True)}
             tops[i - 1] = {str(d): math.log(p) for d, p in zip(digits_before, low, strict=True)}
         obj = {"tokens": tokens, "text_offset": starts, "top_logprobs": tops}
-        aligned, mass = simulate._read(prompt, starts, tops, offsets, at, 0)
-        shifted, shifted_mass = simulate._read(prompt, starts, tops, offsets, at, 1)
+        entries = lambda indices: [tops[i] for i in indices]  # noqa: E731, B023
+        tokens_at, fragments = simulate._places(prompt, starts, offsets)
+        aligned, mass = simulate._read(entries, tokens_at, fragments, 0)
+        shifted, shifted_mass = simulate._read(entries, tokens_at, fragments, 1)
         assert aligned is not None and shifted is not None
         expected = [0.0 if math.isnan(v) else v for v in (shifted if shifted_mass > mass else aligned)]
         for first in (0, 1):
@@ -339,7 +341,7 @@ def test_in_process_and_http_readings_agree():
             c = client(llm.base_url)
             reply = asyncio.run(c.complete(role="simulator", model="m", prompt=prompt, max_tokens=1, echo=True,
                                            logprobs=20))
-        assert reply.logprobs["text_offset"] == in_process["text_offset"]
+        assert reply.logprobs.text_offset == in_process["text_offset"]
         via_http, missing_http = simulate.read_echo(reply.logprobs, prompt, offsets)
         direct, missing = simulate.read_echo(in_process, prompt, offsets)
         assert via_http == pytest.approx(direct, abs=1e-9) and missing_http == missing
