@@ -96,7 +96,8 @@ def prepare(cfg: CollectConfig, model: Any = None) -> Prepared:
             device=device, dtype=cfg.dtype,
         )
     start, stop = cfg.features if cfg.features else (0, None)
-    reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop, sparse=True)
+    # Sparse TopK latents where PyTorch's sparse tensors have the kernels the collector uses (not MPS).
+    reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop, sparse=device.type in ("cpu", "cuda"))
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise BadInput(f"model {cfg.model} has no tokenizer")
