@@ -96,7 +96,7 @@ def prepare(cfg: CollectConfig, model: Any = None) -> Prepared:
             device=device, dtype=cfg.dtype,
         )
     start, stop = cfg.features if cfg.features else (0, None)
-    # Sparse TopK latents where PyTorch's sparse tensors have the kernels the collector uses (not MPS).
+    # Sparse TopK latents on CPU and CUDA, where the sparse path is tested (CUDA by construction); MPS stays dense.
     reader = models.FeatureReader(model, hook, sae=sae, start=start, stop=stop, sparse=device.type in ("cpu", "cuda"))
     tokenizer = model.tokenizer
     if tokenizer is None:
