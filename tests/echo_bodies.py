@@ -496,12 +496,12 @@ def cases() -> list[Case]:
 
 def outcome(case: Case, decode: Callable[[bytes], Any]) -> dict[str, Any]:
     """What the client and the echo reader make of a case's body, from each starting convention."""
-    from autointerp.label import simulate
+    from autointerp.label import echo_read, simulate
     from autointerp.llm import bodies
 
     out: dict[str, Any] = {}
     for first in (0, 1):
-        simulate._LAST_SHIFT = first
+        echo_read._LAST_SHIFT = first
         try:
             if case.single:
                 text, lp, usage = bodies.parse_completion_json(decode(case.body))
@@ -514,7 +514,7 @@ def outcome(case: Case, decode: Callable[[bytes], Any]) -> dict[str, Any]:
                                    "usage": list(usage), "values": [[v.hex() for v in vs] for vs in values]}
         except Exception as exc:
             got = {"error": f"{type(exc).__name__}: {exc}"}
-        got["last_shift"] = simulate._LAST_SHIFT
+        got["last_shift"] = echo_read._LAST_SHIFT
         out[str(first)] = got
     return out
 

@@ -133,7 +133,7 @@ def echo_logprobs(prompt: str, token_bytes: list[bytes], digit_logprobs: np.ndar
     """A completions-style logprobs object for an echoed prompt, in OpenAI's convention: tokens (each
     the prompt text from its offset to the next, so they spell the prompt), text_offset (characters),
     and top_logprobs[i] = the digits' logprobs for token i given the tokens before it (null for the
-    first); "aligned" says so, for `simulate.read_echo`. digit_logprobs: [n_tokens, 10], row i the distribution after token i."""
+    first); "aligned" says so, for `echo_read.read_echo`. digit_logprobs: [n_tokens, 10], row i the distribution after token i."""
     data = prompt.encode("utf-8", "replace")
     offsets = char_offsets(data, token_bytes)
     text = data.decode("utf-8", "replace")

@@ -18,7 +18,7 @@ import pytest
 from autointerp import store
 from autointerp.collect.stage import collect_stage
 from autointerp.config import CollectConfig, LabelConfig
-from autointerp.label import scoring, simulate
+from autointerp.label import echo_read, scoring, simulate
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.units import scoring_contexts
 from autointerp.llm import local, prompts
@@ -199,7 +199,7 @@ def test_hostile_tokens_through_the_real_tokenizer(inproc):
         obj, _ = inproc.echo(prompt)
         assert "".join(obj["tokens"]) == prompt.encode("utf-8", "replace").decode()
         assert set(offsets) <= set(obj["text_offset"])
-        values, missing = simulate.read_echo(obj, prompt, offsets)
+        values, missing = echo_read.read_echo(obj, prompt, offsets)
         assert missing == 0 and all(math.isfinite(v) for v in values)
 
 
@@ -216,9 +216,9 @@ def test_in_process_agrees_with_llama_cpp_echo_over_http(inproc):
         http = OpenAICompatibleClient([llm.base_url], timeout_s=30.0)
         got = asyncio.run(http.complete(role="simulator", model="m", prompt=prompt, max_tokens=1, echo=True,
                                         logprobs=100))
-    via_http, _ = simulate.read_echo(got.logprobs, prompt, offsets)
+    via_http, _ = echo_read.read_echo(got.logprobs, prompt, offsets)
     obj, _ = inproc.echo(prompt)
-    in_process, missing = simulate.read_echo(obj, prompt, offsets)
+    in_process, missing = echo_read.read_echo(obj, prompt, offsets)
     assert missing == 0
     starts = obj["text_offset"]
     assert served["text_offset"][: len(starts)] == starts
@@ -229,7 +229,7 @@ def test_in_process_agrees_with_llama_cpp_echo_over_http(inproc):
         for k, v in theirs.items():
             assert v == pytest.approx(mine[k], abs=2e-3)
         # equal over the digits the server listed; with all ten listed, equal to the in-process value
-        assert v_http == pytest.approx(simulate.expected_digit({k: mine[k] for k in theirs}), abs=2e-3)
+        assert v_http == pytest.approx(echo_read.expected_digit({k: mine[k] for k in theirs}), abs=2e-3)
         if len(theirs) == 10:
             assert v_http == pytest.approx(v_in, abs=2e-3)
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from autointerp.label import simulate
+from autointerp.label import echo_read, simulate
 from autointerp.llm import local
 from autointerp.llm.client import LLMFailure, OpenAICompatibleClient
 from autointerp.records import Context
@@ -239,14 +239,14 @@ def test_the_reading_kept_is_the_one_with_more_digit_probability_whichever_is_re
             tops[i - 1] = {str(d): math.log(p) for d, p in zip(digits_before, low, strict=True)}
         obj = {"tokens": tokens, "text_offset": starts, "top_logprobs": tops}
         entries = lambda indices: [tops[i] for i in indices]  # noqa: E731, B023
-        tokens_at, fragments = simulate._places(prompt, starts, offsets)
-        aligned, mass = simulate._read(entries, tokens_at, fragments, 0)
-        shifted, shifted_mass = simulate._read(entries, tokens_at, fragments, 1)
+        tokens_at, fragments = echo_read._places(prompt, starts, offsets)
+        aligned, mass = echo_read._read(entries, tokens_at, fragments, 0)
+        shifted, shifted_mass = echo_read._read(entries, tokens_at, fragments, 1)
         assert aligned is not None and shifted is not None
         expected = [0.0 if math.isnan(v) else v for v in (shifted if shifted_mass > mass else aligned)]
         for first in (0, 1):
-            simulate._LAST_SHIFT = first
-            values, _ = simulate.read_echo(obj, prompt, offsets)
+            echo_read._LAST_SHIFT = first
+            values, _ = echo_read.read_echo(obj, prompt, offsets)
             assert values == expected, (case, first, mass, shifted_mass)
 
 
@@ -342,6 +342,6 @@ def test_in_process_and_http_readings_agree():
             reply = asyncio.run(c.complete(role="simulator", model="m", prompt=prompt, max_tokens=1, echo=True,
                                            logprobs=20))
         assert reply.logprobs.text_offset == in_process["text_offset"]
-        via_http, missing_http = simulate.read_echo(reply.logprobs, prompt, offsets)
-        direct, missing = simulate.read_echo(in_process, prompt, offsets)
+        via_http, missing_http = echo_read.read_echo(reply.logprobs, prompt, offsets)
+        direct, missing = echo_read.read_echo(in_process, prompt, offsets)
         assert via_http == pytest.approx(direct, abs=1e-9) and missing_http == missing
