@@ -86,8 +86,11 @@ class FeatureReader:
         if self.sae is not None:
             with torch.no_grad():
                 if self.sparse and _sparse_capable(self.sae):
-                    return self._sparse_topk(x)
-                x = self.sae.encode(x)
+                    x = self._sparse_topk(x)
+                    if x.is_sparse:
+                        return x
+                else:
+                    x = self.sae.encode(x)
         x = x.reshape(x.shape[0], x.shape[1], -1)
         return x[..., self.start : self.stop].float()
 
@@ -95,7 +98,7 @@ class FeatureReader:
         """The TopK SAE's latents as a coalesced sparse COO tensor [batch, pos, feature] holding the dense tensor's
         nonzero entries, in its order and with its values: SAELens's own sparse TopK output (the same top-k values
         after ReLU, never scattered into a dense [batch, pos, d_sae] of zeros), without the zeros ReLU leaves and
-        the latents outside [start, stop). A NaN among the values gives the dense tensor, as the dense path would.
+        the latents outside [start, stop). A NaN among the values gives the whole dense output instead.
         The SAE's activation is switched to sparse for this call only: no other thread may encode with this SAE
         meanwhile (collection loads its own)."""
         assert self.stop is not None and self.sae is not None
@@ -109,8 +112,7 @@ class FeatureReader:
             fn.use_sparse_activations = False
         idx, vals = coo._indices(), coo._values()
         if bool(vals.isnan().any()):
-            x = coo.to_dense()
-            return x.reshape(x.shape[0], x.shape[1], -1)[..., self.start : self.stop].float()
+            return coo.to_dense()  # the encode's dense output, for __call__ to cut as the dense path does
         keep = vals > 0
         if self.start or self.stop < self.width:
             keep &= (idx[-1] >= self.start) & (idx[-1] < self.stop)

@@ -92,6 +92,20 @@ def test_a_topk_readers_sparse_output_holds_the_dense_outputs_nonzero_entries(tm
     assert dense_reader.sae.activation_fn.use_sparse_activations is False  # switched for the call only
 
 
+def test_a_topk_reader_with_nan_among_its_values_gives_the_dense_output(tmp_path, tiny_model, corpus_file):
+    """NaN is no zero and no positive value: the sparse form cannot hold what the dense path would see."""
+    sae = _topk_with_zeros(tmp_path, tiny_model.cfg.d_model)
+    with torch.no_grad():
+        sae.b_enc[3] = float("nan")
+    ctxs = list(corpus.contexts(corpus.pieces(str(corpus_file)), tiny_model.tokenizer, 16, 3))
+    tokens = torch.from_numpy(np.stack(ctxs))
+    dense = FeatureReader(tiny_model, HOOK, sae=sae, start=2, stop=50)(tokens)
+    got = FeatureReader(tiny_model, HOOK, sae=sae, start=2, stop=50, sparse=True)(tokens)
+    assert bool(dense.isnan().any())
+    assert not got.is_sparse and got.shape == dense.shape
+    assert torch.equal(got.nan_to_num(-1.0), dense.nan_to_num(-1.0))
+
+
 @pytest.mark.parametrize("max_density", [1.0, 1e-6])
 def test_a_topk_readers_sparse_output_collects_the_tables_of_its_dense_output(tmp_path, tiny_model, tiny_model_dir,
                                                                               corpus_file, max_density):
