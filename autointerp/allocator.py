@@ -55,8 +55,8 @@ def heap_only() -> Iterator[None]:
     coalesce, small objects left between large blocks make some blocks come from fresh memory and the heap grow by
     a few blocks; so inside, the heap is never cut back (rather than past 1 GiB of free top), or a heap that grew
     past 1 GiB would be cut back and faulted in again every batch (a 65k JumpReLU SAE's reader: 159k page faults
-    over 20 batches with 1 GiB kept, 3k with 8 GiB). MALLOC_MMAP_MAX_ and MALLOC_TRIM_THRESHOLD_ in the
-    environment win."""
+    over 20 batches with 1 GiB kept, 3.3k over 16 batches never cut back). MALLOC_MMAP_MAX_ and
+    MALLOC_TRIM_THRESHOLD_ in the environment win."""
     glibc = _glibc()
     if glibc is None or "MALLOC_MMAP_MAX_" in os.environ:
         yield
