@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import sys
 from collections.abc import Callable, Iterator
+
+import numpy as np
 
 # glibc's mallopt parameters, and M_MMAP_MAX's default
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -73,3 +76,23 @@ def heap_only() -> Iterator[None]:
         if trim:
             mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
         malloc_trim(0)
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """Zeros in a mapping of their own, faulted in page by page as first written, on small pages: the collector's
+    buffers, which live the whole run and of which a feature that never fires touches nothing.
+
+    Not on huge pages (numpy asks for them on every large array): here a huge page is a whole 2 MiB block the guest
+    kernel has reported free to the host, which the host backs afresh on first write. Measured on this VM (a GiB
+    written once, a fresh process each time, 6 s apart): 2.2-2.4 s with huge pages, 0.4-0.7 s without; TopK 16k
+    collection at 60k tokens spent 4.2 s in the kernel with them and 1.1-1.3 s without. On a machine whose memory
+    is backed, small pages cost about 0.3 s/GiB more to zero than huge ones (0.4 against 0.1). A mapping of its own
+    gets no huge pages in the kernel's `madvise` mode; MADV_NOHUGEPAGE keeps it so in `always` mode."""
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dt)
+    region = mmap.mmap(-1, nbytes)  # anonymous: zeroed by the kernel, unmapped when the last view is freed
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        region.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(region, dt).reshape(shape)

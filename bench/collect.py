@@ -12,7 +12,7 @@ worst case), topk (k per token, the sparsify format) or jumprelu (thresholds giv
 measures several in turn and prints the table. Each figure is printed in wall time and in process CPU seconds
 (steadier on shared cores), beside its limit, and written to --out as JSON with the load average of the
 machine before and after, and the seconds per GiB that fresh memory costs when first written (a probe: on a VM that
-backs guest memory lazily, as this one does, it is 10-25x a backed machine's, and the collector's buffers are fresh
+backs guest memory lazily, as this one does, it is several times a backed machine's, and the collector's buffers are fresh
 memory), with the seconds in the kernel and the page faults of each part.
 
     python bench/collect.py --tokens 20000
@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autointerp import models, store  # noqa: E402
-from autointerp.allocator import heap_only  # noqa: E402
+from autointerp.allocator import heap_only, lazy_zeros  # noqa: E402
 from autointerp.collect import corpus  # noqa: E402
 from autointerp.collect.collector import collect_contexts  # noqa: E402
 from autointerp.collect.memory import collect_memory  # noqa: E402
@@ -118,11 +118,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def first_touch_s_per_gib(mib: int = 256) -> float:
-    """Seconds per GiB to allocate and first write fresh memory (page faults, zeroing; on some VMs the host's
-    backing of the guest's pages too): about 0.1 on a machine whose memory is backed, several times that on a
-    VM whose memory is backed lazily. The collector's buffers are fresh memory; the reader reuses its batch's."""
+    """Seconds per GiB to allocate and first write fresh memory of the kind the collector's buffers get
+    (allocator.lazy_zeros: page faults, zeroing; on some VMs the host's backing of the guest's pages too): about 0.1-0.4
+    on a machine whose memory is backed, several times that on a VM whose memory is backed lazily. The reader reuses
+    its batch's memory."""
     t = time.perf_counter()
-    a = np.ones(mib << 18, np.float32)
+    a = lazy_zeros((mib << 18,))
+    a.fill(1.0)
     s = (time.perf_counter() - t) * 1024 / mib
     del a
     return s

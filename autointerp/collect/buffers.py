@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from autointerp.allocator import lazy_zeros
 from autointerp.collect.sparse import SparseActs
 from autointerp.config import CollectConfig
 
@@ -50,11 +51,11 @@ def _hash(seed: int, salt: int, a: torch.Tensor, b: tuple[torch.Tensor, bool] | 
 
 
 def zeros(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """float32 zeros. On the host they come from calloc (through numpy), whose pages the kernel zeroes when first
-    touched: the rows a feature never fills cost neither memory nor time (torch.zeros writes every page at once)."""
+    """float32 zeros. On the host they are mapped lazily on small pages (allocator.lazy_zeros): the rows a feature
+    never fills cost neither memory nor time (torch.zeros writes every page at once)."""
     if device.type != "cpu":
         return torch.zeros(shape, device=device)
-    return torch.from_numpy(np.zeros(shape, np.float32))
+    return torch.from_numpy(lazy_zeros(shape))
 
 
 def split_of(seed: int, holdout_frac: float, seqs: torch.Tensor) -> torch.Tensor:

@@ -109,3 +109,42 @@ def test_heap_only_takes_large_blocks_from_the_heap_and_hands_the_free_heap_back
     plain, _ = map(int, _run(_HEAP_PROBE, "plain").split())
     assert heap == 1 and plain == 0
     assert kept >= 200  # the 256 MiB freed inside stayed in the heap until heap_only handed it back
+
+
+_SMALL_PAGES_PROBE = """
+import resource, sys
+import numpy as np
+from autointerp.allocator import lazy_zeros
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() >> 20
+
+def huge_kib(start, end):  # over every mapping of [start, end): an madvise splits one mapping into several
+    inside, total = False, 0
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and ":" not in fields[0]:
+            lo, hi = (int(a, 16) for a in fields[0].split("-"))
+            inside = lo < end and start < hi
+        elif inside and fields[0] == "AnonHugePages:":
+            total += int(fields[1])
+    return total
+
+before = rss_mib()
+a = lazy_zeros((64 << 20,)) if sys.argv[1] == "lazy" else np.zeros(64 << 20, np.float32)  # 256 MiB
+untouched = rss_mib() - before
+a[: 32 << 20] = 1.0  # the first half
+print(untouched, rss_mib() - before, huge_kib(a.ctypes.data, a.ctypes.data + a.nbytes), float(a[(32 << 20) - 1] + a[-1]))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/smaps")
+def test_lazy_zeros_costs_nothing_until_written_and_stays_on_small_pages():
+    """The collector's buffers: no memory until a row is written, then only the pages written, and never huge pages
+    (each a whole 2 MiB block the host backs afresh on this VM), where numpy's own zeros ask for them."""
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    untouched, written, huge, values = _run(_SMALL_PAGES_PROBE, "lazy").split()
+    assert int(untouched) < 8 and 120 <= int(written) < 160 and float(values) == 1.0
+    assert int(huge) == 0
+    if mode.exists() and "[never]" not in mode.read_text():  # the probe can see huge pages here: numpy's get them
+        assert int(_run(_SMALL_PAGES_PROBE, "numpy").split()[2]) > 0
