@@ -29,7 +29,6 @@ import numpy as np
 
 from autointerp.errors import BadInput, LLMError
 from autointerp.llm.client import LLMFailure, LLMReply, new_call, prompt_hash
-from autointerp.models import smollm2_gguf_path
 
 MODEL_NAME = "smollm2-135m-instruct"
 IN_PROCESS = "in-process:llama.cpp"
@@ -49,6 +48,14 @@ def threads() -> int | None:
     if n < 1:
         raise BadInput(f"OMP_NUM_THREADS={value!r}: give at least 1 thread")
     return n
+
+
+def _gguf() -> Path:
+    """The embedded model's weights. Imported here, not at the top: `autointerp.models` brings torch and
+    transformer_lens (5 s), which a label client process talking to an endpoint never needs."""
+    from autointerp.models import smollm2_gguf_path
+
+    return smollm2_gguf_path()
 
 
 def _free_port() -> int:
@@ -76,7 +83,7 @@ class EmbeddedLLM:
                 "the embedded default LLM needs llama-cpp-python[server] (scripts/setup.sh installs it), "
                 "or pass --base-url for another OpenAI-compatible endpoint"
             ) from exc
-        gguf = smollm2_gguf_path()
+        gguf = _gguf()
         port = _free_port()
         log = Path(tempfile.mkstemp(prefix="autointerp-llama-", suffix=".log")[1])
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
@@ -112,7 +119,7 @@ class EmbeddedLLM:
                 self.proc.wait()
 
     def client(self, http_client: Any) -> EmbeddedClient:
-        return EmbeddedClient(http_client, InProcessLogprobs(str(smollm2_gguf_path())))
+        return EmbeddedClient(http_client, InProcessLogprobs(str(_gguf())))
 
 
 def char_offsets(data: bytes, token_bytes: list[bytes]) -> list[int]:
