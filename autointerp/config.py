@@ -189,6 +189,10 @@ class LLMConfig(Frozen):
                                         "(default: the local model, or gpt-4o-mini for an endpoint)")
     simulator_model: str | None = Field(None, description="simulator and judge model name at the endpoint")
     concurrency: int = Field(8, gt=0, le=1024, description="requests in flight at once")
+    processes: int = Field(1, gt=0, le=256, description="client processes sharing the features, the requests in "
+                           "flight and the budget: one Python process labels about a dozen features a second at most "
+                           "(bench/llm_stage.py), so more when a fleet of endpoints waits on it. The embedded model "
+                           "takes one")
     timeout_s: float = Field(120.0, gt=0, description="per-request timeout, seconds", json_schema_extra={"flag": "timeout"})
     max_attempts: int = Field(6, gt=0, le=50, description="tries per request (429, 5xx, timeouts, dropped connections)")
     max_wait_s: float = Field(60.0, gt=0, description="longest wait between two tries of a request, seconds")

@@ -3,7 +3,9 @@
 1. Pipeline overhead: features/s with a zero-latency server.
 2. With 100 ms per request at concurrency 32 and 128, features/s beside the limit: a feature makes
    R requests in sequence (explain, simulate, detection, fuzzing; R measured from llm_calls), so the
-   limit is concurrency / (R x latency).
+   limit is concurrency / (R x latency). Each setting runs with one client process and with more (--processes),
+   and prints the client's CPU per feature (its processes' together) beside the server's: on a machine whose cores
+   both share, no client can go faster than cores / (client + server CPU per feature).
 3. Prompt and completion tokens per feature (SmolLM2 tokenizer) for explain, simulate and the judges:
    ours (the exact request bodies the live and batch paths send) beside OpenAI's neuron_explainer and
    Delphi's prompts for the same contexts and label, built by their own prompt code (framing and
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,30 +48,42 @@ def server_process(latency: float):
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "llm_server.py"), str(latency)],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        yield proc.stdout.readline().strip()
+        yield proc.stdout.readline().strip(), proc.pid
     finally:
         proc.terminate()
         proc.wait()
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` so far, from /proc (the server's, while it runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of our finished, waited-for child processes (the label stage's client processes)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_batch(db: Path, url: str, features: list[int], concurrency: int,
-              profile: Path | None = None) -> tuple[float, float, float]:
-    """(features/s, our process's CPU seconds per feature, requests per feature), at the default label
-    settings (baseline, null labels and the reference included)."""
+              profile: Path | None = None, processes: int = 1) -> tuple[float, float, float]:
+    """(features/s, the client's CPU seconds per feature: ours and our client processes', requests per feature), at
+    the default label settings (baseline, null labels and the reference included) but `processes`."""
     import cProfile
 
     llm_cfg = LLMConfig(base_urls=(url,), explainer_model="e", simulator_model="s", concurrency=concurrency,
-                        timeout_s=30)
+                        timeout_s=30, processes=processes)
     cfg = LabelConfig()
     prof = cProfile.Profile() if profile else None
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), time.process_time() + children_cpu_s()
     with open_llm(llm_cfg) as session:
         if prof is not None:
             prof.enable()
         progress = label_stage(db, 1, features, cfg, session, concurrency=concurrency)
         if prof is not None:
             prof.disable()
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    elapsed, cpu = time.perf_counter() - start, time.process_time() + children_cpu_s() - cpu
     if prof is not None and profile is not None:
         prof.dump_stats(str(profile))
     assert progress.scored == len(features), progress
@@ -378,6 +393,8 @@ def main() -> None:
     ap.add_argument("--skip-tokens", action="store_true", help="only the throughput figures")
     ap.add_argument("--only", default=None, help="one throughput setting (zero_latency_c32, latency100ms_c32, "
                     "latency100ms_c128, batch_api)")
+    ap.add_argument("--processes", default="1,2", help="client processes (LLMConfig.processes) to run each setting "
+                    "with, comma-separated; a count above 1 is reported as SETTING_pN")
     ap.add_argument("--profile", type=Path, default=None, help="cProfile stats of the live runs, to this prefix")
     ap.add_argument("--out", default="bench/results/llm_stage.json")
     args = ap.parse_args()
@@ -390,27 +407,37 @@ def main() -> None:
     features = list(range(args.features))
     load = Path("/proc/loadavg").read_text().split()[:3]
     results: dict[str, object] = {"features": args.features, "cpus": os.cpu_count()}
-    for name, latency, conc in () if args.skip_throughput else (
+    counts = [int(n) for n in args.processes.split(",")]
+    for base_name, latency, conc in () if args.skip_throughput else (
             ("zero_latency_c32", 0.0, 32), ("latency100ms_c32", 0.1, 32), ("latency100ms_c128", 0.1, 128)):
-        if args.only not in (None, name):
-            continue
-        db = tmp / f"{name}.duckdb"
-        db.write_bytes(base.read_bytes())
-        profile = Path(f"{args.profile}.{name}") if args.profile else None
-        with server_process(latency) as url:
-            rate, cpu, per_feature = run_batch(db, url, features, conc, profile)
-        limit = conc / (per_feature * latency) if latency else float("inf")
-        results[name] = {"features_per_s": rate, "limit_features_per_s": limit, "requests_per_feature": per_feature,
-                         "share_of_limit": rate / limit if latency else None, "client_cpu_s_per_feature": cpu}
-        print(f"{name:20s} {rate:8.1f} features/s   limit {limit:8.1f}"
-              + (f" ({rate / limit:4.0%})" if latency else "       ")
-              + f"   our CPU {1000 * cpu:5.1f} ms/feature (alone: {1 / cpu:5.0f} features/s per core)"
-              + f"   {per_feature:.2f} requests/feature")
+        for n in counts:
+            name = base_name if n == 1 else f"{base_name}_p{n}"
+            if args.only not in (None, name, base_name):
+                continue
+            db = tmp / f"{name}.duckdb"
+            db.write_bytes(base.read_bytes())
+            profile = Path(f"{args.profile}.{name}") if args.profile else None
+            with server_process(latency) as (url, pid):
+                server = process_cpu_s(pid)
+                rate, cpu, per_feature = run_batch(db, url, features, conc, profile, n)
+                server = (process_cpu_s(pid) - server) / len(features)
+            limit = conc / (per_feature * latency) if latency else float("inf")
+            # Client and server share this machine's cores: neither can go faster than both together allow.
+            machine = (os.cpu_count() or 1) / (cpu + server)
+            results[name] = {"features_per_s": rate, "limit_features_per_s": limit, "requests_per_feature": per_feature,
+                             "share_of_limit": rate / limit if latency else None, "client_cpu_s_per_feature": cpu,
+                             "processes": n, "server_cpu_s_per_feature": server,
+                             "machine_limit_features_per_s": machine}
+            print(f"{name:24s} {rate:8.1f} features/s   limit {limit:8.1f}"
+                  + (f" ({rate / limit:4.0%})" if latency else "       ")
+                  + f"   client CPU {1000 * cpu:5.1f} ms/feature ({n} process{'es' if n > 1 else ''})"
+                  + f"   server CPU {1000 * server:5.1f} ms/feature: both on {os.cpu_count()} cores <= {machine:5.1f}"
+                  + f" features/s   {per_feature:.2f} requests/feature")
 
     if not args.skip_throughput and args.only in (None, "batch_api"):
         db = tmp / "batch_api.duckdb"
         db.write_bytes(base.read_bytes())
-        with server_process(0.0) as url:
+        with server_process(0.0) as (url, _):
             wall, cpu, n_batches = run_batch_api(db, url, features)
         results["batch_api"] = {"wall_s": wall, "client_cpu_s_per_feature": cpu, "batches": n_batches}
         print(f"{'batch_api':20s} {len(features) / wall:8.1f} features/s (server answers at once, polls every 0.2 s)"

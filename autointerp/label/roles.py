@@ -51,6 +51,14 @@ class RoleGate:
         if role not in self.models and self.usable[role] == 0 and self.replies[role] >= self.first:
             self.models[role] = model
 
+    def absorb(self, other: RoleGate) -> None:
+        """Take in what another gate of this run found (a client process's, started from this one's memory)."""
+        self.replies.update(other.replies)
+        self.usable.update(other.usable)
+        for role, model in other.models.items():
+            self.models.setdefault(role, model)
+        self.saved |= other.saved
+
     def stopped(self, role: str) -> str | None:
         """The line that says `role` is stopped and why (counting the replies in flight when it was), or None."""
         if (earlier := self.earlier.get(role)) is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from autointerp import store
 from autointerp.config import LabelConfig, LLMConfig
 from autointerp.errors import InternalError, LockTimeout, cause
-from autointerp.label import explain, probes
+from autointerp.label import explain, probes, processes
 from autointerp.label.agent import Agent
 from autointerp.label.fewshot import fewshot_for
 from autointerp.label.nulls import CONSTANT, SHUFFLED, null_features, reference_gains
@@ -58,6 +58,7 @@ class LLMSession:
     one_at_a_time: bool = False
     endpoint: str = ""  # what stopped roles are remembered by (with the model): the endpoints, or the embedded one
     retry_stopped_roles: bool = False
+    cfg: LLMConfig | None = None  # what it was opened from, its endpoints resolved: a client process opens its own
 
 
 @contextmanager
@@ -80,7 +81,8 @@ def open_llm(cfg: LLMConfig) -> Iterator[LLMSession]:
         endpoint = local.EMBEDDED_ENDPOINT if embedded else ",".join(sorted(llm.public_url(u) for u in urls))
         yield LLMSession(client, cfg.explainer_model or default_model, cfg.simulator_model or default_model,
                          one_at_a_time=embedded is not None, endpoint=endpoint,
-                         retry_stopped_roles=cfg.retry_stopped_roles)
+                         retry_stopped_roles=cfg.retry_stopped_roles,
+                         cfg=None if embedded else cfg.model_copy(update={"base_urls": tuple(urls)}))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -305,9 +307,14 @@ class LabelBatch:
             self.progress.tokens, self.progress.cost_usd = budget.tokens, budget.spent_usd
         if self.on_progress is not None:
             p = self.progress
-            self.on_progress(ProgressEvent(
-                stage="label", done=p.features_done, total=p.features_total, unit="feat",
-                detail=f"tok {p.tokens:,} ${p.cost_usd:.4f} failed {sum(p.failed.values())}"))
+            self.on_progress(label_event(p.features_done, p.features_total, p.tokens, p.cost_usd,
+                                         sum(p.failed.values())))
+
+
+def label_event(done: int, total: int, tokens: int, cost_usd: float, failed: int) -> ProgressEvent:
+    """The label stage's progress event, from one batch's figures or the sums of its client processes'."""
+    return ProgressEvent(stage="label", done=done, total=total, unit="feat",
+                         detail=f"tok {tokens:,} ${cost_usd:.4f} failed {failed}")
 
 
 # ---------------------------------------------------------------- null labels
@@ -340,12 +347,21 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
     gate = remembered_gate(db, session)
     if session is not None and session.one_at_a_time:
         concurrency = 1
-    batch = LabelBatch(db, dictionary_id, cfg, session, features, explain_stage=explain_stage,
-                       score_stage=score_stage, concurrency=concurrency, on_progress=on_progress, gate=gate)
+    n = session.cfg.processes if session is not None and session.cfg is not None else 1
+    first: Progress | None = None
+    if n > 1 and len(features) > 1:
+        assert session is not None and session.cfg is not None
+        spec = processes.PassSpec(str(db), dictionary_id, cfg, explain_stage, score_stage, concurrency)
+        first = processes.run_pass(spec, features, session.cfg, n, gate, on_progress, label_event)
+        batch = None
+    else:
+        batch = LabelBatch(db, dictionary_id, cfg, session, features, explain_stage=explain_stage,
+                           score_stage=score_stage, concurrency=concurrency, on_progress=on_progress, gate=gate)
 
     async def both() -> Progress:
         # One event loop for the labels and their nulls: the client's pooled connections belong to it.
-        progress = await batch.run()
+        progress = await batch.run() if batch is not None else first
+        assert progress is not None
         if score_stage and session is not None and progress.stopped is None:
             explainers = llm_explainers(cfg, session)
             extra = null_features(db, dictionary_id, explainers, features, cfg.null_samples, cfg.reference)
@@ -360,7 +376,7 @@ def label_stage(db: str | Path, dictionary_id: int, features: list[int], cfg: La
 
     progress = asyncio.run(both())
     notes = getattr(session.client, "endpoint_notes", None) if session is not None else None
-    progress.notes += gate.lines() + (notes() if notes is not None else [])
+    progress.notes += [n for n in gate.lines() + (notes() if notes is not None else []) if n not in progress.notes]
     if score_stage and session is not None:
         reference_gains(db, dictionary_id, cfg.n_boot)
     return progress
