@@ -113,7 +113,7 @@ def run_pass(spec: PassSpec, features: list[int], llm_cfg: LLMConfig, n: int, ga
                 continue
             if kind == "progress":
                 numbers[i] = rest[0]
-                if report is not None:
+                if report is not None and len(numbers) == len(procs):  # a total of some children's is not the total
                     report(event(*(sum(x) for x in zip(*numbers.values(), strict=True))))
             elif kind == "done":
                 done[i] = rest[0], rest[1]

@@ -126,3 +126,16 @@ def test_kill_9_of_the_run_leaves_no_client_process_writing(tmp_path, collected_
         finally:
             if parent.poll() is None:
                 parent.kill()
+
+
+def test_progress_adds_up_the_children_and_never_shows_one_childs_total_as_the_whole(tmp_path, collected_db):
+    db = copy_db(collected_db, tmp_path / "progress.duckdb")
+    events = []
+    with LoopbackLLM(good_script) as llm:
+        cfg = LLMConfig(base_urls=(llm.base_url,), explainer_model="m-explain", simulator_model="m-sim", processes=2)
+        spec = processes.PassSpec(str(db), 1, LabelConfig(n_sim_top=6, n_sim_random=6, n_boot=200, null_samples=0,
+                                                          reference=False),
+                                  explain_stage=True, score_stage=True, concurrency=4)
+        progress = processes.run_pass(spec, list(range(8)), cfg, 2, RoleGate(), events.append, label_event)
+    assert progress.features_done == progress.features_total == 8
+    assert events and all(e.total == 8 for e in events) and events[-1].done == 8
