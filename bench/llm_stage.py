@@ -32,14 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autointerp.collect.stage import collect_stage  # noqa: E402
 from autointerp.config import CollectConfig, LabelConfig, LLMConfig  # noqa: E402
 from autointerp.label import explain  # noqa: E402
 from autointerp.label.stage import label_stage, open_llm  # noqa: E402
 from autointerp.label.units import judged_view, scoring_contexts  # noqa: E402
-from autointerp.models import load_model  # noqa: E402
 from autointerp.store import open_store, read_feature_contexts  # noqa: E402
-from tests.helpers import make_model_dir, write_corpus  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -399,6 +396,12 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/llm_stage.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    # Imported here: the client processes of --processes run this script's top level again (spawn), and the
+    # model stack (torch, transformer_lens: ~6 s of CPU) would be counted as their start.
+    from autointerp.collect.stage import collect_stage
+    from autointerp.models import load_model
+    from tests.helpers import make_model_dir, write_corpus
+
     model_dir = make_model_dir(tmp / "model", n_embd=128)
     base = tmp / "base.duckdb"
     collect_stage(base, CollectConfig(model=str(model_dir), hook="blocks.0.mlp.hook_post",
