@@ -35,7 +35,8 @@ def setup() -> None:
     """Run on `import autointerp`, before PyTorch's first allocation.
 
     - PyTorch backs its CPU allocations of 2 MiB and more with transparent huge pages (THP_MEM_ALLOC_ENABLE): a
-      batch's activations and the collector's buffers take a 512th of the page faults.
+      batch's activations, faulted in once and reused, take a 512th of the page faults (the collector's buffers,
+      written once, stay on small pages: `lazy_zeros`).
     - glibc's trim and mmap thresholds are fixed (blocks under 32 MiB kept for reuse, up to 1 GiB of free heap): under
       its moving thresholds the reader's per-batch blocks, freed around the collector's work, were handed back and
       faulted in again every batch (MLP neurons, 60k tokens: 1.8M page faults in collect, none in the reader alone)."""
@@ -53,8 +54,8 @@ def heap_only() -> Iterator[None]:
     """Inside: every block comes from glibc's heap, none is mapped on its own, so a block freed is reused by the next
     batch's block of its size instead of being unmapped and faulted in afresh (glibc maps blocks over 32 MiB, the
     most its mmap threshold allows: a 65k-latent SAE's pre-activations for one batch are 256 MiB). On leaving, the
-    free heap is handed back (malloc_trim). Allocate what must stay lazily zeroed (calloc'd buffers whose untouched
-    pages cost nothing) before entering: from the heap, calloc writes the zeros. Until the heap's free pieces
+    free heap is handed back (malloc_trim). Buffers that must stay lazily zeroed come from `lazy_zeros`, mappings of
+    their own that this does not touch (a calloc inside would take heap memory and write its zeros). Until the heap's free pieces
     coalesce, small objects left between large blocks make some blocks come from fresh memory and the heap grow by
     a few blocks; so inside, the heap is never cut back (rather than past 1 GiB of free top), or a heap that grew
     past 1 GiB would be cut back and faulted in again every batch (a 65k JumpReLU SAE's reader: 159k page faults

@@ -194,16 +194,16 @@ def _child(index: int, spec: PassSpec, features: list[int], llm_cfg: LLMConfig, 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with open_llm(llm_cfg) as session:
-            batch: LabelBatch | None = None
+            batch = LabelBatch(Path(spec.db), spec.dictionary_id, spec.cfg, session, features,
+                               explain_stage=spec.explain_stage, score_stage=spec.score_stage,
+                               concurrency=spec.concurrency, gate=gate)
 
-            def send(_event: object) -> None:
-                p = batch.progress if batch is not None else Progress()
+            def send(_event: object) -> None:  # the figures, for the parent to add up (the event carries text)
+                p = batch.progress
                 out.put(("progress", index, (p.features_done, p.features_total, p.tokens, p.cost_usd,
                                              sum(p.failed.values()))))
 
-            batch = LabelBatch(Path(spec.db), spec.dictionary_id, spec.cfg, session, features,
-                               explain_stage=spec.explain_stage, score_stage=spec.score_stage,
-                               concurrency=spec.concurrency, on_progress=send, gate=gate)
+            batch.on_progress = send
             progress = asyncio.run(batch.run())
             notes = getattr(session.client, "endpoint_notes", None)
             progress.notes += notes() if notes is not None else []

@@ -31,7 +31,7 @@ for line in open("/proc/self/smaps_rollup"):
 
 def test_importing_autointerp_first_puts_large_torch_allocations_on_huge_pages():
     """Set before PyTorch's first allocation, THP_MEM_ALLOC_ENABLE makes its large CPU allocations (a batch's
-    activations, the collector's buffers) ask for huge pages; the kernel's `madvise` mode then grants them only
+    activations) ask for huge pages; the kernel's `madvise` mode then grants them only
     to memory that asks, so the probe tells the two imports apart."""
     mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not mode.exists() or "[madvise]" not in mode.read_text():
